@@ -1,0 +1,7 @@
+"""``python -m idempotent``: the command line."""
+
+import sys
+
+from idempotent.cli import main
+
+sys.exit(main())
