@@ -1,0 +1,385 @@
+"""The SQL store: statements built once per dialect with SQLAlchemy Core, compiled ahead of time.
+
+Statements are compiled for the connection's dialect on first use and then sent with
+``exec_driver_sql`` in the driver's own parameter style, so the hot path does no statement
+compilation or cache-key generation. Driver errors are translated here, in :func:`classify`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import sqlite
+from sqlalchemy.engine import Dialect
+
+from idempotent.core import ClaimAborted, ClaimBlocked, ClaimRequest, Exec, Existing, Record, Status, Steps
+from idempotent.errors import ConfigurationError, IdempotencyError, TableMissing
+from idempotent.schema import DEFAULT_TABLE, make_table
+
+__all__ = ["SQLStore", "classify", "now_sql"]
+
+_READ_COLUMNS = (
+    "fingerprint",
+    "status",
+    "owner",
+    "locked_until",
+    "created_at",
+    "expires_at",
+    "result_codec",
+    "result",
+    "error_type",
+)
+
+#: Claims that found a row that vanished before it could be read are retried this often.
+_VANISHED_RETRIES = 3
+
+
+def now_sql(dialect: Dialect) -> str:
+    """The database server's clock in epoch milliseconds, read per statement."""
+    name = dialect.name
+    if name == "postgresql":
+        return "CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT)"
+    if name in ("mysql", "mariadb"):
+        return "(TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) DIV 1000)"
+    if name == "sqlite":
+        return "CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER)"
+    raise ConfigurationError(
+        f"idempotent supports SQLite, PostgreSQL and MySQL/MariaDB, not {name!r}; "
+        "use one of those for the keys table"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A statement compiled for one dialect: SQL text in the driver's parameter style."""
+
+    sql: str
+    order: tuple[str, ...] | None  # parameter names in order, for positional parameter styles
+
+    def bind(self, values: dict[str, Any]) -> Any:
+        if self.order is None:
+            return values
+        return tuple(values[name] for name in self.order)
+
+
+def prepare(statement: sa.sql.ClauseElement, dialect: Dialect, prefix: str = "") -> Prepared:
+    compiled = statement.compile(dialect=dialect)
+    order = tuple(compiled.positiontup) if dialect.positional and compiled.positiontup else None
+    if dialect.positional and order is None:
+        order = ()
+    return Prepared(prefix + compiled.string, order)
+
+
+# ---------------------------------------------------------------------------------------------
+# Error translation: the only place that reads driver error codes.
+# ---------------------------------------------------------------------------------------------
+DUPLICATE = "duplicate"
+BLOCKED = "blocked"
+ABORTED = "aborted"
+NO_TABLE = "no_table"
+
+
+def _codes(exc: BaseException) -> tuple[str | None, int | None, str]:
+    orig = getattr(exc, "orig", None) or exc
+    sqlstate = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    errno = None
+    args = getattr(orig, "args", ())
+    if args and isinstance(args[0], int):
+        errno = args[0]
+    return sqlstate, errno, str(orig).lower()
+
+
+def classify(exc: BaseException) -> str | None:
+    """Name what a driver error means to the claim, or None for anything else."""
+    if not isinstance(exc, sa.exc.DBAPIError):
+        return None
+    sqlstate, errno, text = _codes(exc)
+    if errno is not None:  # MySQL/MariaDB drivers: (errno, message); their sqlstate is too coarse
+        return {1062: DUPLICATE, 1205: BLOCKED, 1213: ABORTED, 1146: NO_TABLE}.get(errno)
+    if sqlstate is not None:
+        return {
+            "23505": DUPLICATE,
+            "55P03": BLOCKED,
+            "40P01": ABORTED,
+            "40001": ABORTED,
+            "42P01": NO_TABLE,
+        }.get(sqlstate)
+    if "database is locked" in text or "database table is locked" in text:
+        return BLOCKED
+    if "unique constraint failed" in text:
+        return DUPLICATE
+    if "no such table" in text:
+        return NO_TABLE
+    return None
+
+
+# ---------------------------------------------------------------------------------------------
+# The store.
+# ---------------------------------------------------------------------------------------------
+class SQLStore:
+    """Keys in a SQL table; atomic with the caller's writes in transaction mode.
+
+    ``engine`` is needed only for lease mode (claims commit on their own connection) and the
+    command line. ``clock_offset`` (seconds) is added to the database clock: tests use it to
+    move time forward instead of sleeping.
+    """
+
+    atomic = True
+
+    def __init__(
+        self,
+        engine: sa.Engine | Any | None = None,
+        table: str = DEFAULT_TABLE,
+        schema: str | None = None,
+        *,
+        clock_offset: float = 0.0,
+    ) -> None:
+        self.engine = engine
+        self.table = make_table(sa.MetaData(), table, schema)
+        self.clock_offset = clock_offset
+        self._bound: dict[tuple[Any, ...], BoundSQLStore] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def clock_offset(self) -> float:
+        return self.clock_offset_ms / 1000.0
+
+    @clock_offset.setter
+    def clock_offset(self, seconds: float) -> None:
+        self.clock_offset_ms = int(round(seconds * 1000))
+
+    def __repr__(self) -> str:
+        return f"SQLStore(table={self.table.fullname!r}, engine={self.engine!r})"
+
+    def for_dialect(self, dialect: Dialect) -> BoundSQLStore:
+        key = (type(dialect), getattr(dialect, "is_mariadb", False), dialect.paramstyle)
+        bound = self._bound.get(key)
+        if bound is None:
+            with self._lock:
+                bound = self._bound.get(key)
+                if bound is None:
+                    bound = self._bound[key] = BoundSQLStore(self, dialect)
+        return bound
+
+
+class BoundSQLStore:
+    """The SQL store's statements compiled for one dialect."""
+
+    atomic = True
+
+    def __init__(self, store: SQLStore, dialect: Dialect) -> None:
+        self.store = store
+        self.dialect = dialect
+        self.name = dialect.name
+        self.mysql = dialect.name in ("mysql", "mariadb")
+        t = store.table
+        c = t.c
+        bp = sa.bindparam
+        now = sa.literal_column(now_sql(dialect), sa.BigInteger) + bp("clock_offset", type_=sa.BigInteger)
+        ident = sa.and_(c.scope == bp("scope"), c.key == bp("key"))
+        in_progress = sa.literal_column(f"'{Status.IN_PROGRESS.value}'")
+        owned = sa.and_(ident, c.owner == bp("owner"), c.status == in_progress)
+        claim_values = {
+            "scope": bp("scope"),
+            "key": bp("key"),
+            "fingerprint": bp("fingerprint"),
+            "status": bp("status"),
+            "owner": bp("owner"),
+            "locked_until": now + bp("lease_ms", type_=sa.BigInteger),
+            "created_at": now,
+            "expires_at": now + bp("ttl_ms", type_=sa.BigInteger),
+        }
+        if self.name == "postgresql":
+            self._claim_pg = self._pg_claim(dialect)
+        elif self.name == "sqlite":
+            stmt = sqlite.insert(t).values(claim_values).on_conflict_do_nothing(index_elements=["scope", "key"])
+            self._claim_plain = prepare(stmt, dialect)
+        else:
+            self._claim_plain = prepare(sa.insert(t).values(claim_values), dialect)
+        self._mysql_prefix: dict[int, str] = {}
+        read = sa.select(*[c[name] for name in _READ_COLUMNS], now.label("now")).where(ident)
+        self._read = prepare(read, dialect)
+        # MySQL/MariaDB REPEATABLE READ: only a locking read is sure to see a row committed after
+        # this transaction's snapshot; it is used only after a duplicate-key error (no gap locks).
+        self._read_locking = Prepared(self._read.sql + " LOCK IN SHARE MODE", self._read.order)
+        takeover = (
+            sa.update(t)
+            .where(
+                ident,
+                c.owner == bp("seen_owner"),
+                sa.or_(c.expires_at <= now, sa.and_(c.status == in_progress, c.locked_until <= now)),
+            )
+            .values(
+                fingerprint=bp("fingerprint"),
+                status=bp("status"),
+                owner=bp("owner"),
+                locked_until=now + bp("lease_ms", type_=sa.BigInteger),
+                created_at=now,
+                expires_at=now + bp("ttl_ms", type_=sa.BigInteger),
+                result_codec=None,
+                result=None,
+                error_type=None,
+            )
+        )
+        self._takeover = prepare(takeover, dialect)
+        self._complete = prepare(
+            sa.update(t)
+            .where(owned)
+            .values(status=bp("new_status"), result_codec=bp("codec"), result=bp("result"), error_type=bp("error_type")),
+            dialect,
+        )
+        self._release = prepare(sa.delete(t).where(owned), dialect)
+        self._renew = prepare(
+            sa.update(t).where(owned).values(locked_until=now + bp("lease_ms", type_=sa.BigInteger)), dialect
+        )
+
+    def _pg_claim(self, dialect: Dialect) -> Prepared:
+        """One round trip on PostgreSQL: set lock_timeout, claim, and set the previous value back."""
+        t = self.store.table
+        q = dialect.identifier_preparer
+        cols = ", ".join(q.quote(n) for n in ("scope", "key", "fingerprint", "status", "owner")) + (
+            ", locked_until, created_at, expires_at"
+        )
+        now = f"({now_sql(dialect)} + CAST(:clock_offset AS BIGINT))"
+        text = sa.text(
+            "WITH cfg AS MATERIALIZED (SELECT current_setting('lock_timeout') AS prev, "
+            "set_config('lock_timeout', :lock_ms, true) AS cur), "
+            f"ins AS (INSERT INTO {q.format_table(t)} ({cols}) "
+            f"SELECT :scope, :key, :fingerprint, :status, :owner, {now} + CAST(:lease_ms AS BIGINT), {now}, "
+            f"{now} + CAST(:ttl_ms AS BIGINT) FROM cfg "
+            f"ON CONFLICT ({q.quote('scope')}, {q.quote('key')}) DO NOTHING RETURNING 1) "
+            "SELECT (SELECT count(*) FROM ins), set_config('lock_timeout', cfg.prev, true) FROM cfg"
+        )
+        return prepare(text, dialect)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _values(self, request: ClaimRequest, **extra: Any) -> dict[str, Any]:
+        values = {
+            "scope": request.scope,
+            "key": request.key,
+            "owner": request.owner,
+            "clock_offset": self.store.clock_offset_ms,
+        }
+        values.update(extra)
+        return values
+
+    def _mysql_wait(self, wait_ms: int) -> str:
+        seconds = max(0, math.ceil(wait_ms / 1000))
+        prefix = self._mysql_prefix.get(seconds)
+        if prefix is None:
+            prefix = self._mysql_prefix[seconds] = f"SET STATEMENT innodb_lock_wait_timeout={seconds} FOR "
+        return prefix
+
+    def _translate(self, exc: BaseException) -> str | None:
+        kind = classify(exc)
+        if kind == NO_TABLE:
+            raise TableMissing(
+                f"the idempotency keys table {self.store.table.fullname!r} does not exist; create it with "
+                "`idempotent migrate --url <database URL>` (or `alembic upgrade idempotent@head`, or "
+                "metadata.create_all() on a table from idempotent.schema.make_table)"
+            ) from exc
+        if kind == BLOCKED:
+            raise ClaimBlocked(str(getattr(exc, "orig", exc))) from exc
+        if kind == ABORTED:
+            raise ClaimAborted(str(getattr(exc, "orig", exc)).strip()) from exc
+        return kind
+
+    # -- BoundStore -----------------------------------------------------------------------------
+    def claim(self, request: ClaimRequest) -> Steps[Existing | None]:
+        values = self._values(
+            request,
+            fingerprint=request.fingerprint,
+            status=Status.IN_PROGRESS.value,
+            lease_ms=request.lease_ms,
+            ttl_ms=request.ttl_ms,
+        )
+        for _ in range(_VANISHED_RETRIES):
+            try:
+                if self.name == "postgresql":
+                    values["lock_ms"] = str(max(1, request.wait_ms))
+                    rows = yield Exec(self._claim_pg.sql, self._claim_pg.bind(values), fetch=True, own=request.own)
+                    claimed = bool(rows[0][0])
+                elif self.mysql:
+                    sql = self._mysql_wait(request.wait_ms) + self._claim_plain.sql
+                    yield Exec(sql, self._claim_plain.bind(values), own=request.own)
+                    claimed = True
+                else:
+                    claimed = (yield Exec(self._claim_plain.sql, self._claim_plain.bind(values), own=request.own)) == 1
+            except IdempotencyError:
+                raise
+            except Exception as exc:
+                if self._translate(exc) != DUPLICATE:
+                    raise
+                claimed = False
+            if claimed:
+                return None
+            found = yield from self._read_row(request)
+            if found is not None:
+                return found
+        raise ClaimAborted("the key's row kept disappearing between the claim and the read")
+
+    def _read_row(self, request: ClaimRequest) -> Steps[Existing | None]:
+        values = self._values(request)
+        try:
+            if self.mysql and not request.own:
+                sql = self._mysql_wait(request.wait_ms) + self._read_locking.sql
+                rows = yield Exec(sql, self._read_locking.bind(values), fetch=True, own=request.own)
+            else:
+                rows = yield Exec(self._read.sql, self._read.bind(values), fetch=True, own=request.own)
+        except IdempotencyError:
+            raise
+        except Exception as exc:
+            self._translate(exc)
+            raise
+        if not rows:
+            return None
+        row = rows[0]
+        record = Record(request.scope, request.key, *row[: len(_READ_COLUMNS)])
+        return Existing(record, int(row[len(_READ_COLUMNS)]))
+
+    def read(self, request: ClaimRequest) -> Steps[Existing | None]:
+        """Read the record for ``request``'s key without claiming it."""
+        return (yield from self._read_row(request))
+
+    def takeover(self, request: ClaimRequest, seen: Record) -> Steps[bool]:
+        values = self._values(
+            request,
+            seen_owner=seen.owner,
+            fingerprint=request.fingerprint,
+            status=Status.IN_PROGRESS.value,
+            lease_ms=request.lease_ms,
+            ttl_ms=request.ttl_ms,
+        )
+        count = yield from self._write(self._takeover, values, own=request.own)
+        return count == 1
+
+    def _write(self, prepared: Prepared, values: dict[str, Any], *, own: bool) -> Steps[int]:
+        try:
+            count = yield Exec(prepared.sql, prepared.bind(values), own=own)
+        except IdempotencyError:
+            raise
+        except Exception as exc:
+            self._translate(exc)
+            raise
+        return int(count)
+
+    def complete(self, request: ClaimRequest, codec: str, text: str, *, own: bool) -> Steps[bool]:
+        values = self._values(
+            request, new_status=Status.COMPLETED.value, codec=codec, result=text, error_type=None
+        )
+        return (yield from self._write(self._complete, values, own=own)) == 1
+
+    def fail(self, request: ClaimRequest, error_type: str, text: str, *, own: bool) -> Steps[bool]:
+        values = self._values(request, new_status=Status.FAILED.value, codec="json", result=text, error_type=error_type)
+        return (yield from self._write(self._complete, values, own=own)) == 1
+
+    def release(self, request: ClaimRequest, *, own: bool) -> Steps[bool]:
+        return (yield from self._write(self._release, self._values(request), own=own)) == 1
+
+    def renew(self, request: ClaimRequest) -> Steps[bool]:
+        values = self._values(request, lease_ms=request.lease_ms)
+        return (yield from self._write(self._renew, values, own=True)) == 1

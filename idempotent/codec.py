@@ -1,0 +1,265 @@
+"""Encoding results for the keys table, so a replay returns an equal value of the same type.
+
+The default codec is JSON in which values JSON cannot tell apart carry a tag
+(``{"$t": "decimal", "v": "1.10"}``). Classes (dataclasses, pydantic models, enums) are rebuilt
+only from the type the function's return annotation names, never from a name read from a row:
+a row can choose between the classes the annotation allows, nothing more.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import json
+import types
+import typing
+import uuid
+from typing import Any, Protocol, runtime_checkable
+
+from idempotent.errors import SerializationError
+
+__all__ = ["DEFAULT_MAX_BYTES", "JsonCodec", "PickleSerializer", "Serializer", "encode_checked"]
+
+DEFAULT_MAX_BYTES = 1024 * 1024
+_TAG = "$t"
+_NONE_TYPE = type(None)
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Turns results into text and back. ``name`` is stored beside each row it wrote."""
+
+    name: str
+
+    def dumps(self, value: Any, hint: Any) -> str:
+        """Return ``value`` as text; raise :class:`SerializationError` when it cannot be stored."""
+        ...
+
+    def loads(self, text: str, hint: Any) -> Any:
+        """Return the value that :meth:`dumps` encoded."""
+        ...
+
+
+class _Refused(Exception):
+    def __init__(self, what: str, path: str) -> None:
+        super().__init__(what, path)
+        self.what = what
+        self.path = path
+
+
+def _classes_in(hint: Any) -> list[type]:
+    """The classes a (possibly generic or union) annotation allows at this position."""
+    if hint is None or hint is Any:
+        return []
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or (isinstance(hint, types.UnionType)):
+        found: list[type] = []
+        for arg in typing.get_args(hint):
+            found.extend(_classes_in(arg))
+        return found
+    if origin is typing.Annotated:
+        return _classes_in(typing.get_args(hint)[0])
+    if origin is not None:
+        return [origin] if isinstance(origin, type) else []
+    return [hint] if isinstance(hint, type) else []
+
+
+def _args_for(hint: Any, container: type) -> tuple[Any, ...]:
+    """Type arguments of the union member of ``hint`` whose origin is ``container``."""
+    origin = typing.get_origin(hint)
+    if origin is typing.Union or isinstance(hint, types.UnionType):
+        for arg in typing.get_args(hint):
+            found = _args_for(arg, container)
+            if found:
+                return found
+        return ()
+    if origin is typing.Annotated:
+        return _args_for(typing.get_args(hint)[0], container)
+    if origin is not None and isinstance(origin, type) and issubclass(origin, container):
+        return typing.get_args(hint)
+    return ()
+
+
+def _is_model(cls: type) -> bool:
+    return hasattr(cls, "model_fields") and hasattr(cls, "model_validate")
+
+
+def _pick(candidates: list[type], cls: type) -> type | None:
+    return next((c for c in candidates if c is cls), None)
+
+
+class JsonCodec:
+    """The default serializer: tagged JSON, classes rebuilt from the return annotation."""
+
+    name = "json"
+
+    # -- encoding -------------------------------------------------------------------------------
+    def _enc(self, value: Any, hint: Any, path: str) -> Any:
+        if value is None or isinstance(value, (bool, str)):
+            return value
+        cls = type(value)
+        if isinstance(value, enum.Enum):
+            if _pick(_classes_in(hint), cls) is None:
+                raise _Refused(f"enum {cls.__qualname__}", path)
+            return {_TAG: "enum", "c": cls.__qualname__, "v": self._enc(value.value, Any, path)}
+        if cls is int:
+            return value
+        if cls is float:
+            return value
+        if isinstance(value, decimal.Decimal):
+            return {_TAG: "decimal", "v": str(value)}
+        if isinstance(value, dt.datetime):
+            return {_TAG: "datetime", "v": value.isoformat()}
+        if isinstance(value, dt.date):
+            return {_TAG: "date", "v": value.isoformat()}
+        if isinstance(value, dt.time):
+            return {_TAG: "time", "v": value.isoformat()}
+        if isinstance(value, dt.timedelta):
+            return {_TAG: "timedelta", "v": [value.days, value.seconds, value.microseconds]}
+        if isinstance(value, uuid.UUID):
+            return {_TAG: "uuid", "v": str(value)}
+        if isinstance(value, bytes):
+            return {_TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
+        if cls is list:
+            (item,) = _args_for(hint, list) or (Any,)
+            return [self._enc(v, item, f"{path}[{i}]") for i, v in enumerate(value)]
+        if cls is tuple:
+            args = _args_for(hint, tuple)
+            hints = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
+            hints += [Any] * (len(value) - len(hints))
+            return {_TAG: "tuple", "v": [self._enc(v, h, f"{path}[{i}]") for i, (v, h) in enumerate(zip(value, hints))]}
+        if cls in (set, frozenset):
+            (item,) = _args_for(hint, cls) or (Any,)
+            return {_TAG: cls.__name__, "v": [self._enc(v, item, f"{path}{{}}") for v in value]}
+        if cls is dict:
+            key_hint, val_hint = _args_for(hint, dict) or (Any, Any)
+            if all(isinstance(k, str) for k in value) and _TAG not in value:
+                return {k: self._enc(v, val_hint, f"{path}[{k!r}]") for k, v in value.items()}
+            return {
+                _TAG: "dict",
+                "v": [[self._enc(k, key_hint, path), self._enc(v, val_hint, f"{path}[{k!r}]")] for k, v in value.items()],
+            }
+        if dataclasses.is_dataclass(value):
+            if _pick(_classes_in(hint), cls) is None:
+                raise _Refused(f"dataclass {cls.__qualname__}", path)
+            hints = typing.get_type_hints(cls)
+            fields = {
+                f.name: self._enc(getattr(value, f.name), hints.get(f.name, Any), f"{path}.{f.name}")
+                for f in dataclasses.fields(value)
+            }
+            return {_TAG: "object", "c": cls.__qualname__, "v": fields}
+        if _is_model(cls):
+            if _pick(_classes_in(hint), cls) is None:
+                raise _Refused(f"pydantic model {cls.__qualname__}", path)
+            return {_TAG: "model", "c": cls.__qualname__, "v": value.model_dump(mode="json")}
+        raise _Refused(f"{cls.__module__}.{cls.__qualname__} instance", path)
+
+    def dumps(self, value: Any, hint: Any) -> str:
+        try:
+            data = self._enc(value, hint, "result")
+        except _Refused as exc:
+            raise SerializationError(
+                f"cannot store the {exc.what} at {exc.path}: return None, numbers, str, dict/list, Decimal, "
+                "datetime, UUID, a dataclass or a pydantic model named in the function's return annotation "
+                "(for example -> OrderResult), or pass serializer=... to store other types"
+            ) from None
+        except RecursionError:
+            raise SerializationError("cannot store the result: it refers to itself") from None
+        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+
+    # -- decoding -------------------------------------------------------------------------------
+    def _dec(self, data: Any, hint: Any) -> Any:
+        if isinstance(data, list):
+            (item,) = _args_for(hint, list) or (Any,)
+            return [self._dec(v, item) for v in data]
+        if not isinstance(data, dict):
+            if isinstance(data, int) and not isinstance(data, bool) and float in _classes_in(hint) \
+                    and int not in _classes_in(hint):
+                return float(data)
+            return data
+        tag = data.get(_TAG)
+        if tag is None:
+            _, val_hint = _args_for(hint, dict) or (Any, Any)
+            return {k: self._dec(v, val_hint) for k, v in data.items()}
+        raw = data["v"]
+        if tag == "decimal":
+            return decimal.Decimal(raw)
+        if tag == "datetime":
+            return dt.datetime.fromisoformat(raw)
+        if tag == "date":
+            return dt.date.fromisoformat(raw)
+        if tag == "time":
+            return dt.time.fromisoformat(raw)
+        if tag == "timedelta":
+            return dt.timedelta(days=raw[0], seconds=raw[1], microseconds=raw[2])
+        if tag == "uuid":
+            return uuid.UUID(raw)
+        if tag == "bytes":
+            return base64.b64decode(raw)
+        if tag == "tuple":
+            args = _args_for(hint, tuple)
+            hints = [args[0]] * len(raw) if len(args) == 2 and args[1] is Ellipsis else list(args)
+            hints += [Any] * (len(raw) - len(hints))
+            return tuple(self._dec(v, h) for v, h in zip(raw, hints))
+        if tag in ("set", "frozenset"):
+            kind: type = set if tag == "set" else frozenset
+            (item,) = _args_for(hint, kind) or (Any,)
+            return kind(self._dec(v, item) for v in raw)
+        if tag == "dict":
+            key_hint, val_hint = _args_for(hint, dict) or (Any, Any)
+            return {self._dec(k, key_hint): self._dec(v, val_hint) for k, v in raw}
+        cls = self._class_for(hint, data.get("c"))
+        if tag == "enum":
+            return cls(self._dec(raw, Any))
+        if tag == "object":
+            hints = typing.get_type_hints(cls)
+            return cls(**{name: self._dec(v, hints.get(name, Any)) for name, v in raw.items()})
+        if tag == "model":
+            return typing.cast(Any, cls).model_validate(raw)
+        raise SerializationError(f"stored result has an unknown tag {tag!r}; was it written by a newer version?")
+
+    def _class_for(self, hint: Any, name: object) -> type:
+        for candidate in _classes_in(hint):
+            if candidate.__qualname__ == name:
+                return candidate
+        raise SerializationError(
+            f"the stored result holds a {name} but the return annotation no longer names that class; "
+            "restore the annotation or evict the key (idempotent evict)"
+        )
+
+    def loads(self, text: str, hint: Any) -> Any:
+        return self._dec(json.loads(text), hint)
+
+
+class PickleSerializer:
+    """Opt-in pickle serializer. Only for tables nobody else can write: a row can run code when read."""
+
+    name = "pickle"
+
+    def dumps(self, value: Any, hint: Any) -> str:
+        import pickle  # noqa: PLC0415  (loaded only by users who opt in)
+
+        try:
+            return base64.b64encode(pickle.dumps(value)).decode("ascii")
+        except Exception as exc:
+            raise SerializationError(f"cannot pickle the result: {exc}") from exc
+
+    def loads(self, text: str, hint: Any) -> Any:
+        import pickle  # noqa: PLC0415  (loaded only by users who opt in)
+
+        return pickle.loads(base64.b64decode(text))  # noqa: S301  (the user opted in to pickle)
+
+
+def encode_checked(serializer: Serializer, value: Any, hint: Any, max_bytes: int) -> str:
+    """Encode ``value``; refuse results over ``max_bytes`` (never store a truncated row)."""
+    text = serializer.dumps(value, hint)
+    size = len(text.encode("utf-8", "surrogatepass"))
+    if size > max_bytes:
+        raise SerializationError(
+            f"the encoded result is {size} bytes, over the {max_bytes}-byte limit; return less "
+            "(an id to look the data up by) or raise max_result_bytes"
+        )
+    return text

@@ -1,0 +1,592 @@
+"""The decision core: what a call does, with no I/O.
+
+A stored record, the call's fingerprint and the database's clock decide whether the call
+executes, replays, waits, or is refused (:func:`decide`). The flows below (:func:`transaction_flow`,
+:func:`lease_flow`) are generators that *yield* operations (:class:`Exec`, :class:`Begin`,
+:class:`Call`, ...) and receive their results; the sync and async drivers in
+:mod:`idempotent._drivers` perform them. The logic therefore exists once for both worlds.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+import warnings
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar
+
+from idempotent.codec import Serializer, encode_checked
+from idempotent.errors import (
+    IdempotencyError,
+    IdempotencyWarning,
+    InProgress,
+    KeyReused,
+    SerializationError,
+    StoredError,
+    TransactionAborted,
+)
+from idempotent.events import Event, Hooks
+
+__all__ = [
+    "ClaimRequest",
+    "Decision",
+    "Record",
+    "Status",
+    "decide",
+    "lease_flow",
+    "transaction_flow",
+]
+
+T = TypeVar("T")
+
+#: At most this many extra attempts after a deadlock or serialization failure while claiming.
+CLAIM_RETRIES = 3
+#: Polling interval bounds while waiting for a committed claim (lease mode) to finish.
+POLL_MIN = 0.02
+POLL_MAX = 0.5
+
+
+class Status(str, enum.Enum):
+    """The ``status`` column."""
+
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One row of the keys table, as the core sees it."""
+
+    scope: str
+    key: str
+    fingerprint: str | None
+    status: str
+    owner: str
+    locked_until: int
+    created_at: int
+    expires_at: int
+    result_codec: str | None = None
+    result: str | None = None
+    error_type: str | None = None
+
+
+class Outcome(enum.Enum):
+    """What a call does about an existing record."""
+
+    REPLAY = "replay"
+    RAISE_STORED = "raise_stored"
+    MISMATCH = "mismatch"
+    TAKEOVER = "takeover"
+    WAIT = "wait"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """:func:`decide`'s verdict; ``retry_after`` (seconds) is set for ``WAIT``."""
+
+    outcome: Outcome
+    retry_after: float = 0.0
+
+
+def decide(record: Record, fingerprint: str | None, now: int) -> Decision:
+    """Decide what a call with ``fingerprint`` does, given the ``record`` already stored at ``now`` (ms)."""
+    if record.expires_at <= now:
+        return Decision(Outcome.TAKEOVER)
+    if fingerprint is not None and record.fingerprint is not None and record.fingerprint != fingerprint:
+        return Decision(Outcome.MISMATCH)
+    if record.status == Status.COMPLETED:
+        return Decision(Outcome.REPLAY)
+    if record.status == Status.FAILED:
+        return Decision(Outcome.RAISE_STORED)
+    if record.locked_until <= now:
+        return Decision(Outcome.TAKEOVER)
+    return Decision(Outcome.WAIT, retry_after=(record.locked_until - now) / 1000.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Operations the flows yield and the drivers perform.
+# ---------------------------------------------------------------------------------------------
+class Op:
+    """Base of every operation a flow yields."""
+
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class Exec(Op):
+    """Run one precompiled statement. On the caller's connection, or in its own committed
+    transaction on the store's engine when ``own`` is true. Result: rows when ``fetch``, else rowcount."""
+
+    sql: str
+    params: Any
+    fetch: bool = False
+    own: bool = False
+
+
+class Begin(Op):
+    """Begin the transaction the decorator owns."""
+
+    __slots__ = ()
+
+
+class Commit(Op):
+    """Commit the handle's current transaction."""
+
+    __slots__ = ()
+
+
+class Rollback(Op):
+    """Roll back the handle's current transaction (no-op when there is none)."""
+
+    __slots__ = ()
+
+
+class Savepoint(Op):
+    """Begin a SAVEPOINT; result: an opaque token."""
+
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class EndSavepoint(Op):
+    """Release (``commit=True``) or roll back the savepoint ``token``; errors are swallowed on rollback."""
+
+    token: Any
+    commit: bool
+
+
+class Call(Op):
+    """Run the wrapped function; result: its return value."""
+
+    __slots__ = ()
+
+
+class Flush(Op):
+    """Flush the ORM session, so pending writes fail before the key is completed."""
+
+    __slots__ = ()
+
+
+class Marker(Op):
+    """Result: the identity of the handle's current root transaction (None outside one)."""
+
+    __slots__ = ()
+
+
+@dataclass(slots=True)
+class Sleep(Op):
+    """Wait ``seconds`` without holding a transaction."""
+
+    seconds: float
+
+
+class StartRenewal(Op):
+    """Start renewing the lease in the background (lease mode)."""
+
+    __slots__ = ()
+
+
+class StopRenewal(Op):
+    """Stop the renewal started by :class:`StartRenewal`; result: False if a renewal found the lease lost."""
+
+    __slots__ = ()
+
+
+Steps = Generator[Op, Any, T]
+
+
+# ---------------------------------------------------------------------------------------------
+# Store protocol: sans-IO, its methods are generators yielding Exec.
+# ---------------------------------------------------------------------------------------------
+class ClaimBlocked(IdempotencyError):
+    """The claim waited for another transaction holding the key past the wait limit."""
+
+
+class ClaimAborted(IdempotencyError):
+    """The database aborted the transaction during the claim (deadlock or serialization failure)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimRequest:
+    """Everything a store needs to claim a key."""
+
+    scope: str
+    key: str
+    fingerprint: str | None
+    owner: str
+    ttl_ms: int
+    lease_ms: int
+    wait_ms: int
+    own: bool = False  # lease mode: each statement in its own committed transaction
+
+
+@dataclass(frozen=True, slots=True)
+class Existing:
+    """The claim found a record; ``now`` is the database clock when it was read."""
+
+    record: Record
+    now: int
+
+
+class Store(Protocol):
+    """Where keys live. Only a SQL store is atomic with the caller's own writes.
+
+    Every method is a generator: it yields :class:`Exec` operations for the driver to run (a
+    store with no database, such as :class:`idempotent.testing.MemoryStore`, yields nothing)
+    and returns its answer.
+    """
+
+    def for_dialect(self, dialect: Any) -> BoundStore:
+        """Return the store prepared for the connection's dialect (``None`` outside SQL)."""
+        ...
+
+
+class BoundStore(Protocol):
+    """A store ready for one dialect."""
+
+    #: True when the store's claim joins the caller's database transaction.
+    atomic: bool
+
+    def claim(self, request: ClaimRequest) -> Steps[Existing | None]:
+        """Insert an in-progress row; ``None`` when claimed, else the record found (or raise ClaimBlocked/ClaimAborted)."""
+        ...
+
+    def takeover(self, request: ClaimRequest, seen: Record) -> Steps[bool]:
+        """Replace ``seen`` (expired, or a dead owner's) by a new claim; False when someone else did."""
+        ...
+
+    def complete(self, request: ClaimRequest, codec: str, text: str, *, own: bool) -> Steps[bool]:
+        """Store the result while ``request.owner`` still owns the key; False when fenced out."""
+        ...
+
+    def fail(self, request: ClaimRequest, error_type: str, text: str, *, own: bool) -> Steps[bool]:
+        """Store a failure while ``request.owner`` still owns the key."""
+        ...
+
+    def release(self, request: ClaimRequest, *, own: bool) -> Steps[bool]:
+        """Delete the in-progress claim of ``request.owner``."""
+        ...
+
+    def renew(self, request: ClaimRequest) -> Steps[bool]:
+        """Push ``locked_until`` to now + lease while ``request.owner`` owns the key."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# The flows.
+# ---------------------------------------------------------------------------------------------
+@dataclass(slots=True)
+class Plan(Generic[T]):
+    """One call's parameters, prepared by the decorator."""
+
+    store: BoundStore
+    request: ClaimRequest
+    wait: float
+    serializer: Serializer
+    return_hint: Any
+    max_bytes: int
+    store_errors: tuple[type[BaseException], ...]
+    hooks: Hooks
+    function: str
+    owned: bool = True
+    commit: bool = False
+    lease: float = 60.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def new_owner() -> str:
+    """A random token identifying one claim."""
+    return uuid.uuid4().hex
+
+
+def _replay(plan: Plan[Any], record: Record) -> Any:
+    if record.status == Status.FAILED:
+        raise _rebuild_error(plan, record)
+    if record.result is None or record.result_codec is None:
+        return None
+    if record.result_codec != plan.serializer.name:
+        raise SerializationError(
+            f"the stored result of {plan.function} was written by serializer {record.result_codec!r}, "
+            f"but the function now uses {plan.serializer.name!r}; restore the serializer or evict the key"
+        )
+    return plan.serializer.loads(record.result, plan.return_hint)
+
+
+def _rebuild_error(plan: Plan[Any], record: Record) -> BaseException:
+    import json  # noqa: PLC0415  (only the rare failed-record path needs it)
+
+    args = tuple(json.loads(record.result or "[]"))
+    for cls in plan.store_errors:
+        if f"{cls.__module__}.{cls.__qualname__}" == record.error_type:
+            try:
+                return cls(*args)
+            except Exception:  # noqa: BLE001  (a constructor that refuses its own args gets the wrapper)
+                break
+    return StoredError(
+        f"{plan.function} failed earlier with {record.error_type}{args!r}; the failure was recorded "
+        "for this key and is replayed as StoredError because that type cannot be rebuilt",
+        type_name=record.error_type or "",
+        args=args,
+    )
+
+
+def _encode_error(exc: BaseException) -> tuple[str, str]:
+    import json  # noqa: PLC0415  (only the rare failed-record path needs it)
+
+    cls = type(exc)
+    try:
+        text = json.dumps(list(exc.args), ensure_ascii=False)
+    except (TypeError, ValueError):
+        text = json.dumps([str(exc)], ensure_ascii=False)
+    return f"{cls.__module__}.{cls.__qualname__}", text
+
+
+def _in_progress(plan: Plan[Any], retry_after: float) -> InProgress:
+    return InProgress(
+        f"another call of {plan.function} with key {plan.request.key!r} is still running; "
+        f"retry in {max(retry_after, 0.0):.1f} s",
+        retry_after=retry_after,
+    )
+
+
+def _mismatch(plan: Plan[Any]) -> KeyReused:
+    return KeyReused(
+        f"key {plan.request.key!r} was already used for {plan.function} with different arguments; "
+        "use a new key for a new request",
+        scope=plan.request.scope,
+        key=plan.request.key,
+    )
+
+
+def _remaining(deadline: float) -> float:
+    return deadline - time.monotonic()
+
+
+def transaction_flow(plan: Plan[T]) -> Steps[T]:
+    """Transaction mode: the key commits or rolls back with the function's own writes."""
+    store, request, hooks = plan.store, plan.request, plan.hooks
+    deadline = time.monotonic() + plan.wait
+    aborted = 0
+    waited = False
+    while True:
+        token = None
+        if plan.owned:
+            yield Begin()
+        else:
+            token = yield Savepoint()
+        try:
+            wait_ms = max(0, int(_remaining(deadline) * 1000))
+            found = yield from store.claim(_with_wait(request, wait_ms))
+            if found is not None:
+                decision = decide(found.record, request.fingerprint, found.now)
+                if decision.outcome is Outcome.TAKEOVER:
+                    if (yield from store.takeover(request, found.record)):
+                        found = None
+                    else:
+                        decision = Decision(Outcome.WAIT, retry_after=0.0)
+        except ClaimAborted as exc:
+            yield from _undo(plan, token)
+            hooks.emit(Event.CONFLICT, plan, detail="aborted")
+            if plan.owned and aborted < CLAIM_RETRIES:
+                aborted += 1
+                continue
+            raise TransactionAborted(
+                f"the database aborted the transaction while {plan.function} claimed key {request.key!r} "
+                f"({exc}); roll back and retry the whole unit of work"
+            ) from exc.__cause__
+        except ClaimBlocked:
+            yield from _undo(plan, token)
+            hooks.emit(Event.CONFLICT, plan, detail="timeout")
+            raise _in_progress(plan, max(plan.wait, 1.0)) from None
+        except BaseException:
+            yield from _undo(plan, token)
+            raise
+        if found is None:
+            break
+        # Nothing was written: end what this attempt began, then act on the decision.
+        yield from _undo(plan, token)
+        if decision.outcome is Outcome.REPLAY or decision.outcome is Outcome.RAISE_STORED:
+            hooks.emit(Event.REPLAYED, plan)
+            return _replay(plan, found.record)  # type: ignore[no-any-return]
+        if decision.outcome is Outcome.MISMATCH:
+            hooks.emit(Event.MISMATCH, plan)
+            raise _mismatch(plan)
+        # WAIT: a committed claim (lease mode, or a self-committing function) is still running.
+        left = _remaining(deadline)
+        if left <= 0 or not plan.owned:
+            hooks.emit(Event.CONFLICT, plan, detail="in_progress")
+            raise _in_progress(plan, decision.retry_after)
+        if not waited:
+            hooks.emit(Event.WAITED, plan)
+            waited = True
+        yield Sleep(min(left, max(POLL_MIN, min(POLL_MAX, decision.retry_after))))
+
+    # Claimed: run the function inside the same transaction.
+    marker = yield Marker()
+    errors_point = None
+    if plan.owned and plan.store_errors:
+        errors_point = yield Savepoint()
+    try:
+        result = yield Call()
+        yield Flush()
+    except BaseException as exc:
+        ended = (yield Marker()) is not marker
+        if errors_point is not None and not ended and isinstance(exc, plan.store_errors):
+            yield EndSavepoint(errors_point, commit=False)
+            error_type, text = _encode_error(exc)
+            yield from store.fail(request, error_type, text, own=False)
+            yield Commit()
+            hooks.emit(Event.EXECUTED, plan, detail="failed")
+            raise
+        if ended:  # the function committed the claim itself: release it so a retry runs
+            yield Rollback()
+            yield from store.release(request, own=False)
+            yield Commit()
+        else:
+            yield from _undo(plan, token)
+        hooks.emit(Event.RELEASED, plan)
+        raise
+    try:
+        text = encode_checked(plan.serializer, result, plan.return_hint, plan.max_bytes)
+    except BaseException:
+        yield from _undo(plan, token)
+        hooks.emit(Event.RELEASED, plan)
+        raise
+    if (yield Marker()) is marker:
+        yield from store.complete(request, plan.serializer.name, text, own=False)
+        if errors_point is not None:
+            yield EndSavepoint(errors_point, commit=True)
+        if plan.owned:
+            yield Commit()
+        else:
+            yield EndSavepoint(token, commit=True)
+            if plan.commit:
+                yield Commit()
+    else:
+        warnings.warn(
+            f"{plan.function} ended the transaction itself; its key committed with its writes and the "
+            "result was stored in a second, fenced transaction. Let the decorator commit (commit=True) "
+            "to store both atomically",
+            IdempotencyWarning,
+            stacklevel=4,
+        )
+        stored = yield from store.complete(request, plan.serializer.name, text, own=False)
+        yield Commit()
+        if not stored:
+            hooks.emit(Event.CONFLICT, plan, detail="fenced")
+    hooks.emit(Event.EXECUTED, plan)
+    return result
+
+
+def _with_wait(request: ClaimRequest, wait_ms: int) -> ClaimRequest:
+    if request.wait_ms == wait_ms:
+        return request
+    return ClaimRequest(
+        request.scope,
+        request.key,
+        request.fingerprint,
+        request.owner,
+        request.ttl_ms,
+        request.lease_ms,
+        wait_ms,
+        request.own,
+    )
+
+
+def _undo(plan: Plan[Any], token: Any) -> Steps[None]:
+    if plan.owned:
+        yield Rollback()
+    else:
+        yield EndSavepoint(token, commit=False)
+
+
+def lease_flow(plan: Plan[T]) -> Steps[T]:
+    """Lease mode: the claim commits at once; the result commits only while the lease is still ours."""
+    store, request, hooks = plan.store, plan.request, plan.hooks
+    deadline = time.monotonic() + plan.wait
+    aborted = 0
+    waited = False
+    while True:
+        try:
+            found = yield from store.claim(_with_wait(request, max(0, int(_remaining(deadline) * 1000))))
+            if found is not None:
+                decision = decide(found.record, request.fingerprint, found.now)
+                if decision.outcome is Outcome.TAKEOVER:
+                    if (yield from store.takeover(request, found.record)):
+                        found = None
+                    else:
+                        decision = Decision(Outcome.WAIT, retry_after=0.0)
+        except ClaimAborted as exc:
+            if aborted < CLAIM_RETRIES:
+                aborted += 1
+                continue
+            raise TransactionAborted(
+                f"the database kept aborting the claim of key {request.key!r} for {plan.function} ({exc})"
+            ) from exc.__cause__
+        except ClaimBlocked:
+            hooks.emit(Event.CONFLICT, plan, detail="timeout")
+            raise _in_progress(plan, plan.lease) from None
+        if found is None:
+            break
+        if decision.outcome is Outcome.REPLAY or decision.outcome is Outcome.RAISE_STORED:
+            hooks.emit(Event.REPLAYED, plan)
+            return _replay(plan, found.record)  # type: ignore[no-any-return]
+        if decision.outcome is Outcome.MISMATCH:
+            hooks.emit(Event.MISMATCH, plan)
+            raise _mismatch(plan)
+        left = _remaining(deadline)
+        if left <= 0:
+            hooks.emit(Event.CONFLICT, plan, detail="in_progress")
+            raise _in_progress(plan, decision.retry_after)
+        if not waited:
+            hooks.emit(Event.WAITED, plan)
+            waited = True
+        yield Sleep(min(left, max(POLL_MIN, min(POLL_MAX, decision.retry_after))))
+
+    yield StartRenewal()
+    try:
+        result = yield Call()
+    except BaseException as exc:
+        yield StopRenewal()
+        if plan.store_errors and isinstance(exc, plan.store_errors):
+            error_type, text = _encode_error(exc)
+            yield from store.fail(request, error_type, text, own=True)
+            hooks.emit(Event.EXECUTED, plan, detail="failed")
+        else:
+            yield from store.release(request, own=True)
+            hooks.emit(Event.RELEASED, plan)
+        raise
+    yield StopRenewal()
+    try:
+        text = encode_checked(plan.serializer, result, plan.return_hint, plan.max_bytes)
+    except BaseException:
+        yield from store.release(request, own=True)
+        hooks.emit(Event.RELEASED, plan)
+        raise
+    if not (yield from store.complete(request, plan.serializer.name, text, own=True)):
+        hooks.emit(Event.CONFLICT, plan, detail="fenced")
+        return (yield from _fenced_outcome(plan, deadline))
+    hooks.emit(Event.EXECUTED, plan)
+    return result
+
+
+def _fenced_outcome(plan: Plan[T], deadline: float) -> Steps[T]:
+    """Our lease was taken over: refuse our result and give the current owner's outcome."""
+    import logging  # noqa: PLC0415  (rare path)
+
+    logging.getLogger("idempotent").warning(
+        "lease of %s key %r expired before it completed; its result was refused (another caller took over)",
+        plan.function,
+        plan.request.key,
+    )
+    found = yield from plan.store.claim(_with_wait(plan.request, 0))
+    if found is None:  # the taker released it: ours is not the outcome any more either
+        yield from plan.store.release(plan.request, own=True)
+        raise _in_progress(plan, 0.0)
+    decision = decide(found.record, plan.request.fingerprint, found.now)
+    if decision.outcome in (Outcome.REPLAY, Outcome.RAISE_STORED):
+        return _replay(plan, found.record)  # type: ignore[no-any-return]
+    raise _in_progress(plan, max(decision.retry_after, 0.0))

@@ -1,0 +1,442 @@
+"""``@idempotent`` and ``configure()``: the public entry points."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import functools
+import hashlib
+import inspect
+import threading
+import typing
+import warnings
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Literal, TypeVar, overload
+
+from typing_extensions import ParamSpec
+
+from idempotent import _drivers, core
+from idempotent._sql import SQLStore
+from idempotent.codec import DEFAULT_MAX_BYTES, JsonCodec, Serializer
+from idempotent.errors import ConfigurationError, IdempotencyWarning, MissingKey
+from idempotent.events import Hook, Hooks
+from idempotent.fingerprint import VERSION as FP_VERSION
+from idempotent.fingerprint import digest
+from idempotent.keys import normalise_key, normalise_scope, resolve_path
+from idempotent.schema import DEFAULT_TABLE
+
+__all__ = ["configure", "idempotent"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+Seconds = float | int | dt.timedelta
+Mode = Literal["transaction", "lease"]
+
+DEFAULT_TTL = 24 * 3600.0
+DEFAULT_LEASE = 60.0
+DEFAULT_WAIT = 10.0
+
+
+@dataclasses.dataclass
+class _Defaults:
+    store: Any = None
+    ttl: float = DEFAULT_TTL
+    lease: float = DEFAULT_LEASE
+    wait: float = DEFAULT_WAIT
+    max_result_bytes: int = DEFAULT_MAX_BYTES
+    serializer: Serializer = dataclasses.field(default_factory=JsonCodec)
+    hooks: tuple[Hook, ...] = ()
+
+
+_defaults = _Defaults(store=SQLStore())
+_defaults_lock = threading.Lock()
+
+
+def _seconds(value: Seconds, name: str) -> float:
+    if isinstance(value, dt.timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        raise ConfigurationError(f"{name} must be a number of seconds >= 0 or a timedelta, not {value!r}")
+    return float(value)
+
+
+def configure(
+    engine: Any = None,
+    table: str = DEFAULT_TABLE,
+    schema: str | None = None,
+    *,
+    store: Any = None,
+    ttl: Seconds = DEFAULT_TTL,
+    lease: Seconds = DEFAULT_LEASE,
+    wait: Seconds = DEFAULT_WAIT,
+    max_result_bytes: int = DEFAULT_MAX_BYTES,
+    serializer: Serializer | None = None,
+    hooks: Sequence[Hook] = (),
+    clock_offset: float = 0.0,
+) -> None:
+    """Set process-wide defaults, once at start-up. Every decorator option overrides them.
+
+    ``engine`` is needed only for lease mode and the command line: transaction mode runs on the
+    session or connection each call receives. ``table``/``schema`` name the keys table (the same
+    values ``make_table``, the migration and the CLI take). ``store`` replaces the SQL store.
+    """
+    if store is None:
+        store = SQLStore(engine, table, schema, clock_offset=clock_offset)
+    new = _Defaults(
+        store=store,
+        ttl=_seconds(ttl, "ttl"),
+        lease=_seconds(lease, "lease"),
+        wait=_seconds(wait, "wait"),
+        max_result_bytes=int(max_result_bytes),
+        serializer=serializer or JsonCodec(),
+        hooks=tuple(hooks),
+    )
+    with _defaults_lock:
+        global _defaults  # noqa: PLW0603  (process-wide defaults are this function's purpose)
+        _defaults = new
+
+
+def default_store() -> Any:
+    """The store ``configure`` set (an engine-less SQL store on ``idempotency_keys`` until then)."""
+    return _defaults.store
+
+
+_UNSET: Any = object()
+
+
+class _Spec:
+    """Everything decided at decoration time."""
+
+    def __init__(
+        self,
+        func: Callable[..., Any],
+        key_from: str | Callable[..., Any],
+        scope: str | None,
+        session: str | Callable[[], Any] | None,
+        mode: str,
+        ttl: Any,
+        lease: Any,
+        wait: Any,
+        fingerprint: bool | Sequence[str] | Callable[..., Any],
+        store_errors: Sequence[type[BaseException]],
+        serializer: Serializer | None,
+        commit: bool,
+        required: bool,
+        store: Any,
+        max_result_bytes: int | None,
+        hooks: Sequence[Hook],
+    ) -> None:
+        self.func = func
+        self.name = f"{func.__module__}.{func.__qualname__}"
+        self.signature = inspect.signature(func)
+        params = self.signature.parameters
+        if mode not in ("transaction", "lease"):
+            raise ConfigurationError(f"mode must be 'transaction' or 'lease', not {mode!r}")
+        self.mode = mode
+        if isinstance(key_from, str):
+            head = key_from.split(".", 1)[0]
+            if head not in params:
+                raise ConfigurationError(
+                    f"key_from={key_from!r} names no parameter of {self.name}; its parameters are "
+                    f"{', '.join(params) or 'none'}"
+                )
+        elif not callable(key_from):
+            raise ConfigurationError("key_from must be a parameter name (dotted paths allowed) or a callable")
+        self.key_from = key_from
+        if isinstance(session, str) and session not in params:
+            raise ConfigurationError(f"session={session!r} names no parameter of {self.name}")
+        self.session = session
+        if scope is None:
+            scope = f"{func.__module__}:{func.__qualname__}"
+            if func.__module__ == "__main__" or "<locals>" in func.__qualname__:
+                warnings.warn(
+                    f"{self.name} gets the scope {scope!r}, which changes between runs or programs; "
+                    "give it a stable one with @idempotent(..., scope='orders.place')",
+                    IdempotencyWarning,
+                    stacklevel=4,
+                )
+        self.scope = normalise_scope(scope)
+        self.skip = {n for n in list(params)[:1] if n in ("self", "cls")}
+        if isinstance(session, str):
+            self.skip.add(session)
+        if fingerprint is True:
+            self.fp_names: tuple[str, ...] | None = None
+            self.fp_func: Callable[..., Any] | None = None
+        elif fingerprint is False or fingerprint is None:
+            self.fp_names, self.fp_func = (), None
+        elif callable(fingerprint):
+            self.fp_names, self.fp_func = None, fingerprint
+        else:
+            names = tuple(fingerprint)
+            missing = [n for n in names if n not in params]
+            if missing:
+                raise ConfigurationError(f"fingerprint names no parameter {', '.join(missing)} of {self.name}")
+            self.fp_names, self.fp_func = names, None
+        self.fp_disabled = fingerprint is False or fingerprint is None
+        for cls in store_errors:
+            if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+                raise ConfigurationError(f"store_errors takes exception classes, not {cls!r}")
+        self.store_errors = tuple(store_errors)
+        self.serializer = serializer
+        self.commit = commit
+        self.required = required
+        self.store = store
+        self.max_result_bytes = max_result_bytes
+        self.hooks = tuple(hooks)
+        self.ttl = None if ttl is _UNSET else _seconds(ttl, "ttl")
+        self.lease = None if lease is _UNSET else _seconds(lease, "lease")
+        self.wait = None if wait is _UNSET else _seconds(wait, "wait")
+        self._hint: Any = _UNSET
+
+    @property
+    def return_hint(self) -> Any:
+        if self._hint is _UNSET:
+            try:
+                self._hint = typing.get_type_hints(self.func, include_extras=True).get("return", typing.Any)
+            except Exception:  # noqa: BLE001  (unresolvable annotations: only plain values are stored)
+                self._hint = typing.Any
+        return self._hint
+
+    # -- per call -------------------------------------------------------------------------------
+    def key(self, args: tuple[Any, ...], kwargs: dict[str, Any], arguments: dict[str, Any]) -> str | None:
+        if isinstance(self.key_from, str):
+            try:
+                raw = resolve_path(self.key_from, arguments)
+            except AttributeError as exc:
+                raise MissingKey(f"key_from={self.key_from!r} of {self.name}: {exc}") from None
+        else:
+            raw = self.key_from(*args, **kwargs)
+        key = normalise_key(raw)
+        if key is None and self.required:
+            raise MissingKey(
+                f"{self.name} was called without an idempotency key ({self.key_from!r} is None); pass one, "
+                "or decorate with required=False to run such calls without idempotency"
+            )
+        return key
+
+    def handle(self, arguments: dict[str, Any]) -> Any:
+        if isinstance(self.session, str):
+            obj = arguments[self.session]
+        elif self.session is not None:
+            obj = self.session()
+        else:
+            obj = next((v for v in arguments.values() if _drivers.is_handle(v)), None)
+        if obj is not None and not _drivers.is_handle(obj):
+            unwrap = getattr(obj, "registry", None)  # scoped_session / async_scoped_session
+            if unwrap is not None and callable(obj):
+                obj = obj()
+        return obj
+
+    def fingerprint(self, args: tuple[Any, ...], kwargs: dict[str, Any], arguments: dict[str, Any]) -> str | None:
+        if self.fp_disabled:
+            return None
+        if self.fp_func is not None:
+            value = self.fp_func(*args, **kwargs)
+            return f"{FP_VERSION}:" + hashlib.sha256(str(value).encode("utf-8", "surrogatepass")).hexdigest()
+        if self.fp_names is not None:
+            chosen = {n: arguments[n] for n in self.fp_names}
+        else:
+            chosen = {
+                n: v for n, v in arguments.items() if n not in self.skip and not _drivers.is_handle(v)
+            }
+        return digest(chosen, self.name)
+
+    def plan(self, key: str, fingerprint: str | None) -> core.Plan[Any]:
+        defaults = _defaults
+        store = self.store if self.store is not None else defaults.store
+        ttl = self.ttl if self.ttl is not None else defaults.ttl
+        lease = self.lease if self.lease is not None else defaults.lease
+        wait = self.wait if self.wait is not None else defaults.wait
+        request = core.ClaimRequest(
+            self.scope,
+            key,
+            fingerprint,
+            core.new_owner(),
+            int(ttl * 1000),
+            int(lease * 1000),
+            int(wait * 1000),
+            own=self.mode == "lease",
+        )
+        return core.Plan(
+            store=store,
+            request=request,
+            wait=wait,
+            serializer=self.serializer or defaults.serializer,
+            return_hint=self.return_hint,
+            max_bytes=self.max_result_bytes or defaults.max_result_bytes,
+            store_errors=self.store_errors,
+            hooks=Hooks(defaults.hooks + self.hooks),
+            function=self.name,
+            commit=self.commit,
+            lease=lease,
+            extra={"engine": getattr(store, "engine", None)},
+        )
+
+    def prepare(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], is_async: bool
+    ) -> tuple[core.Plan[Any], core.Steps[Any], Any] | None:
+        """Return the plan, its flow and the handle; None to run the function without idempotency."""
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        arguments = bound.arguments
+        key = self.key(args, kwargs, arguments)
+        if key is None:
+            return None
+        fingerprint = self.fingerprint(args, kwargs, arguments)
+        plan = self.plan(key, fingerprint)
+        raw = plan.store
+        handle: Any = None
+        if self.mode == "transaction" and getattr(raw, "atomic", False):
+            obj = self.handle(arguments)
+            if obj is None:
+                raise ConfigurationError(
+                    f"{self.name} runs in transaction mode but received no Session, Connection, AsyncSession "
+                    "or AsyncConnection: pass one as an argument, name it with session=..., or use "
+                    "mode='lease' for work without a database transaction"
+                )
+            handle = _drivers.async_handle_for(obj) if is_async else _drivers.sync_handle_for(obj)
+            plan.store = raw.for_dialect(handle.dialect)
+            plan.owned = not handle.in_transaction()
+            if plan.commit and not plan.owned and handle.is_session and not handle.autobegun():
+                plan.commit = False  # the caller began this transaction explicitly: it commits
+            return plan, core.transaction_flow(plan), handle
+        if self.mode == "lease" and getattr(raw, "atomic", False):
+            if raw.engine is None:
+                raise ConfigurationError(
+                    f"{self.name} uses lease mode, which commits its claim on its own connection: give the "
+                    "store an engine with configure(engine=...) or store=SQLStore(engine)"
+                )
+            plan.store = raw.for_dialect(raw.engine.dialect)
+            plan.extra["renew"] = True
+            if isinstance(raw, SQLStore):
+                _check_sqlite_self_wait(self, arguments, raw)
+            return plan, core.lease_flow(plan), None
+        plan.store = raw.for_dialect(None)
+        plan.extra["renew"] = self.mode == "lease"
+        return plan, core.lease_flow(plan), None
+
+
+def _check_sqlite_self_wait(spec: _Spec, arguments: dict[str, Any], store: SQLStore) -> None:
+    """Lease mode inside the caller's open SQLite write transaction would wait on itself."""
+    if store.engine is None or store.engine.dialect.name != "sqlite":
+        return
+    obj = spec.handle(arguments) if spec.session is not None else None
+    if obj is None:
+        obj = next((v for v in arguments.values() if _drivers.is_handle(v)), None)
+    if obj is None or not obj.in_transaction():
+        return
+    try:
+        raw = obj.connection() if hasattr(obj, "connection") and not hasattr(obj, "exec_driver_sql") else obj
+        dbapi = raw.connection.driver_connection
+    except Exception:  # noqa: BLE001  (best effort: async handles are not inspected here)
+        return
+    if getattr(dbapi, "in_transaction", False):
+        raise ConfigurationError(
+            f"{spec.name} uses lease mode on SQLite while the caller's connection holds an open write "
+            "transaction on the same database: the claim would wait for that transaction, i.e. for itself. "
+            "Commit first, or use transaction mode"
+        )
+
+
+@overload
+def idempotent(
+    func: None = None,
+    *,
+    key_from: str | Callable[..., Any],
+    scope: str | None = None,
+    session: str | Callable[[], Any] | None = None,
+    mode: Mode = "transaction",
+    ttl: Seconds = ...,
+    lease: Seconds = ...,
+    wait: Seconds = ...,
+    fingerprint: bool | Sequence[str] | Callable[..., Any] = True,
+    store_errors: Sequence[type[BaseException]] = (),
+    serializer: Serializer | None = None,
+    commit: bool = False,
+    required: bool = True,
+    store: Any = None,
+    max_result_bytes: int | None = None,
+    hooks: Sequence[Hook] = (),
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+def idempotent(
+    func: Callable[..., Any] | None = None,
+    *,
+    key_from: str | Callable[..., Any] | None = None,
+    scope: str | None = None,
+    session: str | Callable[[], Any] | None = None,
+    mode: Mode = "transaction",
+    ttl: Seconds = _UNSET,
+    lease: Seconds = _UNSET,
+    wait: Seconds = _UNSET,
+    fingerprint: bool | Sequence[str] | Callable[..., Any] = True,
+    store_errors: Sequence[type[BaseException]] = (),
+    serializer: Serializer | None = None,
+    commit: bool = False,
+    required: bool = True,
+    store: Any = None,
+    max_result_bytes: int | None = None,
+    hooks: Sequence[Hook] = (),
+) -> Any:
+    """Make a function safe to retry: the first call with a key runs it, later calls replay its result.
+
+    In the default transaction mode the key is claimed, the function runs and its result is
+    stored in the same database transaction as the function's own writes (see the README for
+    owned and joined transactions). ``mode="lease"`` commits the claim at once instead, for work
+    whose effect is outside the database.
+    """
+    if func is not None:
+        raise ConfigurationError("use @idempotent(key_from=...): the decorator needs to know where the key is")
+    if key_from is None:
+        raise ConfigurationError("@idempotent needs key_from=: a parameter name such as 'order_id', or a callable")
+
+    def decorate(target: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
+            raise TypeError(
+                f"@idempotent cannot wrap the generator {target.__qualname__}: its body runs after the call "
+                "returns, outside the transaction that records the key. Return a list instead"
+            )
+        if getattr(target, "__idempotent__", None) is not None:
+            raise ConfigurationError(
+                f"{target.__qualname__} is already decorated with @idempotent; decorate it once"
+            )
+        if isinstance(target, (staticmethod, classmethod)):
+            raise ConfigurationError("put @idempotent below @staticmethod/@classmethod, next to the function")
+        spec = _Spec(
+            target, key_from, scope, session, mode, ttl, lease, wait, fingerprint, store_errors,
+            serializer, commit, required, store, max_result_bytes, hooks,
+        )  # fmt: skip
+        if inspect.iscoroutinefunction(target):
+            wrapper = _async_wrapper(spec, target)
+        else:
+            wrapper = _sync_wrapper(spec, target)
+        wrapper.__idempotent__ = spec  # type: ignore[attr-defined]
+        return wrapper
+
+    return decorate
+
+
+def _sync_wrapper(spec: _Spec, target: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(target)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        prepared = spec.prepare(args, kwargs, is_async=False)
+        if prepared is None:
+            return target(*args, **kwargs)
+        plan, flow, handle = prepared
+        return _drivers.run_sync(plan, flow, handle, lambda: target(*args, **kwargs))
+
+    return wrapper
+
+
+def _async_wrapper(spec: _Spec, target: Callable[..., Awaitable[Any]]) -> Callable[..., Any]:
+    @functools.wraps(target)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        prepared = spec.prepare(args, kwargs, is_async=True)
+        if prepared is None:
+            return await target(*args, **kwargs)
+        plan, flow, handle = prepared
+        return await _drivers.run_async(plan, flow, handle, lambda: target(*args, **kwargs))
+
+    return wrapper
