@@ -220,9 +220,9 @@ class BoundSQLStore:
                 locked_until=now + bp("lease_ms", type_=sa.BigInteger),
                 created_at=now,
                 expires_at=now + bp("ttl_ms", type_=sa.BigInteger),
-                result_codec=None,
-                result=None,
-                error_type=None,
+                result_codec=sa.null(),
+                result=sa.null(),
+                error_type=sa.null(),
             )
         )
         self._takeover = prepare(takeover, dialect)
