@@ -264,7 +264,9 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "environment use `alembic upgrade idempotent@head` instead."
         ),
     )
-    parser.add_argument("--url", required=True, help="SQLAlchemy database URL, e.g. postgresql+psycopg://host/db")
+    parser.add_argument(
+        "--url", required=True, help="SQLAlchemy database URL, e.g. postgresql+psycopg://host/db"
+    )
     parser.add_argument(
         "--table",
         default=DEFAULT_TABLE,
@@ -290,7 +292,7 @@ def run(args: argparse.Namespace) -> int:
         where = url.render_as_string(hide_password=True)
         if args.sql:
             sys.stdout.write(upgrade_sql(url, table=table, schema=schema))
-            if url.get_backend_name() == "mysql" and not url.get_dialect().is_mariadb:
+            if url.get_backend_name() == "mysql":  # a mariadb:// URL names "mariadb"
                 print(
                     "note: this SQL is for MySQL 8 (utf8mb4_0900_bin keys); "
                     "for a MariaDB server use a mariadb+pymysql:// URL",
@@ -329,4 +331,3 @@ def _explain(exc: Exception) -> str | None:
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
-
