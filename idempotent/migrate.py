@@ -31,6 +31,7 @@ from idempotent.schema import DEFAULT_TABLE
 
 if TYPE_CHECKING:
     from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 __all__ = [
     "BRANCH",
@@ -102,12 +103,28 @@ def target(config: Config) -> tuple[str, str | None]:
 
 def head() -> str:
     """Return the id of the library's newest revision."""
-    from alembic.script import ScriptDirectory  # noqa: PLC0415 (keep the command line's start-up light)
-
-    revision = ScriptDirectory(str(migrations_location())).get_current_head()
+    revision = _scripts().get_current_head()
     if revision is None:  # pragma: no cover - the package always ships its revisions
         raise ConfigurationError("the idempotent migrations contain no revision")
     return revision
+
+
+def _scripts() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory  # noqa: PLC0415 (keep the command line's start-up light)
+
+    return ScriptDirectory(str(migrations_location()))
+
+
+def _check_known(revision: str | None, table: str) -> None:
+    """Refuse a version table that records a revision this release does not ship (a newer release's)."""
+    if revision is None:
+        return
+    known = {script.revision for script in _scripts().walk_revisions()}
+    if revision not in known:
+        raise ConfigurationError(
+            f"{version_table_name(table)} records revision {revision}, which this release of idempotent "
+            "does not know: a newer release migrated the table; install that release or a later one"
+        )
 
 
 def current(bind: Bind, *, table: str = DEFAULT_TABLE, schema: str | None = None) -> str | None:
@@ -131,6 +148,7 @@ def upgrade(bind: Bind, *, table: str = DEFAULT_TABLE, schema: str | None = None
         from alembic import command  # noqa: PLC0415 (keep the command line's start-up light)
 
         before = _current(conn, table, schema)
+        _check_known(before, table)
         command.upgrade(_config(table, schema, connection=conn), f"{BRANCH}@head")
         return _current(conn, table, schema) != before
 
@@ -149,6 +167,7 @@ def downgrade(bind: Bind, *, table: str = DEFAULT_TABLE, schema: str | None = No
         from alembic import command  # noqa: PLC0415 (keep the command line's start-up light)
 
         before = _current(conn, table, schema)
+        _check_known(before, table)
         command.downgrade(_config(table, schema, connection=conn), f"{BRANCH}@base")
         version_table = sa.Table(version_table_name(table), sa.MetaData(), schema=schema)
         if sa.inspect(conn).has_table(version_table.name, schema=schema):

@@ -135,6 +135,19 @@ def test_migrate_errors_are_one_line(
     assert_one_line_error(*migrate(installed, tmp_path, "--url", url, check=False), *fragments)
 
 
+def test_migrate_refuses_a_newer_releases_table(installed: Installed, tmp_path: Path) -> None:
+    """A table migrated by a newer release (unknown revision) is one error line saying so."""
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    migrate(installed, tmp_path, "--url", url)
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE idempotency_keys_version SET version_num = 'ffffffffffff'"))
+    engine.dispose()
+    assert_one_line_error(
+        *migrate(installed, tmp_path, "--url", url, check=False), "ffffffffffff", "newer release"
+    )
+
+
 def test_migrate_never_prints_the_password(installed: Installed, tmp_path: Path) -> None:
     """A refused connection's message does not carry the URL's password."""
     code, out, err = migrate(

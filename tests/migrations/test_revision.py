@@ -25,6 +25,7 @@ from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.schema import CreateIndex, CreateTable
 
 from idempotent import SQLStore, idempotent, migrate
+from idempotent.errors import ConfigurationError
 from idempotent.schema import MARIADB_KEY_COLLATION, make_table
 from tests.migrations.conftest import ROOT, backend_url, drop_tables, unique
 from tests.services import MARIADB_URL, POSTGRES_URL, require
@@ -251,6 +252,19 @@ def test_custom_schema_on_mariadb() -> None:
         engine.dispose()
 
 
+def test_revision_from_a_newer_release_is_refused(engine: sa.Engine, table: str) -> None:
+    """A version table recording a revision this release does not ship is a clear error, and nothing runs."""
+    migrate.upgrade(engine, table=table)
+    version = sa.Table(migrate.version_table_name(table), sa.MetaData(), autoload_with=engine)
+    with engine.begin() as conn:
+        conn.execute(version.update().values(version_num="ffffffffffff"))
+    for operation in (migrate.upgrade, migrate.downgrade):
+        with pytest.raises(ConfigurationError, match=r"ffffffffffff.*newer release"):
+            operation(engine, table=table)
+    with engine.connect() as conn:
+        assert table in table_names(conn)
+
+
 def test_two_keys_tables_keep_separate_versions(engine: sa.Engine, table: str, url: str) -> None:
     """Each keys table has its own version table; downgrading one leaves the other at head."""
     other = unique()
@@ -408,8 +422,6 @@ def test_target_reads_x_arguments_then_ini_then_defaults() -> None:
 
 def test_invalid_names_are_refused() -> None:
     """An empty or space-padded table or schema name is a ConfigurationError before any connection."""
-    from idempotent.errors import ConfigurationError
-
     with pytest.raises(ConfigurationError, match="table name"):
         migrate.upgrade("sqlite://", table="")
     with pytest.raises(ConfigurationError, match="schema name"):
