@@ -18,25 +18,30 @@ from idempotent.migrate import target, version_table_name
 
 config = context.config
 table, schema = target(config)
-options = {"version_table": version_table_name(table), "version_table_schema": schema}
+version_table = version_table_name(table)
 
 
 def run_online(connection: sa.Connection) -> None:
-    context.configure(connection=connection, **options)
+    context.configure(connection=connection, version_table=version_table, version_table_schema=schema)
     with context.begin_transaction():
         context.run_migrations()
 
 
-if context.is_offline_mode():
-    url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
-    if not url:
-        raise RuntimeError("set sqlalchemy.url to produce SQL for a database")
-    context.configure(url=url, literal_binds=True, **options)
-    with context.begin_transaction():
-        context.run_migrations()
-elif config.attributes.get("connection") is not None:
-    run_online(config.attributes["connection"])
-else:
+def main() -> None:
+    if context.is_offline_mode():
+        url = config.attributes.get("url") or config.get_main_option("sqlalchemy.url")
+        if not url:
+            raise RuntimeError("set sqlalchemy.url to produce SQL for a database")
+        context.configure(
+            url=url, literal_binds=True, version_table=version_table, version_table_schema=schema
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    connection = config.attributes.get("connection")
+    if connection is not None:
+        run_online(connection)
+        return
     url = config.get_main_option("sqlalchemy.url")
     if not url:
         raise RuntimeError("set sqlalchemy.url to migrate a database")
@@ -46,3 +51,6 @@ else:
             run_online(connection)
     finally:
         engine.dispose()
+
+
+main()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import io
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -433,6 +434,23 @@ def test_checkout_location_is_the_top_level_migrations() -> None:
     assert migrate.migrations_location() == ROOT / "migrations"
     assert migrate.versions_location() == ROOT / "migrations" / "versions"
     assert (migrate.versions_location() / "90375989d197_create_keys_table.py").is_file()
+
+
+def test_library_environment_run_by_alembic_itself(tmp_path: Path) -> None:
+    """The library's env.py also works when Alembic runs it with only sqlalchemy.url (online and --sql)."""
+    url = f"sqlite:///{tmp_path / 'direct.db'}"
+    output = io.StringIO()
+    config = Config(cmd_opts=argparse.Namespace(x=["idempotent_table=direct_keys"]), output_buffer=output)
+    config.set_main_option("script_location", str(migrate.migrations_location()))
+    config.set_main_option("sqlalchemy.url", url)
+    command.upgrade(config, "idempotent@head", sql=True)
+    assert "CREATE TABLE direct_keys (" in output.getvalue()
+    command.upgrade(config, "idempotent@head")
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        assert table_names(conn) == {"direct_keys", "direct_keys_version"}
+        assert diff(conn, "direct_keys") == []
+    engine.dispose()
 
 
 def test_user_alembic_environment_with_x_arguments(tmp_path: Path, url: str) -> None:
