@@ -1,0 +1,943 @@
+"""Second pass: resolve names across the files of one run, find handlers, decide each one.
+
+A name is resolved the way Python would bind it (local scope, then module, then import), and an
+import is followed into the checked files, through re-exports, until it reaches a definition or
+leaves the tree. Objects are identified by file and scoped name, so a router defined in one file
+and included into an app in another is the same object in both.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from idempotent.check._frameworks import (
+    BASE_CLASSES,
+    CELERY_TASK_DECORATORS,
+    CONSTRUCTORS,
+    DJANGO_METHOD_DECORATORS,
+    DJANGO_URL_FUNCTIONS,
+    DRF_ACTION,
+    DRF_API_VIEW,
+    DRF_MIXINS,
+    EXTERNAL_ROOTS,
+    FRAMEWORK_LABELS,
+    HINT_ORDER,
+    METHOD_DECORATOR,
+    ROUTE_ATTRIBUTES,
+    STATE_CHANGING,
+    VIEW_CHAIN,
+    VIEWSET_CHAIN,
+    WRITE_HOOKS,
+    BaseClass,
+)
+from idempotent.check.config import CheckConfig
+from idempotent.check.facts import ClassFacts, Decorator, FunctionFacts, ModuleFacts, Ref, Registration
+from idempotent.check.rules import Finding, FixTarget
+
+__all__ = ["Project", "Verdict"]
+
+_MAX_DEPTH = 24
+_REGISTRAR_ATTRIBUTES = frozenset({"router", "wsgi_app", "asgi_app", "app"})
+_DJANGO_ROOTS = frozenset({"django", "rest_framework"})
+#: The framework a call registration belongs to when its router object is not known.
+_CALL_FRAMEWORKS = {
+    "api_route": "fastapi",
+    "add_route": "starlette",
+    "url_rule": "flask",
+    "route": "starlette",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Obj:
+    """Something defined in a checked file (``name`` is its scoped name there)."""
+
+    path: str
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Mod:
+    """A checked module."""
+
+    path: str
+
+
+@dataclass(frozen=True, slots=True)
+class Ext:
+    """A name outside the checked files, fully qualified."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class Unknown:
+    """A name that could not be followed; ``candidates`` are its spellings via star imports."""
+
+    name: str
+    candidates: tuple[str, ...] = ()
+
+
+Resolved = Obj | Mod | Ext | Unknown
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the checker decided about one handler (``reason``: a rule code or why it is safe)."""
+
+    path: str
+    line: int
+    handler: str
+    framework: str
+    methods: tuple[str, ...]
+    reason: str
+
+
+@dataclass(slots=True)
+class _Reg:
+    """One way a function or class is served: a route, a task, a Django URL, a view class."""
+
+    framework: str
+    methods: tuple[str, ...]
+    registrar: Resolved | None
+    decorator_index: int | None
+    wrapped: bool
+    kind: str  # "route", "call", "django", "task"
+
+
+@dataclass(slots=True)
+class _Location:
+    """Where a class-based handler is reported, and what it serves there."""
+
+    path: str
+    cls: ClassFacts
+    method: FunctionFacts | None
+    methods: list[str] = field(default_factory=list)
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    implicit_from: str = ""
+
+
+class Project:
+    """The files of one run, with every cross-file question answered from them."""
+
+    def __init__(
+        self,
+        modules: Sequence[ModuleFacts],
+        config: CheckConfig,
+        *,
+        display: Callable[[str], str] = str,
+        extra_handling: Iterable[str] = (),
+    ) -> None:
+        self.modules = {m.path: m for m in modules}
+        self.config = config
+        self.display = display
+        self._names: dict[str, str] = {}
+        self._by_name: dict[str, str | None] = {}
+        self._by_suffix: dict[str, str | None] = {}
+        self._has_init: dict[str, bool] = {}
+        for path in self.modules:
+            self._index(path)
+        handling = [*config.decorators, *extra_handling]
+        self._handling_full = frozenset(n for n in handling if "." in n)
+        self._handling_bare = frozenset(n for n in handling if "." not in n)
+        self._middleware_full = frozenset(n for n in config.middleware if "." in n)
+        self._middleware_bare = frozenset(n.rsplit(".", 1)[-1] for n in config.middleware)
+        self._cache: dict[tuple[str, str, str], Resolved] = {}
+        self._classes = {(m.path, c.qualname): c for m in modules for c in m.classes}
+        self._functions = {(m.path, f.qualname): f for m in modules for f in m.functions}
+        self._mro_cache: dict[tuple[str, str], list[tuple[str, ClassFacts]]] = {}
+        self._registrations: dict[Obj, list[tuple[ModuleFacts, Registration]]] = {}
+        self._parents: dict[Resolved, set[Resolved]] = {}
+        self._covered: set[Resolved] = set()
+        self.django_covered = False
+        self._link()
+
+    # -- module names ----------------------------------------------------------------------
+    def _dir_has_init(self, directory: str) -> bool:
+        known = self._has_init.get(directory)
+        if known is None:
+            known = os.path.isfile(os.path.join(directory, "__init__.py"))
+            self._has_init[directory] = known
+        return known
+
+    def _index(self, path: str) -> None:
+        pure = PurePosixPath(path)
+        parts = [] if pure.name == "__init__.py" else [pure.stem]
+        directory = pure.parent
+        while self._dir_has_init(str(directory)) and directory != directory.parent:
+            parts.insert(0, directory.name)
+            directory = directory.parent
+        name = ".".join(parts) or pure.stem
+        self._names[path] = name
+        self._by_name[name] = None if name in self._by_name else path
+        components = list(pure.parent.parts[1:]) + ([] if pure.name == "__init__.py" else [pure.stem])
+        for start in range(max(0, len(components) - 8), len(components)):
+            suffix = ".".join(components[start:])
+            if suffix != name:
+                self._by_suffix[suffix] = None if suffix in self._by_suffix else path
+
+    def module_name(self, path: str) -> str:
+        """The dotted module name of a checked file."""
+        return self._names.get(path, PurePosixPath(path).stem)
+
+    def _module_file(self, dotted: str) -> str | None:
+        if dotted in self._by_name:
+            return self._by_name[dotted]
+        return self._by_suffix.get(dotted)
+
+    # -- resolution ------------------------------------------------------------------------
+    def resolve(self, module: ModuleFacts, ref: Ref) -> Resolved:
+        """What ``ref`` names, seen from ``module``."""
+        key = (module.path, ref.scope, ref.dotted)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = self._resolve(module, ref.scope, ref.dotted, 0)
+            self._cache[key] = cached
+        return cached
+
+    def _resolve(self, module: ModuleFacts, scope: str, dotted: str, depth: int) -> Resolved:
+        head, _, rest = dotted.partition(".")
+        current = scope
+        while True:
+            binding = module.bindings.get(current, {}).get(head)
+            if binding is not None:
+                break
+            if not current:
+                break
+            current = current.rpartition(".")[0]
+        if binding is None:
+            candidates = tuple(
+                f"{target.lstrip('.')}.{dotted}" if not target.startswith(".") else dotted
+                for star_scope, target in module.star_imports
+                if scope == star_scope or scope.startswith(star_scope)
+            )
+            for _, target in module.star_imports:
+                found = self._target(module, f"{target}.{dotted}", depth + 1)
+                if isinstance(found, Obj) and self._defines(found.path, found.name.split(".")[0]):
+                    return found
+            return Unknown(dotted, candidates)
+        if binding.local or binding.target is None:
+            return Obj(module.path, f"{current}.{dotted}" if current else dotted)
+        return self._target(module, binding.target + (f".{rest}" if rest else ""), depth)
+
+    def _defines(self, path: str, name: str) -> bool:
+        binding = self.modules[path].bindings.get("", {}).get(name)
+        return binding is not None and binding.local
+
+    def _target(self, module: ModuleFacts, target: str, depth: int) -> Resolved:
+        if depth > _MAX_DEPTH:
+            return Unknown(target)
+        if target.startswith("."):
+            level = len(target) - len(target.lstrip("."))
+            parts = [p for p in target[level:].split(".") if p]
+            directory = PurePosixPath(module.path).parent
+            for _ in range(level - 1):
+                directory = directory.parent
+            for end in range(len(parts), -1, -1):
+                found = self._file_at(directory, parts[:end])
+                if found is not None:
+                    return self._attribute(found, parts[end:], depth)
+            return Unknown(target.lstrip("."))
+        parts = target.split(".")
+        if parts[0] in EXTERNAL_ROOTS:
+            return Ext(target)
+        for end in range(len(parts), 0, -1):
+            path = self._module_file(".".join(parts[:end]))
+            if path is not None:
+                return self._attribute(path, parts[end:], depth)
+        return Ext(target)
+
+    def _file_at(self, directory: PurePosixPath, parts: list[str]) -> str | None:
+        base = directory.joinpath(*parts)
+        for candidate in (f"{base}.py", f"{base}/__init__.py") if parts else (f"{base}/__init__.py",):
+            if candidate in self.modules:
+                return candidate
+        return None
+
+    def _attribute(self, path: str, rest: list[str], depth: int) -> Resolved:
+        if not rest:
+            return Mod(path)
+        module = self.modules[path]
+        binding = module.bindings.get("", {}).get(rest[0])
+        if binding is not None and not binding.local and binding.target is not None:
+            tail = ".".join(rest[1:])
+            return self._target(module, binding.target + (f".{tail}" if tail else ""), depth + 1)
+        if binding is None and module.star_imports:
+            return self._resolve(module, "", ".".join(rest), depth + 1)
+        return Obj(path, ".".join(rest))
+
+    def names(self, resolved: Resolved) -> tuple[str, ...]:
+        """The qualified spellings of a resolved name, for matching against known names."""
+        if isinstance(resolved, Obj):
+            return (f"{self.module_name(resolved.path)}.{resolved.name}",)
+        if isinstance(resolved, Mod):
+            return (self.module_name(resolved.path),)
+        if isinstance(resolved, Ext):
+            return (resolved.name,)
+        return (*resolved.candidates, resolved.name)
+
+    def _names_of(self, module: ModuleFacts, scope: str, dotted: str | None) -> tuple[str, ...]:
+        if dotted is None:
+            return ()
+        return self.names(self.resolve(module, Ref(scope, dotted)))
+
+    # -- what names mean -------------------------------------------------------------------
+    def is_handling(self, names: Iterable[str]) -> bool:
+        """Whether a decorator with one of these qualified names handles idempotency."""
+        for name in names:
+            last = name.rsplit(".", 1)[-1]
+            if name.startswith("idempotent.") and last.startswith("idempotent"):
+                return True
+            if name in self._handling_full or last in self._handling_bare:
+                return True
+        return False
+
+    def is_middleware(self, names: Iterable[str]) -> bool:
+        """Whether a middleware class with one of these qualified names handles idempotency."""
+        for name in names:
+            last = name.rsplit(".", 1)[-1]
+            if name.startswith("idempotent.") and last.endswith("Middleware"):
+                return True
+            if last == "IdempotencyMiddleware":
+                return True
+            if name in self._middleware_full or last in self._middleware_bare:
+                return True
+        return False
+
+    def decorator_handles(self, module: ModuleFacts, scope: str, decorator: Decorator) -> bool:
+        """Whether a decorator is ``@idempotent`` or an equivalent (also via ``method_decorator``)."""
+        names = self._names_of(module, scope, decorator.func)
+        if self.is_handling(names):
+            return True
+        if any(n == METHOD_DECORATOR or n.endswith(".method_decorator") for n in names) or (
+            decorator.func == "method_decorator"
+        ):
+            return any(self.is_handling(self._names_of(module, scope, inner)) for inner in decorator.inner)
+        return False
+
+    def kind(self, resolved: Resolved) -> tuple[str, str] | None:
+        """(framework, role) of an app, router, blueprint or Celery object."""
+        if not isinstance(resolved, Obj):
+            return None
+        module = self.modules[resolved.path]
+        for called in module.constructors.get(resolved.name, ()):
+            for name in self.names(self.resolve(module, called)):
+                if name in CONSTRUCTORS:
+                    return CONSTRUCTORS[name]
+        return None
+
+    def registrar(self, module: ModuleFacts, ref: Ref) -> Resolved:
+        """The object a route is attached to (``app.router`` and ``app.wsgi_app`` mean ``app``)."""
+        resolved = self.resolve(module, ref)
+        while isinstance(resolved, Obj) and self.kind(resolved) is None and "." in resolved.name:
+            parent, _, last = resolved.name.rpartition(".")
+            candidate = Obj(resolved.path, parent)
+            constructors = self.modules[resolved.path].constructors
+            if last not in _REGISTRAR_ATTRIBUTES or (
+                self.kind(candidate) is None and candidate.name not in constructors
+            ):
+                break
+            resolved = candidate
+        return resolved
+
+    def _reads_header(self, module: ModuleFacts, scope: str, dotted: str) -> bool:
+        resolved = self.resolve(module, Ref(scope, dotted))
+        if isinstance(resolved, Obj):
+            function = self._functions.get((resolved.path, resolved.name))
+            return function is not None and function.reads_header
+        return False
+
+    # -- the app graph ---------------------------------------------------------------------
+    def _link(self) -> None:
+        for module in self.modules.values():
+            for parent, child in module.includes:
+                child_obj = self.registrar(module, child)
+                self._parents.setdefault(child_obj, set()).add(self.registrar(module, parent))
+            for obj, middleware in module.object_middleware:
+                if self.is_middleware(self.names(self.resolve(module, middleware))):
+                    self._covered.add(self.registrar(module, obj))
+            for called, wrapped in module.middleware_calls:
+                if self.is_middleware(self.names(self.resolve(module, called))):
+                    self._covered.add(self.registrar(module, wrapped))
+            for receiver, target in module.init_apps:
+                extension = self.resolve(module, receiver)
+                if isinstance(extension, Obj):
+                    owner = self.modules[extension.path]
+                    constructors = owner.constructors.get(extension.name, ())
+                    if any(self.is_middleware(self.names(self.resolve(owner, c))) for c in constructors):
+                        self._covered.add(self.registrar(module, target))
+            for obj, function_name in module.http_middleware:
+                function = self._functions.get((module.path, function_name))
+                if function is not None and function.reads_header:
+                    self._covered.add(self.registrar(module, obj))
+            for obj, dependency in module.object_deps:
+                if self._reads_header(module, obj.scope, dependency.dotted):
+                    self._covered.add(self.registrar(module, obj))
+            if any(self.is_middleware([name]) for name in module.django_middleware):
+                self.django_covered = True
+            for registration in module.registrations:
+                endpoint = self.resolve(module, registration.target)
+                if isinstance(endpoint, Obj):
+                    self._registrations.setdefault(endpoint, []).append((module, registration))
+
+    def covered(self, obj: Resolved | None) -> bool:
+        """Whether requests to ``obj`` pass through idempotency middleware (its own or a parent's)."""
+        if obj is None:
+            return False
+        seen: set[Resolved] = set()
+        stack = [obj]
+        while stack:
+            current = stack.pop()
+            if current in self._covered:
+                return True
+            if current in seen:
+                continue
+            seen.add(current)
+            stack.extend(self._parents.get(current, ()))
+        return False
+
+    # -- findings --------------------------------------------------------------------------
+    def analyse(self) -> tuple[list[Finding], list[Verdict]]:
+        """Every finding, and a verdict for every handler seen (findings and safe ones alike)."""
+        findings: list[Finding] = []
+        verdicts: list[Verdict] = []
+        for module in self.modules.values():
+            for function in module.functions:
+                self._function(module, function, findings, verdicts)
+            for cls in module.classes:
+                self._class(module, cls, findings, verdicts)
+        findings.sort(key=Finding.sort_key)
+        verdicts.sort(key=lambda v: (v.path, v.line, v.handler))
+        return findings, verdicts
+
+    def _suppressed(self, module: ModuleFacts, first: int, last: int, code: str) -> bool:
+        for line in range(first, last + 1):
+            if line in module.suppressions:
+                codes = module.suppressions[line]
+                if codes is None or code in codes:
+                    return True
+        return False
+
+    def _hint(self, module: ModuleFacts) -> str | None:
+        for root in HINT_ORDER:
+            if root in module.roots:
+                return root
+        return None
+
+    def _function_regs(self, module: ModuleFacts, function: FunctionFacts) -> list[_Reg]:
+        regs: list[_Reg] = []
+        scope = function.scope
+        for decorator in function.decorators:
+            names = self._names_of(module, scope, decorator.func)
+            receiver = self.registrar(module, Ref(scope, decorator.receiver)) if decorator.receiver else None
+            kind = self.kind(receiver) if receiver is not None else None
+            if decorator.called and decorator.attr in ROUTE_ATTRIBUTES and receiver is not None:
+                framework: str | None = None
+                if kind is not None and kind[1] in {"app", "router", "blueprint"}:
+                    framework = kind[0]
+                elif kind is None and (
+                    self._hint(module) is not None or (decorator.first_str or "").startswith("/")
+                ):
+                    framework = self._hint(module) or "http"
+                if framework is not None:
+                    methods = ROUTE_ATTRIBUTES[decorator.attr]
+                    if decorator.attr in {"api_route", "route"} and decorator.methods_kw is not None:
+                        methods = tuple(m.upper() for m in decorator.methods_kw)
+                    regs.append(_Reg(framework, methods, receiver, decorator.index, False, "route"))
+                    continue
+            if any(n in CELERY_TASK_DECORATORS for n in names) or (
+                decorator.attr == "task"
+                and (kind == ("celery", "celery") or (kind is None and "celery" in module.roots))
+            ):
+                regs.append(_Reg("celery", (), None, decorator.index, False, "task"))
+            elif any(n in DRF_API_VIEW for n in names):
+                methods = decorator.first_list or decorator.methods_kw or ("GET",)
+                regs.append(_Reg("drf", tuple(m.upper() for m in methods), None, None, False, "django"))
+        for registration_module, registration in self._registrations.get(
+            Obj(module.path, function.qualname), ()
+        ):
+            reg = self._call_reg(registration_module, registration, is_class=False)
+            if reg is not None:
+                regs.append(reg)
+        if not any(r.kind in {"route", "task", "call"} for r in regs):
+            django = self._django_view(module, function, regs)
+            if django is not None:
+                regs = [r for r in regs if r.kind != "django"] + [django]
+        return regs
+
+    def _call_reg(self, module: ModuleFacts, registration: Registration, *, is_class: bool) -> _Reg | None:
+        scope = registration.target.scope
+        wrapped = any(self.is_handling(self._names_of(module, scope, w)) for w in registration.wrappers)
+        if registration.kind == "path":
+            names = self._names_of(module, scope, registration.func.dotted if registration.func else None)
+            if not (
+                any(n in DJANGO_URL_FUNCTIONS for n in names)
+                or (not any("." in n for n in names) and module.roots & _DJANGO_ROOTS)
+            ):
+                return None
+            return _Reg("django", (), None, None, wrapped, "path")
+        if registration.registrar is None:
+            return None
+        registrar = self.registrar(module, registration.registrar)
+        kind = self.kind(registrar)
+        framework = kind[0] if kind is not None else _CALL_FRAMEWORKS[registration.kind]
+        methods = registration.methods
+        if methods is None:
+            methods = () if is_class else ("GET",)
+        return _Reg(framework, methods, registrar, None, wrapped, "call")
+
+    def _django_view(self, module: ModuleFacts, function: FunctionFacts, regs: list[_Reg]) -> _Reg | None:
+        api_view = next((r for r in regs if r.kind == "django"), None)
+        paths = [r for r in regs if r.kind == "path"]
+        if function.scope or not function.params:
+            return api_view
+        if (
+            api_view is None
+            and not paths
+            and (not (module.roots & _DJANGO_ROOTS) or function.params[0] not in {"request", "req"})
+        ):
+            return None
+        restriction: tuple[str, ...] | None = None
+        for decorator in function.decorators:
+            names = self._names_of(module, function.scope, decorator.func)
+            for name in names:
+                last = name.rsplit(".", 1)[-1]
+                if last in DJANGO_METHOD_DECORATORS and (
+                    name.startswith("django.") or (module.roots & _DJANGO_ROOTS and "." not in name)
+                ):
+                    fixed = DJANGO_METHOD_DECORATORS[last]
+                    restriction = fixed if fixed is not None else decorator.first_list or ()
+        wrapped = bool(paths) and all(r.wrapped for r in paths)
+        if api_view is not None:
+            api_view.wrapped = wrapped
+            return api_view
+        if restriction is not None:
+            methods = tuple(m.upper() for m in restriction)
+        else:
+            signals = set(function.method_compares) & set(STATE_CHANGING)
+            if function.reads_body:
+                signals.add("POST")
+            methods = tuple(m for m in STATE_CHANGING if m in signals)
+        if not methods:
+            return None
+        return _Reg("django", methods, None, None, wrapped, "django")
+
+    def _function(
+        self, module: ModuleFacts, function: FunctionFacts, findings: list[Finding], verdicts: list[Verdict]
+    ) -> None:
+        regs = self._function_regs(module, function)
+        regs = [r for r in regs if r.kind != "path"]
+        if not regs:
+            return
+        scope = function.scope
+        handling = [d for d in function.decorators if self.decorator_handles(module, scope, d)]
+        header = function.reads_header or any(
+            self._reads_header(module, scope, dep)
+            for dep in (*function.depends, *(d for dec in function.decorators for d in dec.deps))
+        )
+        registering = [r.decorator_index for r in regs if r.decorator_index is not None]
+        misplaced = [d for d in handling if any(index > d.index for index in registering)]
+        framework = regs[0].framework
+        first_line = function.first_decorator_line()
+        last_line = max(function.line, function.body_line - 1)
+        display = self.display(module.path)
+        if misplaced:
+            for decorator in misplaced:
+                below = next(
+                    r for r in regs if r.decorator_index is not None and r.decorator_index > decorator.index
+                )
+                what = "task" if below.kind == "task" else "route"
+                self._emit(
+                    findings,
+                    verdicts,
+                    module,
+                    code="IDEM003",
+                    lines=(first_line, last_line),
+                    finding=Finding(
+                        path=display,
+                        line=decorator.line,
+                        column=decorator.column,
+                        code="IDEM003",
+                        message=(
+                            f"@{decorator.func} is stacked above the {what} decorator of "
+                            f"`{function.name}`, which registered the undecorated function: it does "
+                            f"nothing there; move it directly above the def"
+                        ),
+                        framework=below.framework,
+                        handler=function.qualname,
+                        methods=below.methods,
+                        target=FixTarget(
+                            file=module.path,
+                            kind="move",
+                            anchor_line=function.line,
+                            move_start=decorator.line,
+                            move_end=decorator.end_line,
+                        ),
+                    ),
+                )
+            return
+        open_methods: list[str] = []
+        task = False
+        reasons: set[str] = set()
+        for reg in regs:
+            if reg.kind == "route":
+                decorated = any(d.index > (reg.decorator_index or 0) for d in handling)
+            else:
+                decorated = bool(handling)
+            covered = self.covered(reg.registrar) or (
+                reg.framework in {"django", "drf"} and self.django_covered
+            )
+            if decorated:
+                reasons.add("decorator")
+            elif reg.wrapped:
+                reasons.add("wrapped")
+            elif header:
+                reasons.add("header")
+            elif covered:
+                reasons.add("middleware")
+            elif reg.kind == "task":
+                task = True
+            else:
+                open_methods.extend(m for m in reg.methods if m not in open_methods)
+        checked = [m for m in STATE_CHANGING if m in open_methods and m in self.config.methods]
+        all_methods = tuple(m for m in STATE_CHANGING if any(m in r.methods for r in regs))
+        target = FixTarget(file=module.path, kind="function", anchor_line=function.line)
+        if checked:
+            self._emit_missing(
+                findings,
+                verdicts,
+                module,
+                code="IDEM001",
+                function=function,
+                framework=framework,
+                methods=tuple(checked),
+                target=target,
+            )
+        elif task:
+            self._emit_missing(
+                findings,
+                verdicts,
+                module,
+                code="IDEM002",
+                function=function,
+                framework="celery",
+                methods=(),
+                target=target,
+            )
+        elif reasons or all_methods or any(r.kind == "task" for r in regs):
+            reason = min(reasons) if reasons else "not-checked"
+            verdicts.append(
+                Verdict(display, function.line, function.qualname, framework, all_methods, reason)
+            )
+
+    def _emit_missing(
+        self,
+        findings: list[Finding],
+        verdicts: list[Verdict],
+        module: ModuleFacts,
+        *,
+        code: str,
+        function: FunctionFacts,
+        framework: str,
+        methods: tuple[str, ...],
+        target: FixTarget,
+    ) -> None:
+        first_line = function.first_decorator_line()
+        last_line = max(function.line, function.body_line - 1)
+        self._emit(
+            findings,
+            verdicts,
+            module,
+            code=code,
+            lines=(first_line, last_line),
+            finding=Finding(
+                path=self.display(module.path),
+                line=function.line,
+                column=function.column,
+                code=code,
+                message=_message(
+                    code, function.name, framework=framework, methods=methods, writes=function.writes
+                ),
+                framework=framework,
+                handler=function.qualname,
+                methods=methods,
+                writes=function.writes,
+                target=target,
+            ),
+        )
+
+    def _emit(
+        self,
+        findings: list[Finding],
+        verdicts: list[Verdict],
+        module: ModuleFacts,
+        *,
+        code: str,
+        lines: tuple[int, int],
+        finding: Finding,
+    ) -> None:
+        if code not in self.config.select:
+            reason = "not-checked"
+        elif self._suppressed(module, lines[0], lines[1], code):
+            reason = "suppressed"
+        else:
+            reason = code
+            findings.append(finding)
+        line = finding.target.anchor_line if finding.target is not None else finding.line
+        verdicts.append(
+            Verdict(finding.path, line, finding.handler, finding.framework, finding.methods, reason)
+        )
+
+    # -- class-based views -----------------------------------------------------------------
+    def _mro(self, path: str, cls: ClassFacts) -> list[tuple[str, ClassFacts]]:
+        key = (path, cls.qualname)
+        cached = self._mro_cache.get(key)
+        if cached is not None:
+            return cached
+        self._mro_cache[key] = [(path, cls)]  # guards against cycles while computing
+        order: list[tuple[str, ClassFacts]] = [(path, cls)]
+        module = self.modules[path]
+        for base in cls.bases:
+            resolved = self.resolve(module, Ref(cls.scope, base))
+            if isinstance(resolved, Obj):
+                parent = self._classes.get((resolved.path, resolved.name))
+                if parent is not None:
+                    for item in self._mro(resolved.path, parent):
+                        if all(item[1] is not seen for _, seen in order):
+                            order.append(item)
+        self._mro_cache[key] = order
+        return order
+
+    def _framework_bases(self, path: str, cls: ClassFacts) -> list[tuple[str, BaseClass | None, str]]:
+        """Framework classes among the ancestors: (name, base class or None for a mixin, mixin name)."""
+        found: list[tuple[str, BaseClass | None, str]] = []
+        for owner_path, owner in self._mro(path, cls):
+            module = self.modules[owner_path]
+            for base in owner.bases:
+                resolved = self.resolve(module, Ref(owner.scope, base))
+                if isinstance(resolved, Obj) and (resolved.path, resolved.name) in self._classes:
+                    continue
+                for name in self.names(resolved):
+                    root, last = name.split(".")[0], name.rsplit(".", 1)[-1]
+                    roots = [root] if "." in name else sorted(module.roots & {*EXTERNAL_ROOTS})
+                    for candidate_root in roots:
+                        if (candidate_root, last) in BASE_CLASSES:
+                            found.append((last, BASE_CLASSES[(candidate_root, last)], ""))
+                        elif candidate_root == "rest_framework" and last in DRF_MIXINS:
+                            found.append((last, None, last))
+        return found
+
+    def _is_view(self, path: str, cls: ClassFacts) -> bool:
+        return any(base is not None for _, base, _ in self._framework_bases(path, cls))
+
+    def _definer(
+        self, mro: list[tuple[str, ClassFacts]], name: str
+    ) -> tuple[str, ClassFacts, FunctionFacts | None] | None:
+        """The first class in the MRO that defines ``name`` (by ``def`` or ``method_decorator``)."""
+        for path, owner in mro:
+            if name in owner.methods:
+                return path, owner, owner.methods[name]
+            if any(d.name_kw == name for d in owner.decorators):
+                return path, owner, None
+        return None
+
+    def _chain_handled(self, mro: list[tuple[str, ClassFacts]], name: str) -> bool:
+        definer = self._definer(mro, name)
+        if definer is None:
+            return False
+        path, owner, method = definer
+        module = self.modules[path]
+        if any(
+            d.name_kw == name and self.decorator_handles(module, owner.scope, d) for d in owner.decorators
+        ):
+            return True
+        return method is not None and any(
+            self.decorator_handles(module, owner.scope, d) for d in method.decorators
+        )
+
+    def _class(
+        self, module: ModuleFacts, cls: ClassFacts, findings: list[Finding], verdicts: list[Verdict]
+    ) -> None:
+        bases = self._framework_bases(module.path, cls)
+        views = [(name, base) for name, base, _ in bases if base is not None]
+        if not views:
+            return
+        framework = views[0][1].framework
+        style = "viewset" if any(b.style == "viewset" for _, b in views) else views[0][1].style
+        implicit: dict[str, str] = {}
+        implicit_writes = ""
+        for name, base, mixin in bases:
+            served: tuple[str, ...] = ()
+            base_writes = ""
+            if base is not None:
+                served, base_writes = base.implicit, base.writes.format(name=name)
+            elif style == "viewset":
+                served, base_writes = DRF_MIXINS[mixin][0], DRF_MIXINS[mixin][1].format(name=name)
+            for method in served:
+                implicit.setdefault(method, name)
+            if served and base_writes and not implicit_writes:
+                implicit_writes = base_writes
+        mro = self._mro(module.path, cls)
+        locations: dict[int, _Location] = {}
+
+        def place(method: str, chain: tuple[str, ...], defined: FunctionFacts | None, source: str) -> None:
+            key = defined.line if defined is not None else cls.line
+            location = locations.setdefault(key, _Location(module.path, cls, defined))
+            if method not in location.methods:
+                location.methods.append(method)
+            location.chains[method] = chain
+            if source and not location.implicit_from:
+                location.implicit_from = source
+
+        for method in STATE_CHANGING:
+            if style == "dispatch":
+                declared = next((c.methods_attr for _, c in mro if c.methods_attr is not None), None)
+                if declared is None or method not in declared:
+                    continue
+                chain: tuple[str, ...] = ("dispatch_request",)
+            else:
+                chain = VIEWSET_CHAIN[method] if style == "viewset" else VIEW_CHAIN[method][:1]
+            definer = self._definer(mro, chain[0])
+            if definer is not None and definer[2] is not None:
+                owner_path, owner, defined = definer
+                if owner is cls:
+                    place(method, chain, defined, "")
+                elif not self._is_view(owner_path, owner):
+                    place(method, chain, None, owner.name)
+            elif method in implicit or (style == "dispatch"):
+                from_parent_view = any(
+                    self._is_view(p, c) and self._serves_implicitly(p, c, method) for p, c in mro[1:]
+                )
+                if not from_parent_view:
+                    place(method, chain, None, implicit.get(method, ""))
+        if style == "viewset":
+            for method_facts in cls.methods.values():
+                for decorator in method_facts.decorators:
+                    names = self._names_of(module, cls.scope, decorator.func)
+                    if any(n in DRF_ACTION for n in names) or (
+                        decorator.func == "action" and "rest_framework" in module.roots
+                    ):
+                        for method in decorator.methods_kw or ("GET",):
+                            if method.upper() in STATE_CHANGING:
+                                place(method.upper(), (method_facts.name,), method_facts, "")
+        registrations = self._registrations.get(Obj(module.path, cls.qualname), [])
+        regs = [r for r in (self._call_reg(m, reg, is_class=True) for m, reg in registrations) if r]
+        header = any(c.reads_header for _, c in mro)
+        direct = any(
+            self.decorator_handles(self.modules[p], c.scope, d)
+            for p, c in mro
+            for d in c.decorators
+            if d.name_kw is None
+        )
+        dispatch = self._chain_handled(mro, "dispatch")
+        wrapped = bool(regs) and all(r.wrapped for r in regs)
+        if framework in {"django", "drf"}:
+            covered = self.django_covered
+        else:
+            routed = [r for r in regs if r.kind == "call"]
+            covered = bool(routed) and all(self.covered(r.registrar) for r in routed)
+        display = self.display(module.path)
+        for location in sorted(locations.values(), key=lambda loc: loc.method.line if loc.method else 0):
+            methods = tuple(m for m in STATE_CHANGING if m in location.methods)
+            handled_by = ""
+            chained = any(self._chain_handled(mro, n) for m in methods for n in location.chains[m])
+            if direct or dispatch or chained:
+                handled_by = "decorator"
+            elif wrapped:
+                handled_by = "wrapped"
+            elif header:
+                handled_by = "header"
+            elif covered:
+                handled_by = "middleware"
+            name = cls.name if location.method is None else f"{cls.name}.{location.method.name}"
+            qualname = cls.qualname if location.method is None else location.method.qualname
+            anchor = location.method.line if location.method is not None else cls.line
+            checked = tuple(m for m in methods if m in self.config.methods)
+            if handled_by or not checked:
+                verdicts.append(
+                    Verdict(display, anchor, qualname, framework, methods, handled_by or "not-checked")
+                )
+                continue
+            writes = self._class_writes(mro, location, implicit_writes)
+            if location.method is not None:
+                lines = (location.method.first_decorator_line(), max(anchor, location.method.body_line - 1))
+                column = location.method.column
+                kind = "method"
+            else:
+                first = cls.first_decorator_line()
+                lines = (first, max(anchor, cls.body_line - 1))
+                column = cls.column
+                kind = "class"
+            inherited = f" (inherited from {location.implicit_from})" if location.implicit_from else ""
+            self._emit(
+                findings,
+                verdicts,
+                module,
+                code="IDEM001",
+                lines=lines,
+                finding=Finding(
+                    path=display,
+                    line=anchor,
+                    column=column,
+                    code="IDEM001",
+                    message=_message(
+                        "IDEM001",
+                        name,
+                        framework=framework,
+                        methods=checked,
+                        writes=writes,
+                        inherited=inherited,
+                    ),
+                    framework=framework,
+                    handler=qualname,
+                    methods=checked,
+                    writes=writes,
+                    target=FixTarget(file=module.path, kind=kind, anchor_line=anchor),
+                ),
+            )
+
+    def _serves_implicitly(self, path: str, cls: ClassFacts, method: str) -> bool:
+        for _, base, mixin in self._framework_bases(path, cls):
+            if base is not None and method in base.implicit:
+                return True
+            if base is None and method in DRF_MIXINS[mixin][0]:
+                return True
+        return False
+
+    def _class_writes(
+        self, mro: list[tuple[str, ClassFacts]], location: _Location, implicit: str
+    ) -> tuple[str, ...]:
+        writes: list[str] = []
+        if location.method is not None:
+            writes.extend(location.method.writes)
+        for hook in WRITE_HOOKS:
+            definer = self._definer(mro, hook)
+            if definer is not None and definer[2] is not None:
+                writes.extend(w for w in definer[2].writes if w not in writes)
+        if not writes and location.method is None and implicit:
+            writes.append(implicit)
+        return tuple(writes[:3])
+
+
+def _message(
+    code: str,
+    name: str,
+    *,
+    framework: str,
+    methods: tuple[str, ...],
+    writes: tuple[str, ...],
+    inherited: str = "",
+) -> str:
+    label = FRAMEWORK_LABELS.get(framework, framework)
+    if code == "IDEM002":
+        subject = f"Celery task `{name}` has no idempotency handling"
+        consequence = "a redelivered message repeats"
+    else:
+        subject = f"{label} handler `{name}` ({', '.join(methods)}{inherited}) has no idempotency handling"
+        consequence = "a retried request repeats"
+    if writes:
+        return f"{subject} and writes: {', '.join(writes)}; {consequence} the write"
+    return f"{subject}; no write seen in its body"
