@@ -793,7 +793,9 @@ class _Collector:
             bases=tuple(bases),
             decorators=[self.decorator(i, d) for i, d in enumerate(node.decorator_list)],
             methods=methods,
-            reads_header=_header_in(node.body),
+            reads_header=_header_in(
+                s for s in node.body if not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef)
+            ),
             methods_attr=methods_attr,
         )
 

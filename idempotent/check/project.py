@@ -42,6 +42,8 @@ __all__ = ["Project", "Verdict"]
 _MAX_DEPTH = 24
 _REGISTRAR_ATTRIBUTES = frozenset({"router", "wsgi_app", "asgi_app", "app"})
 _DJANGO_ROOTS = frozenset({"django", "rest_framework"})
+#: Methods of class-based views that run for every request, whatever its method.
+_PER_REQUEST = ("dispatch", "setup", "initial", "initialize_request")
 #: The framework a call registration belongs to when its router object is not known.
 _CALL_FRAMEWORKS = {
     "api_route": "fastapi",
@@ -117,7 +119,7 @@ class _Location:
     method: FunctionFacts | None
     methods: list[str] = field(default_factory=list)
     chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
-    implicit_from: str = ""
+    inherited_from: list[str] = field(default_factory=list)
 
 
 class Project:
@@ -518,7 +520,7 @@ class Project:
             methods = tuple(m.upper() for m in restriction)
         else:
             signals = set(function.method_compares) & set(STATE_CHANGING)
-            if function.reads_body:
+            if function.reads_body and not function.method_compares:
                 signals.add("POST")
             methods = tuple(m for m in STATE_CHANGING if m in signals)
         if not methods:
@@ -579,6 +581,9 @@ class Project:
                     ),
                 )
             return
+        all_methods = tuple(m for m in STATE_CHANGING if any(m in r.methods for r in regs))
+        if not all_methods and not any(r.kind == "task" for r in regs):
+            return  # only safe methods: not a handler this checker looks at
         open_methods: list[str] = []
         task = False
         reasons: set[str] = set()
@@ -603,7 +608,6 @@ class Project:
             else:
                 open_methods.extend(m for m in reg.methods if m not in open_methods)
         checked = [m for m in STATE_CHANGING if m in open_methods and m in self.config.methods]
-        all_methods = tuple(m for m in STATE_CHANGING if any(m in r.methods for r in regs))
         target = FixTarget(file=module.path, kind="function", anchor_line=function.line)
         if checked:
             self._emit_missing(
@@ -627,7 +631,7 @@ class Project:
                 methods=(),
                 target=target,
             )
-        elif reasons or all_methods or any(r.kind == "task" for r in regs):
+        else:
             reason = min(reasons) if reasons else "not-checked"
             verdicts.append(
                 Verdict(display, function.line, function.qualname, framework, all_methods, reason)
@@ -744,6 +748,11 @@ class Project:
                 return path, owner, None
         return None
 
+    def _defined_by(self, path: str, cls: ClassFacts, name: str, owner: ClassFacts) -> bool:
+        """Whether ``cls`` gets ``name`` from ``owner`` too (so a subclass need not be reported)."""
+        definer = self._definer(self._mro(path, cls), name)
+        return definer is not None and definer[1] is owner
+
     def _chain_handled(self, mro: list[tuple[str, ClassFacts]], name: str) -> bool:
         definer = self._definer(mro, name)
         if definer is None:
@@ -789,8 +798,8 @@ class Project:
             if method not in location.methods:
                 location.methods.append(method)
             location.chains[method] = chain
-            if source and not location.implicit_from:
-                location.implicit_from = source
+            if source and source not in location.inherited_from:
+                location.inherited_from.append(source)
 
         for method in STATE_CHANGING:
             if style == "dispatch":
@@ -805,7 +814,9 @@ class Project:
                 owner_path, owner, defined = definer
                 if owner is cls:
                     place(method, chain, defined, "")
-                elif not self._is_view(owner_path, owner):
+                elif not self._is_view(owner_path, owner) and not any(
+                    self._is_view(p, c) and self._defined_by(p, c, chain[0], owner) for p, c in mro[1:]
+                ):
                     place(method, chain, None, owner.name)
             elif method in implicit or (style == "dispatch"):
                 from_parent_view = any(
@@ -825,7 +836,7 @@ class Project:
                                 place(method.upper(), (method_facts.name,), method_facts, "")
         registrations = self._registrations.get(Obj(module.path, cls.qualname), [])
         regs = [r for r in (self._call_reg(m, reg, is_class=True) for m, reg in registrations) if r]
-        header = any(c.reads_header for _, c in mro)
+        class_header = any(c.reads_header for _, c in mro)
         direct = any(
             self.decorator_handles(self.modules[p], c.scope, d)
             for p, c in mro
@@ -848,7 +859,7 @@ class Project:
                 handled_by = "decorator"
             elif wrapped:
                 handled_by = "wrapped"
-            elif header:
+            elif class_header or self._reads_header_for(mro, location, methods):
                 handled_by = "header"
             elif covered:
                 handled_by = "middleware"
@@ -871,7 +882,9 @@ class Project:
                 lines = (first, max(anchor, cls.body_line - 1))
                 column = cls.column
                 kind = "class"
-            inherited = f" (inherited from {location.implicit_from})" if location.implicit_from else ""
+            inherited = (
+                f", inherited from {' and '.join(location.inherited_from)}" if location.inherited_from else ""
+            )
             self._emit(
                 findings,
                 verdicts,
@@ -898,6 +911,19 @@ class Project:
                     target=FixTarget(file=module.path, kind=kind, anchor_line=anchor),
                 ),
             )
+
+    def _reads_header_for(
+        self, mro: list[tuple[str, ClassFacts]], location: _Location, methods: tuple[str, ...]
+    ) -> bool:
+        """Whether a method that runs for these requests reads the Idempotency-Key header."""
+        names = {*_PER_REQUEST, *WRITE_HOOKS, *(n for m in methods for n in location.chains[m])}
+        if location.method is not None:
+            names.add(location.method.name)
+        for name in names:
+            definer = self._definer(mro, name)
+            if definer is not None and definer[2] is not None and definer[2].reads_header:
+                return True
+        return False
 
     def _serves_implicitly(self, path: str, cls: ClassFacts, method: str) -> bool:
         for _, base, mixin in self._framework_bases(path, cls):
