@@ -309,15 +309,25 @@ class _FileEdit:
     newline: str
     inserts: dict[int, list[str]] = field(default_factory=dict)  # before 0-based line index
     deletes: set[int] = field(default_factory=set)
+    imports: list[str] = field(default_factory=list)
+    import_at: int = 0
     done: list[FixPlan] = field(default_factory=list)
+
+    def added_before(self, index: int) -> int:
+        """How many lines the edits add before 0-based line ``index`` (and remove, negatively)."""
+        added = sum(len(lines) for at, lines in self.inserts.items() if at <= index)
+        if self.imports and self.import_at <= index:
+            added += len(self.imports)
+        return added - sum(1 for deleted in self.deletes if deleted < index)
 
     def render(self) -> str:
         out: list[str] = []
-        for index, line in enumerate(self.lines):
+        for index in range(len(self.lines) + 1):
+            if index == self.import_at:
+                out.extend(f"{line}{self.newline}" for line in sorted(self.imports))
             out.extend(self.inserts.get(index, ()))
-            if index not in self.deletes:
-                out.append(line)
-        out.extend(self.inserts.get(len(self.lines), ()))
+            if index < len(self.lines) and index not in self.deletes:
+                out.append(self.lines[index])
         return "".join(out)
 
 
@@ -372,7 +382,7 @@ def _import_position(tree: ast.Module) -> int:
 
 
 def _prepare(
-    edit: _FileEdit, tree: ast.Module, plan: FixPlan, bindings: dict[str, str | None], pending: set[str]
+    edit: _FileEdit, tree: ast.Module, plan: FixPlan, bindings: dict[str, str | None]
 ) -> str | None:
     """Queue the edits of one plan; returns why it cannot be done, or None."""
     target = plan.finding.target
@@ -404,13 +414,13 @@ def _prepare(
         for name, qualified in _import_bindings(import_line).items():
             current = bindings.get(name, "")
             if current == "":
-                if import_line not in needed and import_line not in pending:
+                if import_line not in needed and import_line.strip() not in edit.imports:
                     needed.append(import_line)
             elif current != qualified:
                 return f"the name {name!r} is already bound to something else in this file"
     for import_line in needed:
-        pending.add(import_line)
-        edit.inserts.setdefault(_import_position(tree), []).append(import_line.strip() + edit.newline)
+        edit.imports.append(import_line.strip())
+        edit.import_at = _import_position(tree)
     edit.inserts.setdefault(anchor, []).append(indent + plan.decorator.strip() + edit.newline)
     return None
 
@@ -424,10 +434,9 @@ def _edit_file(path: str, plans: Sequence[FixPlan]) -> tuple[_FileEdit | None, l
     lines = text.splitlines(keepends=True)
     edit = _FileEdit(text=text, lines=lines, newline=_newline(text))
     bindings = _module_bindings(tree)
-    pending: set[str] = set()
     skipped: list[tuple[FixPlan, str]] = []
     for plan in plans:
-        reason = _prepare(edit, tree, plan, bindings, pending)
+        reason = _prepare(edit, tree, plan, bindings)
         if reason is None:
             edit.done.append(plan)
         else:
@@ -477,11 +486,10 @@ def render_diff(plans: Sequence[FixPlan]) -> str:
             second = _FileEdit(text=after, lines=after.splitlines(keepends=True), newline=edit.newline)
             tree = ast.parse(after)
             bindings = _module_bindings(tree)
-            pending: set[str] = set()
             for plan in review:
-                reason = _prepare(second, tree, _shifted(plan, edit), bindings, pending)
+                reason = _prepare(second, tree, _shifted(plan, edit), bindings)
                 out.append(_review_line(plan, plan.note if reason is None else reason))
-            if second.inserts or second.deletes:
+            if second.inserts or second.deletes or second.imports:
                 out.append(_diff(display, after, second.render()))
         out.extend(_review_line(plan, plan.note) for plan in unfixable)
     return "".join(out)
@@ -493,12 +501,7 @@ def _shifted(plan: FixPlan, edit: _FileEdit) -> FixPlan:
     assert target is not None  # noqa: S101 -- plans are only made for findings with a target
 
     def moved(line: int) -> int:
-        if not line:
-            return 0
-        index = line - 1
-        added = sum(len(v) for k, v in edit.inserts.items() if k <= index)
-        removed = sum(1 for d in edit.deletes if d < index)
-        return line + added - removed
+        return line + edit.added_before(line - 1) if line else 0
 
     new_target = replace(
         target,

@@ -115,7 +115,8 @@ def test_unparsable_files_are_warnings(tmp_path: Path) -> None:
     result = run_cli(cwd=root)
     assert result.returncode == 1
     assert result.stdout == (
-        "good.py:6:1: IDEM001 FastAPI handler `x` (POST) has no idempotency handling; no write seen in its body\n"
+        "good.py:6:1: IDEM001 FastAPI handler `x` (POST) has no idempotency handling; "
+        "no write seen in its body\n"
     )
     warned = sorted(line.split(":")[0] for line in result.stderr.splitlines() if ": warning: " in line)
     assert warned == ["binary.py", "broken.py", "deep.py", "nul.py"]
