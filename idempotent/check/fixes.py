@@ -381,9 +381,7 @@ def _import_position(tree: ast.Module) -> int:
     return body[0].lineno - 1 if body else 0
 
 
-def _prepare(
-    edit: _FileEdit, tree: ast.Module, plan: FixPlan, bindings: dict[str, str | None]
-) -> str | None:
+def _prepare(edit: _FileEdit, tree: ast.Module, plan: FixPlan, bindings: dict[str, str | None]) -> str | None:
     """Queue the edits of one plan; returns why it cannot be done, or None."""
     target = plan.finding.target
     assert target is not None  # noqa: S101 -- plans are only made for findings with a target

@@ -86,10 +86,19 @@ def _excluded(path: Path, patterns: Sequence[str], root: Path) -> bool:
             if any(fnmatch.fnmatchcase(part, pattern) for part in parts):
                 return True
             continue
-        for end in range(1, len(parts) + 1):
-            if fnmatch.fnmatchcase("/".join(parts[:end]), pattern):
-                return True
+        if _prefix_match(tuple(pattern.split("/")), parts):
+            return True
     return False
+
+
+def _prefix_match(pattern: tuple[str, ...], parts: tuple[str, ...]) -> bool:
+    """Whether the path components start with the pattern's (``*`` within one, ``**`` across)."""
+    if not pattern:
+        return True
+    head, rest = pattern[0], pattern[1:]
+    if head == "**":
+        return any(_prefix_match(rest, parts[index:]) for index in range(len(parts) + 1))
+    return bool(parts) and fnmatch.fnmatchcase(parts[0], head) and _prefix_match(rest, parts[1:])
 
 
 def discover(paths: Sequence[str], config: CheckConfig, cwd: Path) -> list[Path]:
