@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:  # a sub-command not shipped in this build
-            if exc.name != name:
+            if exc.name != name and not name.startswith(f"{exc.name}."):
                 raise
             continue
         module.register(subparsers)
