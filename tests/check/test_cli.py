@@ -249,3 +249,12 @@ def test_check_is_listed_in_the_main_help() -> None:
     assert result.returncode == 0
     assert "IDEM001 missing-idempotency-key" in result.stdout
     assert "IDEM002 task-without-idempotency (opt-in)" in result.stdout
+
+
+def test_pre_commit_hook_definition() -> None:
+    """The repository's pre-commit hook runs ``idempotent check`` over the whole project."""
+    text = (CORPUS.parents[2] / ".pre-commit-hooks.yaml").read_text(encoding="utf-8")
+    assert "- id: idempotent-check\n" in text
+    assert "  entry: idempotent check\n" in text
+    assert "  language: python\n" in text
+    assert "  pass_filenames: false\n" in text
