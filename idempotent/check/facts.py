@@ -193,6 +193,7 @@ class ModuleFacts:
     http_middleware: list[tuple[Ref, str]] = field(default_factory=list)
     registrations: list[Registration] = field(default_factory=list)
     django_middleware: list[str] = field(default_factory=list)
+    passes: list[tuple[Ref, tuple[tuple[int | str, Ref], ...]]] = field(default_factory=list)
     suppressions: dict[int, frozenset[str] | None] = field(default_factory=dict)
 
 
@@ -458,6 +459,8 @@ class _Collector:
         else:
             if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign):
                 self.assignment(node, scope)
+            elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
+                self.passing(node.value, scope)
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.stmt):
                     self.statement(child, scope)
@@ -499,6 +502,27 @@ class _Collector:
                 self.constructor(value, Ref(scope, name))
             elif isinstance(value, ast.List | ast.Tuple | ast.BinOp):
                 self.route_list(value, Ref(scope, name))
+
+    def passing(self, call: ast.Call, scope: str) -> None:
+        """``setup(app)``: a call passing names, so the callee's parameters can stand for them."""
+        called = dotted(call.func)
+        if called is None:
+            return
+        arguments: list[tuple[int | str, str]] = []
+        for index, arg in enumerate(call.args):
+            if isinstance(arg, ast.Starred):
+                break
+            name = dotted(arg)
+            if name is not None:
+                arguments.append((index, name))
+        for kw in call.keywords:
+            name = dotted(kw.value) if kw.arg is not None else None
+            if kw.arg is not None and name is not None:
+                arguments.append((kw.arg, name))
+        if arguments:
+            self.facts.passes.append(
+                (Ref(scope, called), tuple((key, Ref(scope, name)) for key, name in arguments))
+            )
 
     def constructor(self, call: ast.Call, obj: Ref) -> None:
         """Keyword arguments of app and router constructors: middleware, routes, dependencies."""

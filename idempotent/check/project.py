@@ -155,6 +155,8 @@ class Project:
         self._parents: dict[Resolved, set[Resolved]] = {}
         self._covered: set[Resolved] = set()
         self.django_covered = False
+        self._aliases: dict[Resolved, Resolved] = {}
+        self._alias_parameters()
         self._link()
 
     # -- module names ----------------------------------------------------------------------
@@ -331,8 +333,47 @@ class Project:
                     return CONSTRUCTORS[name]
         return None
 
+    def _alias_parameters(self) -> None:
+        """``def setup(app): ...`` called as ``setup(app)``: the parameter stands for the argument.
+
+        Only a parameter that every call passes the same object to is aliased.
+        """
+        seen: dict[Obj, set[Resolved]] = {}
+        for module in self.modules.values():
+            for called, arguments in module.passes:
+                function_ref = self.resolve(module, called)
+                if not isinstance(function_ref, Obj):
+                    continue
+                function = self._functions.get((function_ref.path, function_ref.name))
+                if function is None:
+                    continue
+                for key, argument in arguments:
+                    if isinstance(key, int):
+                        if key >= len(function.params):
+                            continue
+                        parameter = function.params[key]
+                    elif key in function.params:
+                        parameter = key
+                    else:
+                        continue
+                    target = self.registrar(module, argument)
+                    if isinstance(target, Obj):
+                        seen.setdefault(
+                            Obj(function_ref.path, f"{function.qualname}.{parameter}"), set()
+                        ).add(target)
+        self._aliases = {param: next(iter(targets)) for param, targets in seen.items() if len(targets) == 1}
+
     def registrar(self, module: ModuleFacts, ref: Ref) -> Resolved:
         """The object a route is attached to (``app.router`` and ``app.wsgi_app`` mean ``app``)."""
+        resolved = self._registrar(module, ref)
+        for _ in range(_MAX_DEPTH):
+            alias = self._aliases.get(resolved)
+            if alias is None:
+                break
+            resolved = alias
+        return resolved
+
+    def _registrar(self, module: ModuleFacts, ref: Ref) -> Resolved:
         resolved = self.resolve(module, ref)
         while isinstance(resolved, Obj) and self.kind(resolved) is None and "." in resolved.name:
             parent, _, last = resolved.name.rpartition(".")

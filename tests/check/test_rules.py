@@ -249,3 +249,33 @@ def test_non_ascii_columns() -> None:
     """Columns count characters, not UTF-8 bytes."""
     assert _char_column("    def f(): ...", 4) == 5
     assert _char_column("é = 1; x = 2", len("é = 1; ".encode())) == 8
+
+
+def test_app_passed_to_setup_functions(tmp_path: Path) -> None:
+    """``install(app)`` and ``add_routes(app=app)``: the callee's parameter stands for the app."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "main.py").write_text(
+        "from fastapi import FastAPI\nfrom .setup import add_routes, install\n\n"
+        "app = FastAPI()\ninstall(app)\nadd_routes(app=app)\n",
+        encoding="utf-8",
+    )
+    (package / "setup.py").write_text(
+        "from idempotent.contrib.asgi import IdempotencyMiddleware\nfrom .orders import router\n\n\n"
+        "def install(app):\n    app.add_middleware(IdempotencyMiddleware)\n\n\n"
+        "def add_routes(app):\n    app.include_router(router)\n\n"
+        '    @app.post("/inline")\n    def inline(): ...\n\n\n'
+        'def unused(app):\n    @app.post("/never")\n    def never(): ...\n',
+        encoding="utf-8",
+    )
+    (package / "orders.py").write_text(
+        'from fastapi import APIRouter\n\nrouter = APIRouter()\n\n\n@router.post("/x")\ndef x(): ...\n',
+        encoding="utf-8",
+    )
+    report = check(["."], CheckConfig(root=tmp_path), cwd=tmp_path, extra_handling=())
+    assert [(v.path, v.handler, v.reason) for v in report.verdicts] == [
+        ("pkg/orders.py", "x", "middleware"),
+        ("pkg/setup.py", "add_routes.inline", "middleware"),
+        ("pkg/setup.py", "unused.never", "IDEM001"),
+    ]
