@@ -11,7 +11,7 @@ import ast
 import io
 import re
 import tokenize
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -76,6 +76,11 @@ _SQL_STATEMENTS = frozenset({"insert", "update", "delete"})
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _BODY_ATTRIBUTES = frozenset({"POST", "FILES", "body", "data"})
 _MAX_WRITES = 3
+#: Text that must appear in a file for its calls to matter (see ``_Collector.call``).
+_CALL_TRIGGERS = re.compile(
+    r"include_router|register_blueprint|\.mount\(|add_middleware|add_api_route|add_route|add_url_rule"
+    r"|init_app|Middleware|\b(?:re_)?path\(|\burl\(|MIDDLEWARE|Route\(|Mount\(|Host\("
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,15 +132,23 @@ class FunctionFacts:
     is_async: bool
     decorators: list[Decorator]
     params: tuple[str, ...]
-    reads_header: bool
-    writes: tuple[str, ...]
-    method_compares: frozenset[str]
-    reads_body: bool
-    depends: tuple[str, ...]
+    end_line: int
+    body: Body | None = None  # read on first use: most functions are never handlers
 
     def first_decorator_line(self) -> int:
         """The first line of the whole definition, decorators included."""
         return min([self.line, *(d.line for d in self.decorators)])
+
+
+@dataclass(frozen=True, slots=True)
+class Body:
+    """What a function's parameters and body show."""
+
+    reads_header: bool = False
+    writes: tuple[str, ...] = ()
+    method_compares: frozenset[str] = frozenset()
+    reads_body: bool = False
+    depends: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -195,6 +208,53 @@ class ModuleFacts:
     django_middleware: list[str] = field(default_factory=list)
     passes: list[tuple[Ref, tuple[tuple[int | str, Ref], ...]]] = field(default_factory=list)
     suppressions: dict[int, frozenset[str] | None] = field(default_factory=dict)
+
+    def imports_from(self, name: str, package: str) -> bool:
+        """Whether a module-level ``name`` is imported from ``package`` (or a module of it)."""
+        binding = self.bindings.get("", {}).get(name)
+        return binding is not None and binding.target is not None and binding.target.startswith(package)
+
+    def body(self, function: FunctionFacts) -> Body:
+        """What ``function``'s parameters and body show (parsed again, on first use, from the text)."""
+        if function.body is None:
+            node = self._function_node(function)
+            if node is None:
+                function.body = Body()
+            else:
+                scan = _BodyScan(self.imports_from, node)
+                function.body = Body(
+                    reads_header=scan.reads_header,
+                    writes=tuple(scan.writes),
+                    method_compares=frozenset(scan.compares),
+                    reads_body=scan.reads_body,
+                    depends=tuple(scan.depends),
+                )
+        return function.body
+
+    def _function_node(self, function: FunctionFacts) -> ast.FunctionDef | ast.AsyncFunctionDef | None:
+        lines = self.text.splitlines(keepends=True)[function.line - 1 : function.end_line]
+        if not lines:
+            return None
+        indented = lines[0][:1] in {" ", "\t"}
+        segment = ("if 1:\n" if indented else "") + "".join(lines)
+        try:
+            tree = ast.parse(segment)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            tree = None
+        if tree is not None:
+            first = tree.body[0] if tree.body else None
+            if indented and isinstance(first, ast.If):
+                first = first.body[0]
+            if isinstance(first, ast.FunctionDef | ast.AsyncFunctionDef) and first.name == function.name:
+                return first
+        try:  # an unusual layout: read the whole module again
+            whole = ast.parse(self.text)
+        except (SyntaxError, ValueError, RecursionError, MemoryError):
+            return None
+        for node in ast.walk(whole):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.lineno == function.line:
+                return node
+        return None
 
 
 def dotted(node: ast.expr) -> str | None:
@@ -281,8 +341,10 @@ def _is_method_attribute(node: ast.expr, param: str) -> bool:
 class _BodyScan:
     """One walk over a function's parameters and body, noting everything the rules need."""
 
-    def __init__(self, module: _Collector, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        self.module = module
+    def __init__(
+        self, imports_from: Callable[[str, str], bool], node: ast.FunctionDef | ast.AsyncFunctionDef
+    ) -> None:
+        self.imports_from = imports_from
         args = node.args
         params = [a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)]
         self.params = tuple(params)
@@ -370,12 +432,12 @@ class _BodyScan:
                 )
             if not write and name in _SQL_STATEMENTS:
                 root = dotted(func.value)
-                write = root is not None and self.module.imports_from(root.split(".")[0], "sqlalchemy")
+                write = root is not None and self.imports_from(root.split(".")[0], "sqlalchemy")
         elif isinstance(func, ast.Name):
             if func.id in _WRITE_FUNCTIONS:
                 write = True
             elif func.id in _SQL_STATEMENTS:
-                write = self.module.imports_from(func.id, "sqlalchemy")
+                write = self.imports_from(func.id, "sqlalchemy")
         if write:
             text = ast.unparse(func)
             if len(text) > 48:
@@ -405,6 +467,11 @@ class _Collector:
         self.lines = lines
         self.middleware_names = middleware_names
         self.done: set[int] = set()  # ids of Route/Mount calls already read as part of a list
+        # Walking every expression for calls is the slow part; a file that names none of the calls
+        # that matter is not walked.
+        self.scan_calls = _CALL_TRIGGERS.search(facts.text) is not None or any(
+            name in facts.text for name in middleware_names
+        )
 
     # -- names -----------------------------------------------------------------------------
     def bind(self, scope: str, name: str, binding: Binding) -> None:
@@ -413,10 +480,6 @@ class _Collector:
         if current is not None and current.local and not binding.local:
             return  # a local assignment anywhere in the scope wins over an import
         table[name] = binding
-
-    def imports_from(self, name: str, package: str) -> bool:
-        binding = self.facts.bindings.get("", {}).get(name)
-        return binding is not None and binding.target is not None and binding.target.startswith(package)
 
     def _column(self, node: ast.stmt) -> int:
         line = self.lines[node.lineno - 1] if node.lineno - 1 < len(self.lines) else ""
@@ -469,9 +532,11 @@ class _Collector:
                         self.bind(scope, child.name, Binding(local=True))
                     self.statements(child.body, scope)
                 elif isinstance(child, ast.expr):
-                    self.expression(child, scope)
+                    if self.scan_calls:
+                        self.expression(child, scope)
                 elif isinstance(child, ast.withitem):
-                    self.expression(child.context_expr, scope)
+                    if self.scan_calls:
+                        self.expression(child.context_expr, scope)
                     if isinstance(child.optional_vars, ast.Name):
                         self.bind(scope, child.optional_vars.id, Binding(local=True))
 
@@ -765,7 +830,8 @@ class _Collector:
     ) -> FunctionFacts:
         prefix = owner or scope
         qualname = f"{prefix}.{node.name}" if prefix else node.name
-        scan = _BodyScan(self, node)
+        args = node.args
+        params = tuple(a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs))
         decorators = [self.decorator(i, d) for i, d in enumerate(node.decorator_list)]
         for decorator in decorators:
             if decorator.attr == "middleware" and decorator.first_str == "http" and decorator.receiver:
@@ -779,12 +845,8 @@ class _Collector:
             body_line=node.body[0].lineno,
             is_async=isinstance(node, ast.AsyncFunctionDef),
             decorators=decorators,
-            params=scan.params,
-            reads_header=scan.reads_header,
-            writes=tuple(scan.writes),
-            method_compares=frozenset(scan.compares),
-            reads_body=scan.reads_body,
-            depends=tuple(scan.depends),
+            params=params,
+            end_line=node.end_lineno or node.lineno,
         )
 
     def klass(self, node: ast.ClassDef, scope: str) -> ClassFacts:

@@ -260,6 +260,7 @@ class FixPlan:
 def plan_fixes(findings: Iterable[Finding]) -> list[FixPlan]:
     """A plan for every finding that can be fixed by text edits."""
     plans: list[FixPlan] = []
+    available: dict[str, bool] = {}
     for finding in findings:
         target = finding.target
         if target is None:
@@ -287,7 +288,9 @@ def plan_fixes(findings: Iterable[Finding]) -> list[FixPlan]:
             )
             continue
         imports = template.imports_for(decorator)
-        if integration_available(template):
+        if template.module not in available:
+            available[template.module] = integration_available(template)
+        if available[template.module]:
             plans.append(FixPlan(finding, decorator, imports, True))
         else:
             plans.append(

@@ -178,7 +178,7 @@ class Project:
         self._names[path] = name
         self._by_name[name] = None if name in self._by_name else path
         components = list(pure.parent.parts[1:]) + ([] if pure.name == "__init__.py" else [pure.stem])
-        for start in range(max(0, len(components) - 8), len(components)):
+        for start in range(max(0, len(components) - 8), len(components) - 1):  # two parts or more
             suffix = ".".join(components[start:])
             if suffix != name:
                 self._by_suffix[suffix] = None if suffix in self._by_suffix else path
@@ -390,7 +390,7 @@ class Project:
         resolved = self.resolve(module, Ref(scope, dotted))
         if isinstance(resolved, Obj):
             function = self._functions.get((resolved.path, resolved.name))
-            return function is not None and function.reads_header
+            return function is not None and self.modules[resolved.path].body(function).reads_header
         return False
 
     # -- the app graph ---------------------------------------------------------------------
@@ -414,7 +414,7 @@ class Project:
                         self._covered.add(self.registrar(module, target))
             for obj, function_name in module.http_middleware:
                 function = self._functions.get((module.path, function_name))
-                if function is not None and function.reads_header:
+                if function is not None and module.body(function).reads_header:
                     self._covered.add(self.registrar(module, obj))
             for obj, dependency in module.object_deps:
                 if self._reads_header(module, obj.scope, dependency.dotted):
@@ -560,8 +560,9 @@ class Project:
         if restriction is not None:
             methods = tuple(m.upper() for m in restriction)
         else:
-            signals = set(function.method_compares) & set(STATE_CHANGING)
-            if function.reads_body and not function.method_compares:
+            body = module.body(function)
+            signals = set(body.method_compares) & set(STATE_CHANGING)
+            if body.reads_body and not body.method_compares:
                 signals.add("POST")
             methods = tuple(m for m in STATE_CHANGING if m in signals)
         if not methods:
@@ -577,9 +578,10 @@ class Project:
             return
         scope = function.scope
         handling = [d for d in function.decorators if self.decorator_handles(module, scope, d)]
-        header = function.reads_header or any(
+        body = module.body(function)
+        header = body.reads_header or any(
             self._reads_header(module, scope, dep)
-            for dep in (*function.depends, *(d for dec in function.decorators for d in dec.deps))
+            for dep in (*body.depends, *(d for dec in function.decorators for d in dec.deps))
         )
         registering = [r.decorator_index for r in regs if r.decorator_index is not None]
         misplaced = [d for d in handling if any(index > d.index for index in registering)]
@@ -692,6 +694,7 @@ class Project:
     ) -> None:
         first_line = function.first_decorator_line()
         last_line = max(function.line, function.body_line - 1)
+        writes = module.body(function).writes
         self._emit(
             findings,
             verdicts,
@@ -703,13 +706,11 @@ class Project:
                 line=function.line,
                 column=function.column,
                 code=code,
-                message=_message(
-                    code, function.name, framework=framework, methods=methods, writes=function.writes
-                ),
+                message=_message(code, function.name, framework=framework, methods=methods, writes=writes),
                 framework=framework,
                 handler=function.qualname,
                 methods=methods,
-                writes=function.writes,
+                writes=writes,
                 target=target,
             ),
         )
@@ -962,7 +963,11 @@ class Project:
             names.add(location.method.name)
         for name in names:
             definer = self._definer(mro, name)
-            if definer is not None and definer[2] is not None and definer[2].reads_header:
+            if (
+                definer is not None
+                and definer[2] is not None
+                and self.modules[definer[0]].body(definer[2]).reads_header
+            ):
                 return True
         return False
 
@@ -979,11 +984,12 @@ class Project:
     ) -> tuple[str, ...]:
         writes: list[str] = []
         if location.method is not None:
-            writes.extend(location.method.writes)
+            writes.extend(self.modules[location.path].body(location.method).writes)
         for hook in WRITE_HOOKS:
             definer = self._definer(mro, hook)
             if definer is not None and definer[2] is not None:
-                writes.extend(w for w in definer[2].writes if w not in writes)
+                hook_writes = self.modules[definer[0]].body(definer[2]).writes
+                writes.extend(w for w in hook_writes if w not in writes)
         if not writes and location.method is None and implicit:
             writes.append(implicit)
         return tuple(writes[:3])

@@ -17,7 +17,7 @@ from tests.check.conftest import CORPUS
 def _facts(source: str) -> dict[str, tuple[str, ...]]:
     text = textwrap.dedent(source)
     facts = collect("m.py", text, ast.parse(text))
-    return {f.qualname: f.writes for f in facts.functions}
+    return {f.qualname: facts.body(f).writes for f in facts.functions}
 
 
 def _check(tmp_path: Path, source: str, config: CheckConfig | None = None) -> list[tuple[int, str]]:
