@@ -265,15 +265,19 @@ def plan_fixes(findings: Iterable[Finding]) -> list[FixPlan]:
         target = finding.target
         if target is None:
             continue
-        if target.kind == "move":
-            plans.append(FixPlan(finding, None, [], applicable=True))
-            continue
         label = FRAMEWORK_LABELS.get(finding.framework, finding.framework)
         template = fix_template(finding.framework)
         if template is None:
             plans.append(
                 FixPlan(finding, None, [], False, f"no fix template is registered for {label} handlers")
             )
+            continue
+        if template.module not in available:
+            available[template.module] = integration_available(template)
+        missing = f"the {label} integration ({template.module}) is not installed"
+        if target.kind == "move":
+            ready = available[template.module]
+            plans.append(FixPlan(finding, None, [], ready, "" if ready else missing))
             continue
         decorator = template.decorator_for(target.kind)
         if decorator is None:
@@ -288,20 +292,10 @@ def plan_fixes(findings: Iterable[Finding]) -> list[FixPlan]:
             )
             continue
         imports = template.imports_for(decorator)
-        if template.module not in available:
-            available[template.module] = integration_available(template)
         if available[template.module]:
             plans.append(FixPlan(finding, decorator, imports, True))
         else:
-            plans.append(
-                FixPlan(
-                    finding,
-                    decorator,
-                    imports,
-                    False,
-                    f"the {label} integration ({template.module}) is not installed",
-                )
-            )
+            plans.append(FixPlan(finding, decorator, imports, False, missing))
     return plans
 
 
@@ -473,8 +467,8 @@ def render_diff(plans: Sequence[FixPlan]) -> str:
     for path, file_plans in sorted(_by_file(plans).items(), key=lambda item: item[1][0].finding.path):
         display = file_plans[0].finding.path
         ready = [p for p in file_plans if p.applicable]
-        review = [p for p in file_plans if not p.applicable and p.decorator is not None]
-        unfixable = [p for p in file_plans if not p.applicable and p.decorator is None]
+        review = [p for p in file_plans if not p.applicable and _editable(p)]
+        unfixable = [p for p in file_plans if not p.applicable and not _editable(p)]
         edit, skipped = _edit_file(path, ready)
         if edit is None:
             out.extend(_review_line(plan, reason) for plan, reason in skipped)
@@ -494,6 +488,12 @@ def render_diff(plans: Sequence[FixPlan]) -> str:
                 out.append(_diff(display, after, second.render()))
         out.extend(_review_line(plan, plan.note) for plan in unfixable)
     return "".join(out)
+
+
+def _editable(plan: FixPlan) -> bool:
+    """Whether the plan says what to change (even if ``--fix`` may not do it)."""
+    target = plan.finding.target
+    return plan.decorator is not None or (target is not None and target.kind == "move")
 
 
 def _shifted(plan: FixPlan, edit: _FileEdit) -> FixPlan:

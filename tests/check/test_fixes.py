@@ -199,24 +199,18 @@ def test_fix_twice_changes_nothing_the_second_time(
     assert {p.name: p.read_bytes() for p in root.glob("*.py")} == first
 
 
-def test_fix_without_any_integration_only_moves_decorators(
+def test_fix_without_any_integration_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """With no integration installed only the misplaced decorator is moved; the rest is left alone."""
+    """With no integration installed every fix, the decorator move included, is left for review."""
     root = _copy(tmp_path)
     monkeypatch.chdir(root)
     assert main(["check", "--fix"]) == 1
     err = capsys.readouterr().err
-    assert "Fixed 1 finding in 1 file." in err
-    assert err.count("left for review") == 6
-    before = (FIXABLE / "api.py").read_text(encoding="utf-8")
-    assert _changes(before, (root / "api.py").read_text(encoding="utf-8")) == [
-        "@@ -36,0 +37 @@",
-        '+@app.patch("/orders/{order_id}")',
-        "@@ -38 +38,0 @@",
-        '-@app.patch("/orders/{order_id}")',
-    ]
-    for name in ("views.py", "legacy_flask.py"):
+    assert "Fixed 0 findings in 0 files." in err
+    assert err.count("left for review") == 7
+    assert "api.py:37: IDEM003 left for review: the FastAPI integration" in err
+    for name in ("api.py", "views.py", "legacy_flask.py"):
         assert (root / name).read_bytes() == (FIXABLE / name).read_bytes()
 
 
@@ -279,7 +273,9 @@ def test_name_clash_is_left_for_review(
     assert path.read_text(encoding="utf-8") == source
 
 
-def test_multiline_misplaced_decorator_moves_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_multiline_misplaced_decorator_moves_whole(
+    fake_integration: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A misplaced ``@idempotent(...)`` spread over several lines moves as a block, comments included."""
     path = tmp_path / "multi.py"
     path.write_text(
@@ -337,9 +333,10 @@ def test_integration_available_uses_find_spec() -> None:
 
 
 def test_plans_for_frameworks_without_a_template() -> None:
-    """A handler of an unknown framework gets no fix, with the reason; IDEM003 moves need none."""
+    """Without its integration a fix is not applicable, and the plan says why."""
     report = check(["fixable"], CheckConfig(root=CORPUS), cwd=CORPUS, extra_handling=())
     plans = {p.finding.handler: p for p in plan_fixes(report.findings)}
-    assert plans["patch_order"].applicable
+    assert not plans["patch_order"].applicable
+    assert plans["patch_order"].decorator is None
     assert not plans["legacy"].applicable
     assert plans["legacy"].note == "the Flask integration (idempotent.contrib.flask) is not installed"
