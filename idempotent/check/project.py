@@ -589,7 +589,8 @@ class Project:
         first_line = function.first_decorator_line()
         last_line = max(function.line, function.body_line - 1)
         display = self.display(module.path)
-        if misplaced:
+        reported = len(findings)
+        if misplaced and "IDEM003" in self.config.select:
             for decorator in misplaced:
                 below = next(
                     r for r in regs if r.decorator_index is not None and r.decorator_index > decorator.index
@@ -623,7 +624,8 @@ class Project:
                         ),
                     ),
                 )
-            return
+        if len(findings) > reported:
+            return  # moving the decorator is the fix; IDEM001 would say the same thing again
         all_methods = tuple(m for m in STATE_CHANGING if any(m in r.methods for r in regs))
         if not all_methods and not any(r.kind == "task" for r in regs):
             return  # only safe methods: not a handler this checker looks at

@@ -279,3 +279,20 @@ def test_app_passed_to_setup_functions(tmp_path: Path) -> None:
         ("pkg/setup.py", "add_routes.inline", "middleware"),
         ("pkg/setup.py", "unused.never", "IDEM001"),
     ]
+
+
+def test_ignoring_idem003_reports_the_unprotected_handler(tmp_path: Path) -> None:
+    """With IDEM003 ignored, a handler whose only @idempotent is misplaced is an IDEM001 finding."""
+    source = """
+    from fastapi import FastAPI
+    from idempotent import idempotent
+
+    app = FastAPI()
+
+    @idempotent(key_from="k")
+    @app.post("/a")
+    def a(k: str): ...
+    """
+    assert _check(tmp_path, source) == [(7, "IDEM003")]
+    config = CheckConfig(root=tmp_path).with_options(ignore=["IDEM003"])
+    assert _check(tmp_path, source, config) == [(9, "IDEM001")]
