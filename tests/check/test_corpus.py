@@ -131,6 +131,7 @@ EXPECTED: dict[str, Expected] = {
     ),
     "django_app": Expected(
         findings=[
+            ("orders/plain.py", 6, 1, "IDEM001"),
             ("orders/views.py", 19, 1, "IDEM001"),
             ("orders/views.py", 31, 1, "IDEM001"),
             ("orders/views.py", 37, 1, "IDEM001"),
@@ -145,6 +146,7 @@ EXPECTED: dict[str, Expected] = {
             ("orders/views.py", 149, 1, "IDEM001"),
         ],
         verdicts=[
+            ("orders/plain.py", 6, "submit", "IDEM001"),
             ("orders/views.py", 19, "create_order", "IDEM001"),
             ("orders/views.py", 31, "cancel_order", "IDEM001"),
             ("orders/views.py", 37, "put_order", "IDEM001"),

@@ -2,7 +2,7 @@ from django.urls import path
 
 from idempotent import idempotent
 
-from . import views
+from . import plain, views
 
 urlpatterns = [
     path("orders/new/", views.create_order),
@@ -10,4 +10,5 @@ urlpatterns = [
     path("orders/wrapped/", idempotent(key_from="request")(views.wrapped_in_urls)),
     path("orders/view/", views.OrderView.as_view()),
     path("contact/", views.ContactView.as_view()),
+    path("submit/", plain.submit),
 ]
