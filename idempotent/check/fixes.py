@@ -18,6 +18,8 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import io
+import tokenize
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -553,8 +555,5 @@ def apply_fixes(plans: Sequence[FixPlan]) -> FixResult:
 
 
 def _encoding_of(data: bytes) -> str:
-    import io  # noqa: PLC0415 -- only needed when writing
-    import tokenize  # noqa: PLC0415 -- only needed when writing
-
     encoding, _ = tokenize.detect_encoding(io.BytesIO(data).readline)
     return encoding
