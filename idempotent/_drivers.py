@@ -234,6 +234,15 @@ def run_sync(
             elif kind is core.Rollback:
                 handle.obj.rollback()  # type: ignore[union-attr]
                 conn = None
+            elif kind is core.EndUnwritten:
+                token = op.token  # type: ignore[attr-defined]
+                if token is not None:
+                    token.commit()  # RELEASE SAVEPOINT: nothing was written since it began
+                elif handle.is_session:  # type: ignore[union-attr]
+                    handle.obj.rollback()  # type: ignore[union-attr]  # a commit would flush the caller's objects
+                else:
+                    handle.obj.commit()  # type: ignore[union-attr]
+                conn = None
             elif kind is core.Savepoint:
                 assert handle is not None  # noqa: S101  (transaction flows always have a handle)
                 c = handle.connection()
@@ -409,6 +418,15 @@ async def _perform_async(
         return None
     if kind is core.Rollback:
         await obj.rollback()
+        return None
+    if kind is core.EndUnwritten:
+        token = op.token  # type: ignore[attr-defined]
+        if token is not None:
+            await token.commit()  # RELEASE SAVEPOINT: nothing was written since it began
+        elif handle is not None and handle.is_session:
+            await obj.rollback()  # a commit would flush the caller's pending objects
+        else:
+            await obj.commit()
         return None
     if kind is core.Savepoint:
         conn = await obj.connection() if handle is not None and handle.is_session else obj

@@ -144,6 +144,21 @@ class Rollback(Op):
     __slots__ = ()
 
 
+class EndUnwritten(Op):
+    """End an attempt that wrote nothing (its claim found a record): the transaction the decorator
+    owns, or the savepoint ``token`` when it joined the caller's transaction.
+
+    Either way the database is left as if the attempt had been rolled back; the driver picks the
+    cheaper verb. (On a ``Connection`` that is COMMIT, which keeps per-connection driver state
+    such as psycopg's prepared statements; psycopg discards them on every ROLLBACK.)
+    """
+
+    __slots__ = ("token",)
+
+    def __init__(self, token: Any) -> None:
+        self.token = token
+
+
 class Savepoint(Op):
     """Begin a SAVEPOINT; result: an opaque token."""
 
@@ -407,7 +422,7 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
         if found is None:
             break
         # Nothing was written: end what this attempt began, then act on the decision.
-        yield from _undo(plan, token)
+        yield EndUnwritten(token)
         if decision.outcome is Outcome.REPLAY or decision.outcome is Outcome.RAISE_STORED:
             hooks.emit(Event.REPLAYED, plan)
             return _replay(plan, found.record)  # type: ignore[no-any-return]
