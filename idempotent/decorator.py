@@ -192,10 +192,7 @@ class _Spec:
     @property
     def return_hint(self) -> Any:
         if self._hint is _UNSET:
-            try:
-                self._hint = typing.get_type_hints(self.func, include_extras=True).get("return", typing.Any)
-            except Exception:  # noqa: BLE001  (unresolvable annotations: only plain values are stored)
-                self._hint = typing.Any
+            self._hint = _return_hint(self.func)
         return self._hint
 
     # -- per call -------------------------------------------------------------------------------
@@ -315,6 +312,27 @@ class _Spec:
         plan.store = raw.for_dialect(None)
         plan.extra["renew"] = self.mode == "lease"
         return plan, core.lease_flow(plan), None
+
+
+def _return_hint(func: Callable[..., Any]) -> Any:
+    """The return annotation, resolved; also when other annotations name things imported locally."""
+    try:
+        return typing.get_type_hints(func, include_extras=True).get("return", typing.Any)
+    except Exception:  # noqa: BLE001  (fall back to resolving the return annotation alone)
+        pass
+    raw = getattr(func, "__annotations__", {}).get("return", typing.Any)
+    if not isinstance(raw, str):
+        return raw
+    namespace = dict(getattr(func, "__globals__", {}))
+    closure = inspect.getclosurevars(func)
+    namespace.update(closure.nonlocals)
+    try:
+        return eval(raw, namespace)  # noqa: S307  (the function's own annotation, as typing.get_type_hints does)
+    except Exception as exc:
+        raise ConfigurationError(
+            f"cannot resolve the return annotation {raw!r} of {func.__qualname__} ({exc}); results are rebuilt "
+            "from it, so import that name at module level"
+        ) from exc
 
 
 def _check_sqlite_self_wait(spec: _Spec, arguments: dict[str, Any], store: SQLStore) -> None:
