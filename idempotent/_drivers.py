@@ -318,9 +318,11 @@ class _AsyncRenewal:
         self.plan = plan
         self.stop = anyio.Event()
         self.lost = False
+        self.started = False
         self.done = anyio.Event()
 
     async def run(self) -> None:
+        self.started = True
         interval = max(self.plan.lease / 3.0, 0.01)
         try:
             while True:
@@ -347,11 +349,21 @@ async def run_async(
     """Perform the operations of ``flow`` with awaited I/O; cleanup after an error is shielded."""
     if not plan.extra.get("renew"):
         return await _run_async(plan, flow, handle, call, None)
+    result: Any = None
+    failure: BaseException | None = None
     async with anyio.create_task_group() as group:
         try:
-            return await _run_async(plan, flow, handle, call, group)
+            result = await _run_async(plan, flow, handle, call, group)
+        except BaseException as exc:  # re-raised outside the group, which would wrap it in an ExceptionGroup
+            failure = exc
         finally:
             group.cancel_scope.cancel()
+    if failure is not None:
+        try:
+            raise failure
+        finally:
+            del failure
+    return result
 
 
 async def _run_async(
@@ -373,28 +385,28 @@ async def _run_async(
             return stop.value
         value, error = None, None
         try:
-            if cleaning:
+            kind = type(op)
+            if kind is core.StartRenewal:
+                if group is not None and not cleaning:
+                    renewal = _AsyncRenewal(plan)
+                    group.start_soon(renewal.run)
+            elif kind is core.StopRenewal:
+                if renewal is not None:
+                    renewal.stop.set()
+                    if renewal.started:  # a task cancelled before its first step never sets ``done``
+                        with anyio.CancelScope(shield=True):
+                            await renewal.done.wait()
+                    value = not renewal.lost
+                    renewal = None
+            elif cleaning:
                 with anyio.CancelScope(shield=True):
                     value = await _perform_async(plan, op, handle, obj, call, group)
             else:
-                kind = type(op)
-                if kind is core.StartRenewal:
-                    if group is not None:
-                        renewal = _AsyncRenewal(plan)
-                        group.start_soon(renewal.run)
-                elif kind is core.StopRenewal:
-                    if renewal is not None:
-                        renewal.stop.set()
-                        with anyio.CancelScope(shield=True):
-                            await renewal.done.wait()
-                        value = not renewal.lost
-                        renewal = None
-                else:
-                    value = await _perform_async(plan, op, handle, obj, call, group)
+                value = await _perform_async(plan, op, handle, obj, call, group)
         except BaseException as exc:
             error = exc
             cleaning = True
-            if renewal is not None and type(op) is not core.Call:
+            if renewal is not None:
                 renewal.stop.set()
 
 
