@@ -1,7 +1,7 @@
 """The migrations as users get them: from the wheel, in a fresh virtual environment.
 
 A small user Alembic project is created with ``alembic init`` and the ``alembic.ini`` lines
-copied from ``docs/alembic.md``, so the documented configuration is what is tested.
+copied from the README, so the documented configuration is what is tested.
 """
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ import sqlalchemy as sa
 from idempotent.migrate import version_table_name
 from tests.migrations.conftest import ROOT, Installed, backend_url, drop_tables, unique
 
-DOC = ROOT / "docs" / "alembic.md"
+DOC = ROOT / "README.md"
 
 
 def documented_ini_lines() -> list[str]:
-    """The lines of the first ``ini`` block of docs/alembic.md."""
+    """The lines of the first ``ini`` block of the README."""
     match = re.search(r"```ini\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
-    assert match, "docs/alembic.md has no ini block"
+    assert match, "README.md has no ini block"
     return [line for line in match.group(1).splitlines() if line.strip()]
 
 
