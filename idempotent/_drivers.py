@@ -60,9 +60,9 @@ class SyncHandle:
         self.is_session = isinstance(obj, Session)
 
     def connection(self) -> sa.Connection:
-        if self.is_session:
-            return self.obj.connection()  # type: ignore[union-attr]
-        return self.obj  # type: ignore[return-value]
+        if isinstance(self.obj, Session):
+            return self.obj.connection()
+        return self.obj
 
     @property
     def dialect(self) -> sa.Dialect:
@@ -79,8 +79,8 @@ class SyncHandle:
             return False
         from sqlalchemy.orm import SessionTransactionOrigin  # noqa: PLC0415  (SQLAlchemy 2.0+)
 
-        txn = self.obj.get_transaction()  # type: ignore[union-attr]
-        return txn is not None and txn.origin is SessionTransactionOrigin.AUTOBEGIN
+        txn = self.obj.get_transaction()
+        return getattr(txn, "origin", None) is SessionTransactionOrigin.AUTOBEGIN
 
     def marker(self) -> object:
         return self.obj.get_transaction()
@@ -162,7 +162,7 @@ class _SyncRenewal:
                 if not _drive_plain_sync(self.plan.store.renew(self.plan.request), self.plan):
                     self.lost = True
                     return
-            except Exception:  # noqa: BLE001  (a failed renewal is retried at the next interval)
+            except Exception:
                 core_logger().warning("renewing the lease of %s failed", self.plan.function, exc_info=True)
 
 
@@ -174,8 +174,8 @@ def core_logger() -> Any:
 
 def _exec_own_sync(plan: core.Plan[Any], op: core.Exec) -> Any:
     engine = _lease_engine(plan)
-    with engine.connect() as conn:
-        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+    with engine.connect() as raw:
+        conn = raw.execution_options(isolation_level="AUTOCOMMIT")
         result = conn.exec_driver_sql(op.sql, op.params)
         return result.fetchall() if op.fetch else result.rowcount
 
@@ -192,7 +192,7 @@ def _drive_plain_sync(steps: core.Steps[Any], plan: core.Plan[Any]) -> Any:
         value, error = None, None
         try:
             value = _exec_own_sync(plan, op)  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001  (handed back to the store to translate)
+        except Exception as exc:
             error = exc
 
 
@@ -280,7 +280,7 @@ def run_sync(
                     value = not renewal.lost
                     renewal = None
             else:  # pragma: no cover - a new operation without a driver branch
-                raise AssertionError(f"unknown operation {op!r}")
+                raise AssertionError(f"unknown operation {op!r}")  # noqa: TRY301  (handed to the flow like any error)
         except BaseException as exc:
             error = exc
 
@@ -292,8 +292,8 @@ async def _exec_own_async(plan: core.Plan[Any], op: core.Exec) -> Any:
     engine = _lease_engine(plan)
     if isinstance(engine, sa.Engine):  # a sync engine in an async function: run it in a thread
         return await anyio.to_thread.run_sync(_exec_own_sync, plan, op)
-    async with engine.connect() as conn:
-        conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
+    async with engine.connect() as raw:
+        conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
         result = await conn.exec_driver_sql(op.sql, op.params)
         return result.fetchall() if op.fetch else result.rowcount
 
@@ -309,7 +309,7 @@ async def _drive_plain_async(steps: core.Steps[Any], plan: core.Plan[Any]) -> An
         value, error = None, None
         try:
             value = await _exec_own_async(plan, op)  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001  (handed back to the store to translate)
+        except Exception as exc:
             error = exc
 
 
@@ -334,8 +334,10 @@ class _AsyncRenewal:
                     if not await _drive_plain_async(self.plan.store.renew(self.plan.request), self.plan):
                         self.lost = True
                         return
-                except Exception:  # noqa: BLE001  (a failed renewal is retried at the next interval)
-                    core_logger().warning("renewing the lease of %s failed", self.plan.function, exc_info=True)
+                except Exception:
+                    core_logger().warning(
+                        "renewing the lease of %s failed", self.plan.function, exc_info=True
+                    )
         finally:
             self.done.set()
 

@@ -129,8 +129,14 @@ class JsonCodec:
         if cls is tuple:
             args = _args_for(hint, tuple)
             hints = [args[0]] * len(value) if len(args) == 2 and args[1] is Ellipsis else list(args)
-            hints += [Any] * (len(value) - len(hints))
-            return {_TAG: "tuple", "v": [self._enc(v, h, f"{path}[{i}]") for i, (v, h) in enumerate(zip(value, hints))]}
+            hints = (hints + [Any] * len(value))[: len(value)]
+            return {
+                _TAG: "tuple",
+                "v": [
+                    self._enc(v, h, f"{path}[{i}]")
+                    for i, (v, h) in enumerate(zip(value, hints, strict=True))
+                ],
+            }
         if cls in (set, frozenset):
             (item,) = _args_for(hint, cls) or (Any,)
             return {_TAG: cls.__name__, "v": [self._enc(v, item, f"{path}{{}}") for v in value]}
@@ -140,14 +146,17 @@ class JsonCodec:
                 return {k: self._enc(v, val_hint, f"{path}[{k!r}]") for k, v in value.items()}
             return {
                 _TAG: "dict",
-                "v": [[self._enc(k, key_hint, path), self._enc(v, val_hint, f"{path}[{k!r}]")] for k, v in value.items()],
+                "v": [
+                    [self._enc(k, key_hint, path), self._enc(v, val_hint, f"{path}[{k!r}]")]
+                    for k, v in value.items()
+                ],
             }
         if dataclasses.is_dataclass(value):
             if _pick(_classes_in(hint), cls) is None:
                 raise _Refused(f"dataclass {cls.__qualname__}", path)
-            hints = typing.get_type_hints(cls)
+            field_hints = typing.get_type_hints(cls)
             fields = {
-                f.name: self._enc(getattr(value, f.name), hints.get(f.name, Any), f"{path}.{f.name}")
+                f.name: self._enc(getattr(value, f.name), field_hints.get(f.name, Any), f"{path}.{f.name}")
                 for f in dataclasses.fields(value)
             }
             return {_TAG: "object", "c": cls.__qualname__, "v": fields}
@@ -176,8 +185,12 @@ class JsonCodec:
             (item,) = _args_for(hint, list) or (Any,)
             return [self._dec(v, item) for v in data]
         if not isinstance(data, dict):
-            if isinstance(data, int) and not isinstance(data, bool) and float in _classes_in(hint) \
-                    and int not in _classes_in(hint):
+            if (
+                isinstance(data, int)
+                and not isinstance(data, bool)
+                and float in _classes_in(hint)
+                and int not in _classes_in(hint)
+            ):
                 return float(data)
             return data
         tag = data.get(_TAG)
@@ -202,8 +215,8 @@ class JsonCodec:
         if tag == "tuple":
             args = _args_for(hint, tuple)
             hints = [args[0]] * len(raw) if len(args) == 2 and args[1] is Ellipsis else list(args)
-            hints += [Any] * (len(raw) - len(hints))
-            return tuple(self._dec(v, h) for v, h in zip(raw, hints))
+            hints = (hints + [Any] * len(raw))[: len(raw)]
+            return tuple(self._dec(v, h) for v, h in zip(raw, hints, strict=True))
         if tag in ("set", "frozenset"):
             kind: type = set if tag == "set" else frozenset
             (item,) = _args_for(hint, kind) or (Any,)
@@ -215,11 +228,13 @@ class JsonCodec:
         if tag == "enum":
             return cls(self._dec(raw, Any))
         if tag == "object":
-            hints = typing.get_type_hints(cls)
-            return cls(**{name: self._dec(v, hints.get(name, Any)) for name, v in raw.items()})
+            field_hints = typing.get_type_hints(cls)
+            return cls(**{name: self._dec(v, field_hints.get(name, Any)) for name, v in raw.items()})
         if tag == "model":
             return typing.cast(Any, cls).model_validate(raw)
-        raise SerializationError(f"stored result has an unknown tag {tag!r}; was it written by a newer version?")
+        raise SerializationError(
+            f"stored result has an unknown tag {tag!r}; was it written by a newer version?"
+        )
 
     def _class_for(self, hint: Any, name: object) -> type:
         for candidate in _classes_in(hint):

@@ -266,7 +266,10 @@ class BoundStore(Protocol):
     atomic: bool
 
     def claim(self, request: ClaimRequest) -> Steps[Existing | None]:
-        """Insert an in-progress row; ``None`` when claimed, else the record found (or raise ClaimBlocked/ClaimAborted)."""
+        """Insert an in-progress row: ``None`` when claimed, else the record found.
+
+        Raises ClaimBlocked past the wait, ClaimAborted on a deadlock or serialization failure.
+        """
         ...
 
     def takeover(self, request: ClaimRequest, seen: Record) -> Steps[bool]:
@@ -338,7 +341,7 @@ def _rebuild_error(plan: Plan[Any], record: Record) -> BaseException:
         if f"{cls.__module__}.{cls.__qualname__}" == record.error_type:
             try:
                 return cls(*args)
-            except Exception:  # noqa: BLE001  (a constructor that refuses its own args gets the wrapper)
+            except Exception:
                 break
     return StoredError(
         f"{plan.function} failed earlier with {record.error_type}{args!r}; the failure was recorded "
@@ -493,7 +496,7 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
         if not stored:
             hooks.emit(Event.CONFLICT, plan, detail="fenced")
     hooks.emit(Event.EXECUTED, plan)
-    return result
+    return result  # type: ignore[no-any-return]
 
 
 def _with_wait(request: ClaimRequest, wait_ms: int) -> ClaimRequest:
@@ -585,7 +588,7 @@ def lease_flow(plan: Plan[T]) -> Steps[T]:
         hooks.emit(Event.CONFLICT, plan, detail="fenced")
         return (yield from _fenced_outcome(plan, deadline))
     hooks.emit(Event.EXECUTED, plan)
-    return result
+    return result  # type: ignore[no-any-return]
 
 
 def _fenced_outcome(plan: Plan[T], deadline: float) -> Steps[T]:

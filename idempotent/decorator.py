@@ -11,7 +11,7 @@ import threading
 import typing
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, Literal, TypeVar, overload
+from typing import Any, Literal, TypeVar
 
 from typing_extensions import ParamSpec
 
@@ -171,7 +171,9 @@ class _Spec:
             names = tuple(fingerprint)
             missing = [n for n in names if n not in params]
             if missing:
-                raise ConfigurationError(f"fingerprint names no parameter {', '.join(missing)} of {self.name}")
+                raise ConfigurationError(
+                    f"fingerprint names no parameter {', '.join(missing)} of {self.name}"
+                )
             self.fp_names, self.fp_func = names, None
         self.fp_disabled = fingerprint is False or fingerprint is None
         for cls in store_errors:
@@ -225,7 +227,9 @@ class _Spec:
                 obj = obj()
         return obj
 
-    def fingerprint(self, args: tuple[Any, ...], kwargs: dict[str, Any], arguments: dict[str, Any]) -> str | None:
+    def fingerprint(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], arguments: dict[str, Any]
+    ) -> str | None:
         if self.fp_disabled:
             return None
         if self.fp_func is not None:
@@ -234,9 +238,7 @@ class _Spec:
         if self.fp_names is not None:
             chosen = {n: arguments[n] for n in self.fp_names}
         else:
-            chosen = {
-                n: v for n, v in arguments.items() if n not in self.skip and not _drivers.is_handle(v)
-            }
+            chosen = {n: v for n, v in arguments.items() if n not in self.skip and not _drivers.is_handle(v)}
         return digest(chosen, self.name)
 
     def plan(self, key: str, fingerprint: str | None) -> core.Plan[Any]:
@@ -282,7 +284,7 @@ class _Spec:
             return None
         fingerprint = self.fingerprint(args, kwargs, arguments)
         plan = self.plan(key, fingerprint)
-        raw = plan.store
+        raw: Any = plan.store
         handle: Any = None
         if self.mode == "transaction" and getattr(raw, "atomic", False):
             obj = self.handle(arguments)
@@ -318,7 +320,7 @@ def _return_hint(func: Callable[..., Any]) -> Any:
     """The return annotation, resolved; also when other annotations name things imported locally."""
     try:
         return typing.get_type_hints(func, include_extras=True).get("return", typing.Any)
-    except Exception:  # noqa: BLE001  (fall back to resolving the return annotation alone)
+    except Exception:  # noqa: S110  (resolve the return annotation alone below)
         pass
     raw = getattr(func, "__annotations__", {}).get("return", typing.Any)
     if not isinstance(raw, str):
@@ -327,11 +329,11 @@ def _return_hint(func: Callable[..., Any]) -> Any:
     closure = inspect.getclosurevars(func)
     namespace.update(closure.nonlocals)
     try:
-        return eval(raw, namespace)  # noqa: S307  (the function's own annotation, as typing.get_type_hints does)
+        return eval(raw, namespace)  # noqa: S307  (the function's own annotation, as get_type_hints does)
     except Exception as exc:
         raise ConfigurationError(
-            f"cannot resolve the return annotation {raw!r} of {func.__qualname__} ({exc}); results are rebuilt "
-            "from it, so import that name at module level"
+            f"cannot resolve the return annotation {raw!r} of {func.__qualname__} ({exc}); results are "
+            "rebuilt from it, so import that name at module level"
         ) from exc
 
 
@@ -347,7 +349,7 @@ def _check_sqlite_self_wait(spec: _Spec, arguments: dict[str, Any], store: SQLSt
     try:
         raw = obj.connection() if hasattr(obj, "connection") and not hasattr(obj, "exec_driver_sql") else obj
         dbapi = raw.connection.driver_connection
-    except Exception:  # noqa: BLE001  (best effort: async handles are not inspected here)
+    except Exception:
         return
     if getattr(dbapi, "in_transaction", False):
         raise ConfigurationError(
@@ -355,28 +357,6 @@ def _check_sqlite_self_wait(spec: _Spec, arguments: dict[str, Any], store: SQLSt
             "transaction on the same database: the claim would wait for that transaction, i.e. for itself. "
             "Commit first, or use transaction mode"
         )
-
-
-@overload
-def idempotent(
-    func: None = None,
-    *,
-    key_from: str | Callable[..., Any],
-    scope: str | None = None,
-    session: str | Callable[[], Any] | None = None,
-    mode: Mode = "transaction",
-    ttl: Seconds = ...,
-    lease: Seconds = ...,
-    wait: Seconds = ...,
-    fingerprint: bool | Sequence[str] | Callable[..., Any] = True,
-    store_errors: Sequence[type[BaseException]] = (),
-    serializer: Serializer | None = None,
-    commit: bool = False,
-    required: bool = True,
-    store: Any = None,
-    max_result_bytes: int | None = None,
-    hooks: Sequence[Hook] = (),
-) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
 def idempotent(
@@ -397,7 +377,7 @@ def idempotent(
     store: Any = None,
     max_result_bytes: int | None = None,
     hooks: Sequence[Hook] = (),
-) -> Any:
+) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Make a function safe to retry: the first call with a key runs it, later calls replay its result.
 
     In the default transaction mode the key is claimed, the function runs and its result is
@@ -406,11 +386,15 @@ def idempotent(
     whose effect is outside the database.
     """
     if func is not None:
-        raise ConfigurationError("use @idempotent(key_from=...): the decorator needs to know where the key is")
+        raise ConfigurationError(
+            "use @idempotent(key_from=...): the decorator needs to know where the key is"
+        )
     if key_from is None:
-        raise ConfigurationError("@idempotent needs key_from=: a parameter name such as 'order_id', or a callable")
+        raise ConfigurationError(
+            "@idempotent needs key_from=: a parameter name such as 'order_id', or a callable"
+        )
 
-    def decorate(target: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(target: Callable[P, R]) -> Callable[P, R]:
         if inspect.isgeneratorfunction(target) or inspect.isasyncgenfunction(target):
             raise TypeError(
                 f"@idempotent cannot wrap the generator {target.__qualname__}: its body runs after the call "
@@ -431,7 +415,7 @@ def idempotent(
         else:
             wrapper = _sync_wrapper(spec, target)
         wrapper.__idempotent__ = spec  # type: ignore[attr-defined]
-        return wrapper
+        return typing.cast("Callable[P, R]", wrapper)
 
     return decorate
 

@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import tempfile
 import threading
+import typing
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -72,7 +73,8 @@ def run_demo(path: Path, *, threads: int = 8) -> int:
     def place_order(session: Session, order_ref: str, amount: Decimal, decline: bool = False) -> Receipt:
         with lock:
             executions.append(order_ref)
-        order_id = session.execute(orders.insert().values(ref=order_ref, amount=amount)).inserted_primary_key[0]
+        result = session.execute(orders.insert().values(ref=order_ref, amount=amount))
+        order_id = typing.cast("Any", result).inserted_primary_key[0]
         if decline:
             raise PaymentDeclined(order_ref)
         return Receipt(int(order_id), order_ref, amount)

@@ -69,9 +69,11 @@ class TableMissing(IdempotencyError):
 
 
 class StoredError(IdempotencyError):
-    """A recorded failure whose exception type could not be rebuilt; `type_name` and `args` say what it was."""
+    """A recorded failure whose type cannot be rebuilt; `type_name` and `stored_args` say what it was."""
 
-    def __init__(self, message: str | None = None, *, type_name: str = "", args: tuple[object, ...] = ()) -> None:
+    def __init__(
+        self, message: str | None = None, *, type_name: str = "", args: tuple[object, ...] = ()
+    ) -> None:
         super().__init__(message)
         self.type_name = type_name
         self.stored_args = args

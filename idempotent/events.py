@@ -54,7 +54,9 @@ class Hooks:
         if not self.callbacks and not logger.isEnabledFor(logging.DEBUG):
             return
         info = EventInfo(event, plan.function, plan.request.scope, plan.request.key, detail)
-        logger.debug("%s %s scope=%r key=%r %s", info.event.value, info.function, info.scope, info.key, detail)
+        logger.debug(
+            "%s %s scope=%r key=%r %s", info.event.value, info.function, info.scope, info.key, detail
+        )
         for hook in self.callbacks:
             try:
                 hook(info)

@@ -27,9 +27,7 @@ def normalise_key(value: object) -> str | None:
         raise InvalidKey(_wrong_type(value))
     if isinstance(value, str):
         text = value
-    elif isinstance(value, int):
-        text = str(value)
-    elif isinstance(value, uuid.UUID):
+    elif isinstance(value, (int, uuid.UUID)):
         text = str(value)
     else:
         raise InvalidKey(_wrong_type(value))
@@ -88,10 +86,7 @@ def resolve_path(path: str, arguments: dict[str, Any]) -> object:
     for part in rest:
         if value is None:
             return None
-        if isinstance(value, dict):
-            value = value.get(part)
-        else:
-            value = getattr(value, part)
+        value = value.get(part) if isinstance(value, dict) else getattr(value, part)
     return value
 
 

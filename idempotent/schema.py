@@ -39,7 +39,9 @@ class KeyString(sa.types.TypeDecorator[str]):
 
     def load_dialect_impl(self, dialect: Dialect) -> sa.types.TypeEngine[Any]:
         if dialect.name in ("mysql", "mariadb"):
-            collation = MARIADB_KEY_COLLATION if getattr(dialect, "is_mariadb", False) else MYSQL_KEY_COLLATION
+            collation = (
+                MARIADB_KEY_COLLATION if getattr(dialect, "is_mariadb", False) else MYSQL_KEY_COLLATION
+            )
             return dialect.type_descriptor(mysql.VARCHAR(KEY_LENGTH, charset="utf8mb4", collation=collation))
         return dialect.type_descriptor(sa.String(KEY_LENGTH))
 

@@ -34,7 +34,7 @@ class MemoryStore:
 
     def now(self) -> int:
         """The store's clock in epoch milliseconds."""
-        return int(time.time() * 1000) + int(round(self.clock_offset * 1000))
+        return int(time.time() * 1000) + round(self.clock_offset * 1000)
 
     def for_dialect(self, dialect: Any) -> MemoryStore:
         return self
@@ -75,9 +75,13 @@ class MemoryStore:
         now = self.now()
         with self._lock:
             current = self.records.get((request.scope, request.key))
-            stale = current is not None and current.owner == seen.owner and (
-                current.expires_at <= now
-                or (current.status == Status.IN_PROGRESS.value and current.locked_until <= now)
+            stale = (
+                current is not None
+                and current.owner == seen.owner
+                and (
+                    current.expires_at <= now
+                    or (current.status == Status.IN_PROGRESS.value and current.locked_until <= now)
+                )
             )
             if stale:
                 self.records[(request.scope, request.key)] = self._new(request, now)
@@ -87,7 +91,11 @@ class MemoryStore:
     def _update(self, request: ClaimRequest, **changes: Any) -> bool:
         with self._lock:
             current = self.records.get((request.scope, request.key))
-            if current is None or current.owner != request.owner or current.status != Status.IN_PROGRESS.value:
+            if (
+                current is None
+                or current.owner != request.owner
+                or current.status != Status.IN_PROGRESS.value
+            ):
                 return False
             if changes.pop("delete", False):
                 del self.records[(request.scope, request.key)]

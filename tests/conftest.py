@@ -71,7 +71,9 @@ class Db:
     def count(self, table: sa.Table | None = None) -> int:
         """Rows in ``table`` (default: orders), read on a fresh connection."""
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(table or self.orders)).scalar_one())
+            return int(
+                conn.execute(sa.select(sa.func.count()).select_from(table or self.orders)).scalar_one()
+            )
 
     def key_rows(self) -> list[Any]:
         """Every row of the keys table."""
@@ -91,7 +93,9 @@ def _make_db(name: str, kind: str, tmp_path: Any) -> Iterator[Db]:
         sa.Column("ref", sa.String(100), nullable=False),
         sa.Column("amount", sa.Integer, nullable=False, server_default="0"),
     )
-    engine = sa.create_engine(url, pool_size=10, max_overflow=20) if name != "sqlite" else sa.create_engine(url)
+    engine = (
+        sa.create_engine(url, pool_size=10, max_overflow=20) if name != "sqlite" else sa.create_engine(url)
+    )
     metadata.create_all(engine)
     db = Db(name, kind, url, async_url, engine, SQLStore(engine, keys.name), keys, orders)
     if kind == "async":
@@ -122,14 +126,18 @@ def sync_db(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Db]:
     yield from _make_db(request.param, "sync", tmp_path)
 
 
-@pytest.fixture(params=[(n, k) for n in ("postgresql",) for k in ("sync", "async")], ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(
+    params=[(n, k) for n in ("postgresql",) for k in ("sync", "async")], ids=lambda p: f"{p[0]}-{p[1]}"
+)
 def pg_db(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Db]:
     """PostgreSQL only, sync and async."""
     name, kind = request.param
     yield from _make_db(name, kind, tmp_path)
 
 
-@pytest.fixture(params=[(n, k) for n in ("mariadb",) for k in ("sync", "async")], ids=lambda p: f"{p[0]}-{p[1]}")
+@pytest.fixture(
+    params=[(n, k) for n in ("mariadb",) for k in ("sync", "async")], ids=lambda p: f"{p[0]}-{p[1]}"
+)
 def maria_db(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Db]:
     """MariaDB only, sync and async."""
     name, kind = request.param

@@ -8,7 +8,9 @@ from typing import Any
 import sqlalchemy as sa
 
 
-def place_in_process(url: str, keys_table: str, orders_table: str, ref: str, start: Any, results: Any) -> None:
+def place_in_process(
+    url: str, keys_table: str, orders_table: str, ref: str, start: Any, results: Any
+) -> None:
     """Wait for the start signal, place the order, put the Receipt (as a tuple) or the error on ``results``."""
     from idempotent import SQLStore, idempotent
 

@@ -81,14 +81,18 @@ class Shop:
     ) -> Receipt:
         """Place an order as a caller would; ``joined`` begins (and commits) the transaction around it."""
         if self.db.is_async:
-            return self.db.run(self.acall(ref, amount, fail=fail, handle=handle, joined=joined, read_first=read_first))
+            return self.db.run(
+                self.acall(ref, amount, fail=fail, handle=handle, joined=joined, read_first=read_first)
+            )
         if handle == "session":
             with Session(self.db.engine) as session:
                 return self._sync_body(session, ref, amount, fail, joined, read_first)
         with self.db.engine.connect() as conn:
             return self._sync_body(conn, ref, amount, fail, joined, read_first)
 
-    def _sync_body(self, obj: Any, ref: str, amount: int, fail: bool, joined: bool, read_first: bool) -> Receipt:
+    def _sync_body(
+        self, obj: Any, ref: str, amount: int, fail: bool, joined: bool, read_first: bool
+    ) -> Receipt:
         if read_first:
             obj.execute(sa.select(1))  # auto-begins the transaction
         if joined and not obj.in_transaction():

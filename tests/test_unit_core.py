@@ -147,7 +147,12 @@ ROUND_TRIPS: list[tuple[Any, Any]] = [
     (b"\x00\xff", bytes),
     (Colour.RED, Colour),
     (
-        Order(uuid.UUID(int=1), decimal.Decimal("9.99"), dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc), [Line("a", 2)]),
+        Order(
+            uuid.UUID(int=1),
+            decimal.Decimal("9.99"),
+            dt.datetime(2026, 5, 1, tzinfo=dt.timezone.utc),
+            [Line("a", 2)],
+        ),
         Order,
     ),
     ([Line("b", 1)], list[Line]),
