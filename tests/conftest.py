@@ -142,3 +142,9 @@ def maria_db(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Db]:
     """MariaDB only, sync and async."""
     name, kind = request.param
     yield from _make_db(name, kind, tmp_path)
+
+
+@pytest.fixture(params=DATABASES)
+def async_db(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Db]:
+    """Each database through its async driver only (for tests about asyncio itself)."""
+    yield from _make_db(request.param, "async", tmp_path)

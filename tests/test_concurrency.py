@@ -77,10 +77,9 @@ def test_threads_take_over_after_holder_rolls_back(sync_db: Db) -> None:
     assert (sync_db.count(), len(sync_db.key_rows())) == (1, 1)
 
 
-def test_asyncio_tasks_execute_once(db: Db) -> None:
-    """Concurrent asyncio tasks (async drivers) or threads (sync drivers) with one key run it once."""
-    if not db.is_async:
-        pytest.skip("the sync variant is test_threads_execute_once")
+def test_asyncio_tasks_execute_once(async_db: Db) -> None:
+    """Concurrent asyncio tasks on the async drivers, one key: one execution, equal results."""
+    db = async_db
     orders = db.orders
     executions = []
     first_started = asyncio.Event()

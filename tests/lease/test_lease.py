@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from idempotent import InProgress, KeyReused, SQLStore, configure
+from idempotent import InProgress, KeyReused, SQLStore, configure, idempotent
 from idempotent.errors import ConfigurationError
 from idempotent.events import Event
 from tests.lease.conftest import LeaseDb, Recorder
@@ -318,3 +318,17 @@ def test_lease_mode_without_an_engine_says_how_to_give_one(ldb: LeaseDb, restore
     explicit = ldb.idempotent(notify, key_from="user_id", store=SQLStore(None, ldb.table))
     with pytest.raises(ConfigurationError, match="engine"):
         ldb.call(explicit, "u-2")
+
+
+def test_plain_function_with_an_async_engine_is_a_configuration_error(async_ldb: LeaseDb) -> None:
+    """A ``def`` in lease mode cannot use an AsyncEngine: the error says to use a sync engine or ``async def``."""
+
+    def notify(user_id: str) -> str:
+        return "notified"
+
+    fn = idempotent(
+        key_from="user_id", scope="tests.lease.sync_on_async", mode="lease", store=async_ldb.store()
+    )(notify)
+    with pytest.raises(ConfigurationError, match="AsyncEngine"):
+        fn("u-3")
+    assert async_ldb.rows() == []
