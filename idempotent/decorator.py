@@ -13,6 +13,7 @@ import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
+import sqlalchemy as sa
 from typing_extensions import ParamSpec
 
 from idempotent import _drivers, core
@@ -305,6 +306,12 @@ class _Spec:
                 raise ConfigurationError(
                     f"{self.name} uses lease mode, which commits its claim on its own connection: give the "
                     "store an engine with configure(engine=...) or store=SQLStore(engine)"
+                )
+            if not is_async and not isinstance(raw.engine, sa.Engine) and hasattr(raw.engine, "sync_engine"):
+                raise ConfigurationError(
+                    f"{self.name} is a plain function in lease mode, but its store's engine is an "
+                    "AsyncEngine, which only async functions can use: give the store a sync engine "
+                    "(sa.create_engine), or make the function async def"
                 )
             plan.store = raw.for_dialect(raw.engine.dialect)
             plan.extra["renew"] = True
