@@ -228,6 +228,12 @@ def ldb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LeaseDb]:
 
 
 @pytest.fixture(params=DATABASES)
+def sync_ldb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LeaseDb]:
+    """Each database through its sync driver only (tests of sync-only behaviour)."""
+    yield from make_ldb(request.param, "sync", tmp_path)
+
+
+@pytest.fixture(params=DATABASES)
 def async_ldb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LeaseDb]:
     """Each database through its async driver only (tests of asyncio behaviour)."""
     yield from make_ldb(request.param, "async", tmp_path)

@@ -332,3 +332,121 @@ def test_plain_function_with_an_async_engine_is_a_configuration_error(async_ldb:
     with pytest.raises(ConfigurationError, match="AsyncEngine"):
         fn("u-3")
     assert async_ldb.rows() == []
+
+
+def test_waiter_runs_the_function_when_the_owner_fails(ldb: LeaseDb, recorder: Recorder) -> None:
+    """A duplicate waiting on an owner that raises finds the key released, claims it and runs itself."""
+    gate = Gate()
+    runs: list[str] = []
+
+    def charge(payment_id: str) -> str:
+        runs.append(payment_id)
+        if len(runs) == 1:
+            gate.hold()
+            raise ConnectionError("provider unreachable")
+        return "charged"
+
+    fn = ldb.idempotent(charge, key_from="payment_id", store=ldb.store(), wait=60, hooks=[recorder])
+    owner = Background(ldb, fn, "p-5")
+    gate.wait_entered()
+    waiter = Background(ldb, fn, "p-5")
+    recorder.wait_for(Event.WAITED)
+    gate.release.set()
+    with pytest.raises(ConnectionError):
+        owner.result()
+    assert waiter.result() == "charged"
+    assert runs == ["p-5", "p-5"]
+    assert recorder.names() == ["waited", "released", "executed"]
+
+
+def test_waiter_receives_the_owners_stored_error(ldb: LeaseDb) -> None:
+    """A duplicate waiting on an owner whose error is in ``store_errors`` raises that error too, without a run."""
+
+    class DeclinedError(Exception):
+        """Declined by the provider."""
+
+    gate = Gate()
+    runs: list[str] = []
+    waited = Recorder()
+
+    def charge(payment_id: str) -> str:
+        runs.append(payment_id)
+        gate.hold()
+        raise DeclinedError("insufficient funds")
+
+    fn = ldb.idempotent(
+        charge,
+        key_from="payment_id",
+        store=ldb.store(),
+        wait=60,
+        store_errors=[DeclinedError],
+        hooks=[waited],
+    )
+    owner = Background(ldb, fn, "p-6")
+    gate.wait_entered()
+    waiter = Background(ldb, fn, "p-6")
+    waited.wait_for(Event.WAITED)
+    gate.release.set()
+    with pytest.raises(DeclinedError):
+        owner.result()
+    with pytest.raises(DeclinedError, match="insufficient funds"):
+        waiter.result()
+    assert runs == ["p-6"]
+
+
+def test_stale_owner_finishing_before_the_taker_gets_in_progress(ldb: LeaseDb, recorder: Recorder) -> None:
+    """An owner whose lease was taken over and that finishes first is refused and told to retry later.
+
+    Its result is not stored; the taker is still running, so it gets InProgress carrying the
+    taker's remaining lease. The taker then completes normally.
+    """
+    first_gate, second_gate = Gate(), Gate()
+    runs: list[str] = []
+
+    def charge(payment_id: str) -> str:
+        runs.append(payment_id)
+        (first_gate if len(runs) == 1 else second_gate).hold()
+        return f"run-{len(runs)}"
+
+    store = ldb.store()
+    fn = ldb.idempotent(charge, key_from="payment_id", store=store, lease=60, wait=0, hooks=[recorder])
+    first = Background(ldb, fn, "p-7")
+    first_gate.wait_entered()
+    store.clock_offset = 61
+    second = Background(ldb, fn, "p-7")
+    second_gate.wait_entered()
+
+    first_gate.release.set()
+    with pytest.raises(InProgress) as caught:
+        first.result()
+    assert 0 < caught.value.retry_after <= 60
+    assert ldb.row("tests.lease.charge", "p-7").status == "in_progress"
+    second_gate.release.set()
+    assert second.result() == "run-2"
+    assert ldb.row("tests.lease.charge", "p-7").result == '"run-2"'
+    assert recorder.names() == ["conflict:fenced", "executed"]
+
+
+def test_caller_holding_a_write_transaction(sync_ldb: LeaseDb) -> None:
+    """Lease mode while the caller holds an open write transaction on the same database.
+
+    SQLite allows one writer per file, so the claim would wait for the caller, i.e. for
+    itself: that is detected and explained. PostgreSQL and MariaDB lock rows, and the claim
+    commits on its own connection beside the caller's transaction.
+    """
+    from sqlalchemy.orm import Session
+
+    def notify(session: Session, user_id: str) -> str:
+        return "notified"
+
+    fn = sync_ldb.idempotent(notify, key_from="user_id", store=sync_ldb.store(), wait=0)
+    with Session(sync_ldb.engine) as session:
+        session.execute(sync_ldb.payments.insert().values(ref="pending"))
+        if sync_ldb.name == "sqlite":
+            with pytest.raises(ConfigurationError, match=r"wait for that transaction, i\.e\. for itself"):
+                fn(session, "u-4")
+        else:
+            assert fn(session, "u-4") == "notified"
+        session.rollback()
+    assert sync_ldb.payment_count() == 0
+    assert len(sync_ldb.rows()) == (0 if sync_ldb.name == "sqlite" else 1)
