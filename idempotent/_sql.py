@@ -36,6 +36,8 @@ _READ_COLUMNS = (
 
 #: Claims that found a row that vanished before it could be read are retried this often.
 _VANISHED_RETRIES = 3
+_COMPLETED = Status.COMPLETED.value
+_FAILED = Status.FAILED.value
 
 
 def now_sql(dialect: Dialect) -> str:
@@ -68,7 +70,8 @@ class Prepared:
 
 def prepare(statement: sa.sql.ClauseElement, dialect: Dialect, prefix: str = "") -> Prepared:
     compiled = statement.compile(dialect=dialect)
-    order = tuple(compiled.positiontup) if dialect.positional and compiled.positiontup else None
+    positions = getattr(compiled, "positiontup", None)  # SQLCompiler only
+    order = tuple(positions) if dialect.positional and positions else None
     if dialect.positional and order is None:
         order = ()
     return Prepared(prefix + compiled.string, order)
@@ -150,7 +153,7 @@ class SQLStore:
 
     @clock_offset.setter
     def clock_offset(self, seconds: float) -> None:
-        self.clock_offset_ms = int(round(seconds * 1000))
+        self.clock_offset_ms = round(seconds * 1000)
 
     def __repr__(self) -> str:
         return f"SQLStore(table={self.table.fullname!r}, engine={self.engine!r})"
@@ -181,7 +184,7 @@ class BoundSQLStore:
         bp = sa.bindparam
         now = sa.literal_column(now_sql(dialect), sa.BigInteger) + bp("clock_offset", type_=sa.BigInteger)
         ident = sa.and_(c.scope == bp("scope"), c.key == bp("key"))
-        in_progress = sa.literal_column(f"'{Status.IN_PROGRESS.value}'")
+        in_progress: sa.ColumnElement[str] = sa.literal_column(f"'{Status.IN_PROGRESS.value}'")
         owned = sa.and_(ident, c.owner == bp("owner"), c.status == in_progress)
         claim_values = {
             "scope": bp("scope"),
@@ -196,7 +199,8 @@ class BoundSQLStore:
         if self.name == "postgresql":
             self._claim_pg = self._pg_claim(dialect)
         elif self.name == "sqlite":
-            stmt = sqlite.insert(t).values(claim_values).on_conflict_do_nothing(index_elements=["scope", "key"])
+            stmt = sqlite.insert(t).values(claim_values)
+            stmt = stmt.on_conflict_do_nothing(index_elements=["scope", "key"])
             self._claim_plain = prepare(stmt, dialect)
         else:
             self._claim_plain = prepare(sa.insert(t).values(claim_values), dialect)
@@ -229,7 +233,12 @@ class BoundSQLStore:
         self._complete = prepare(
             sa.update(t)
             .where(owned)
-            .values(status=bp("new_status"), result_codec=bp("codec"), result=bp("result"), error_type=bp("error_type")),
+            .values(
+                status=bp("new_status"),
+                result_codec=bp("codec"),
+                result=bp("result"),
+                error_type=bp("error_type"),
+            ),
             dialect,
         )
         self._release = prepare(sa.delete(t).where(owned), dialect)
@@ -238,23 +247,48 @@ class BoundSQLStore:
         )
 
     def _pg_claim(self, dialect: Dialect) -> Prepared:
-        """One round trip on PostgreSQL: set lock_timeout, claim, and set the previous value back."""
+        """One round trip on PostgreSQL: set lock_timeout, claim, set the previous value back, and
+        return the row the statement's snapshot shows for the key (NULLs when there is none).
+
+        The snapshot is taken when the statement starts, so it does not show a row committed by
+        a transaction the claim waited for: :meth:`claim` trusts it only for a final record.
+        """
         t = self.store.table
         q = dialect.identifier_preparer
-        cols = ", ".join(q.quote(n) for n in ("scope", "key", "fingerprint", "status", "owner")) + (
+        table = q.format_table(t)
+        scope, key = q.quote("scope"), q.quote("key")
+        cols = f"{scope}, {key}, " + ", ".join(q.quote(n) for n in ("fingerprint", "status", "owner")) + (
             ", locked_until, created_at, expires_at"
         )
         now = f"({now_sql(dialect)} + CAST(:clock_offset AS BIGINT))"
+        found = ", ".join(f"k.{q.quote(n)}" for n in _READ_COLUMNS)
         text = sa.text(
             "WITH cfg AS MATERIALIZED (SELECT current_setting('lock_timeout') AS prev, "
             "set_config('lock_timeout', :lock_ms, true) AS cur), "
-            f"ins AS (INSERT INTO {q.format_table(t)} ({cols}) "
+            f"ins AS (INSERT INTO {table} ({cols}) "
             f"SELECT :scope, :key, :fingerprint, :status, :owner, {now} + CAST(:lease_ms AS BIGINT), {now}, "
             f"{now} + CAST(:ttl_ms AS BIGINT) FROM cfg "
-            f"ON CONFLICT ({q.quote('scope')}, {q.quote('key')}) DO NOTHING RETURNING 1) "
-            "SELECT (SELECT count(*) FROM ins), set_config('lock_timeout', cfg.prev, true) FROM cfg"
+            f"ON CONFLICT ({scope}, {key}) DO NOTHING RETURNING 1) "
+            f"SELECT (SELECT count(*) FROM ins), set_config('lock_timeout', cfg.prev, true), {found}, {now} "
+            f"FROM cfg LEFT JOIN {table} AS k ON k.{scope} = :scope AND k.{key} = :key"
         )
         return prepare(text, dialect)
+
+    def _final_record(self, request: ClaimRequest, row: Any) -> Existing | None:
+        """The record a PostgreSQL claim returned beside its count, when it cannot be stale.
+
+        Only a completed or failed record that has not expired qualifies: nothing but its
+        expiry changes such a row, so the statement's snapshot shows it as a fresh read would.
+        Anything else (no row, in progress, expired) is read again by :meth:`_read_row`.
+        """
+        status = row[3]
+        if status not in (_COMPLETED, _FAILED):
+            return None
+        now = int(row[2 + len(_READ_COLUMNS)])
+        record = Record(request.scope, request.key, *row[2 : 2 + len(_READ_COLUMNS)])
+        if record.expires_at <= now:
+            return None
+        return Existing(record, now)
 
     # -- helpers --------------------------------------------------------------------------------
     def _values(self, request: ClaimRequest, **extra: Any) -> dict[str, Any]:
@@ -301,14 +335,20 @@ class BoundSQLStore:
             try:
                 if self.name == "postgresql":
                     values["lock_ms"] = str(max(1, request.wait_ms))
-                    rows = yield Exec(self._claim_pg.sql, self._claim_pg.bind(values), fetch=True, own=request.own)
+                    claim = self._claim_pg
+                    rows = yield Exec(claim.sql, claim.bind(values), fetch=True, own=request.own)
                     claimed = bool(rows[0][0])
+                    if not claimed:
+                        final = self._final_record(request, rows[0])
+                        if final is not None:
+                            return final
                 elif self.mysql:
                     sql = self._mysql_wait(request.wait_ms) + self._claim_plain.sql
                     yield Exec(sql, self._claim_plain.bind(values), own=request.own)
                     claimed = True
                 else:
-                    claimed = (yield Exec(self._claim_plain.sql, self._claim_plain.bind(values), own=request.own)) == 1
+                    claim = self._claim_plain
+                    claimed = (yield Exec(claim.sql, claim.bind(values), own=request.own)) == 1
             except IdempotencyError:
                 raise
             except Exception as exc:
@@ -374,7 +414,9 @@ class BoundSQLStore:
         return (yield from self._write(self._complete, values, own=own)) == 1
 
     def fail(self, request: ClaimRequest, error_type: str, text: str, *, own: bool) -> Steps[bool]:
-        values = self._values(request, new_status=Status.FAILED.value, codec="json", result=text, error_type=error_type)
+        values = self._values(
+            request, new_status=Status.FAILED.value, codec="json", result=text, error_type=error_type
+        )
         return (yield from self._write(self._complete, values, own=own)) == 1
 
     def release(self, request: ClaimRequest, *, own: bool) -> Steps[bool]:
