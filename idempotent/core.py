@@ -43,7 +43,8 @@ T = TypeVar("T")
 
 #: At most this many extra attempts after a deadlock or serialization failure while claiming.
 CLAIM_RETRIES = 3
-#: Polling interval bounds while waiting for a committed claim (lease mode) to finish.
+#: Polling interval bounds while waiting for a committed claim (lease mode) to finish: the
+#: interval starts at POLL_MIN and doubles up to POLL_MAX, so a short call is noticed quickly.
 POLL_MIN = 0.02
 POLL_MAX = 0.5
 
@@ -383,12 +384,19 @@ def _remaining(deadline: float) -> float:
     return deadline - time.monotonic()
 
 
+def _poll_delay(polls: int, retry_after: float, left: float) -> float:
+    """Seconds a waiter sleeps before its next look: doubling from POLL_MIN, at most POLL_MAX,
+    never past the holder's lease nor the caller's remaining ``wait`` (``left``)."""
+    return min(left, POLL_MAX, max(POLL_MIN, min(retry_after, POLL_MIN * (1 << min(polls, 16)))))
+
+
 def transaction_flow(plan: Plan[T]) -> Steps[T]:
     """Transaction mode: the key commits or rolls back with the function's own writes."""
     store, request, hooks = plan.store, plan.request, plan.hooks
     deadline = time.monotonic() + plan.wait
     aborted = 0
     waited = False
+    polls = 0
     while True:
         token = None
         if plan.owned:
@@ -440,7 +448,8 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
         if not waited:
             hooks.emit(Event.WAITED, plan)
             waited = True
-        yield Sleep(min(left, max(POLL_MIN, min(POLL_MAX, decision.retry_after))))
+        yield Sleep(_poll_delay(polls, decision.retry_after, left))
+        polls += 1
 
     # Claimed: run the function inside the same transaction.
     marker = yield Marker()
@@ -527,6 +536,7 @@ def lease_flow(plan: Plan[T]) -> Steps[T]:
     deadline = time.monotonic() + plan.wait
     aborted = 0
     waited = False
+    polls = 0
     while True:
         try:
             found = yield from store.claim(_with_wait(request, max(0, int(_remaining(deadline) * 1000))))
@@ -562,7 +572,8 @@ def lease_flow(plan: Plan[T]) -> Steps[T]:
         if not waited:
             hooks.emit(Event.WAITED, plan)
             waited = True
-        yield Sleep(min(left, max(POLL_MIN, min(POLL_MAX, decision.retry_after))))
+        yield Sleep(_poll_delay(polls, decision.retry_after, left))
+        polls += 1
 
     yield StartRenewal()
     try:
