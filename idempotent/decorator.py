@@ -104,6 +104,34 @@ def default_store() -> Any:
 
 
 _UNSET: Any = object()
+_EMPTY: Any = inspect.Parameter.empty
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Settings:
+    """A decorator's options merged with the ``configure`` defaults they were computed from."""
+
+    defaults: _Defaults
+    store: Any
+    ttl_ms: int
+    lease_ms: int
+    wait_ms: int
+    wait: float
+    lease: float
+    serializer: Serializer
+    max_bytes: int
+    hooks: Hooks
+
+
+def _fast_binder(signature: inspect.Signature) -> tuple[tuple[str, ...], int, tuple[Any, ...]] | None:
+    """Parameter names, how many may be positional, and defaults, when every parameter is a plain
+    or keyword-only one (no ``/``, ``*args``, ``**kwargs``); None otherwise."""
+    params = list(signature.parameters.values())
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if any(p.kind not in kinds for p in params):
+        return None
+    positional = sum(1 for p in params if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    return tuple(p.name for p in params), positional, tuple(p.default for p in params)
 
 
 class _Spec:
@@ -191,6 +219,8 @@ class _Spec:
         self.lease = None if lease is _UNSET else _seconds(lease, "lease")
         self.wait = None if wait is _UNSET else _seconds(wait, "wait")
         self._hint: Any = _UNSET
+        self._fast_bind = _fast_binder(self.signature)
+        self._settings: _Settings | None = None
 
     @property
     def return_hint(self) -> Any:
@@ -199,6 +229,39 @@ class _Spec:
         return self._hint
 
     # -- per call -------------------------------------------------------------------------------
+    def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """``signature.bind(*args, **kwargs)`` plus ``apply_defaults()``: the arguments by name, in
+        parameter order. Signatures without ``/``, ``*args`` or ``**kwargs`` are bound directly; any
+        call the direct way cannot bind (a missing or unexpected argument) goes through ``bind``,
+        which raises the usual TypeError."""
+        fast = self._fast_bind
+        if fast is not None:
+            names, positional, defaults = fast
+            given = len(args)
+            if not kwargs and given == positional == len(names):
+                return dict(zip(names, args, strict=True))
+            if given <= positional:
+                arguments: dict[str, Any] = {}
+                used = 0
+                for index, name in enumerate(names):
+                    if index < given:
+                        if name in kwargs:
+                            break
+                        arguments[name] = args[index]
+                    elif name in kwargs:
+                        arguments[name] = kwargs[name]
+                        used += 1
+                    elif defaults[index] is not _EMPTY:
+                        arguments[name] = defaults[index]
+                    else:
+                        break
+                else:
+                    if used == len(kwargs):
+                        return arguments
+        bound = self.signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return bound.arguments
+
     def key(self, args: tuple[Any, ...], kwargs: dict[str, Any], arguments: dict[str, Any]) -> str | None:
         if isinstance(self.key_from, str):
             try:
@@ -242,34 +305,54 @@ class _Spec:
             chosen = {n: v for n, v in arguments.items() if n not in self.skip and not _drivers.is_handle(v)}
         return digest(chosen, self.name)
 
-    def plan(self, key: str, fingerprint: str | None) -> core.Plan[Any]:
+    def settings(self) -> _Settings:
+        """This decorator's options merged with the ``configure`` defaults, computed once per
+        ``configure`` call (it replaces the defaults object, which is never changed in place)."""
+        settings = self._settings
         defaults = _defaults
-        store = self.store if self.store is not None else defaults.store
-        ttl = self.ttl if self.ttl is not None else defaults.ttl
-        lease = self.lease if self.lease is not None else defaults.lease
-        wait = self.wait if self.wait is not None else defaults.wait
+        if settings is None or settings.defaults is not defaults:
+            ttl = self.ttl if self.ttl is not None else defaults.ttl
+            lease = self.lease if self.lease is not None else defaults.lease
+            wait = self.wait if self.wait is not None else defaults.wait
+            settings = self._settings = _Settings(
+                defaults=defaults,
+                store=self.store if self.store is not None else defaults.store,
+                ttl_ms=int(ttl * 1000),
+                lease_ms=int(lease * 1000),
+                wait_ms=int(wait * 1000),
+                wait=wait,
+                lease=lease,
+                serializer=self.serializer or defaults.serializer,
+                max_bytes=self.max_result_bytes or defaults.max_result_bytes,
+                hooks=Hooks(defaults.hooks + self.hooks),
+            )
+        return settings
+
+    def plan(self, key: str, fingerprint: str | None) -> core.Plan[Any]:
+        settings = self.settings()
+        store = settings.store
         request = core.ClaimRequest(
             self.scope,
             key,
             fingerprint,
             core.new_owner(),
-            int(ttl * 1000),
-            int(lease * 1000),
-            int(wait * 1000),
+            settings.ttl_ms,
+            settings.lease_ms,
+            settings.wait_ms,
             own=self.mode == "lease",
         )
         return core.Plan(
             store=store,
             request=request,
-            wait=wait,
-            serializer=self.serializer or defaults.serializer,
+            wait=settings.wait,
+            serializer=settings.serializer,
             return_hint=self.return_hint,
-            max_bytes=self.max_result_bytes or defaults.max_result_bytes,
+            max_bytes=settings.max_bytes,
             store_errors=self.store_errors,
-            hooks=Hooks(defaults.hooks + self.hooks),
+            hooks=settings.hooks,
             function=self.name,
             commit=self.commit,
-            lease=lease,
+            lease=settings.lease,
             extra={"engine": getattr(store, "engine", None)},
         )
 
@@ -277,9 +360,7 @@ class _Spec:
         self, args: tuple[Any, ...], kwargs: dict[str, Any], is_async: bool
     ) -> tuple[core.Plan[Any], core.Steps[Any], Any] | None:
         """Return the plan, its flow and the handle; None to run the function without idempotency."""
-        bound = self.signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        arguments = bound.arguments
+        arguments = self.arguments(args, kwargs)
         key = self.key(args, kwargs, arguments)
         if key is None:
             return None
