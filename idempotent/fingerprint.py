@@ -14,7 +14,7 @@ import enum
 import hashlib
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from idempotent.errors import SerializationError
@@ -30,6 +30,9 @@ class _Unencodable(Exception):
 
 def canonical(value: object) -> object:
     """Return a JSON-ready structure that identifies ``value`` and its type."""
+    exact = _EXACT.get(type(value))
+    if exact is not None:
+        return exact(value)
     if value is None:
         return None
     if isinstance(value, bool):
@@ -73,12 +76,27 @@ def canonical(value: object) -> object:
     raise _Unencodable(type(value).__name__)
 
 
+#: The most common argument types, looked up by exact type before the isinstance chain above
+#: (subclasses such as enums or bool still take the chain). Same encoding as the chain.
+_EXACT: dict[type, Callable[[Any], object]] = {
+    str: lambda value: ["s", value],
+    int: lambda value: ["i", str(value)],
+    float: lambda value: ["f", value.hex()],
+}
+
+#: ``json.dumps`` with fixed options builds a new encoder per call; these are built once.
+_encode_sort_key = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+_encode_digest = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True
+).encode
+
+
 def _qualname(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
 def _sort_key(item: object) -> str:
-    return json.dumps(item, sort_keys=True, separators=(",", ":"))
+    return _encode_sort_key(item)
 
 
 def digest(arguments: Mapping[str, Any], function: str) -> str:
@@ -97,5 +115,5 @@ def digest(arguments: Mapping[str, Any], function: str) -> str:
             raise SerializationError(
                 f"cannot fingerprint argument {name!r} of {function}: it refers to itself"
             ) from None
-    text = json.dumps(encoded, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True)
+    text = _encode_digest(encoded)
     return f"{VERSION}:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
