@@ -2,7 +2,8 @@
 
 ``python -m tests.lease.child MODE DRIVER URL KEYS PAYMENTS SCOPE KEY LEASE``
 
-MODE is ``lease`` (lease mode), ``transaction`` (transaction mode; the business row is
+MODE is ``loop`` (lease-mode calls on a series of keys, printing ``done <key>`` after each,
+until killed), ``lease`` (lease mode), ``transaction`` (transaction mode; the business row is
 written and flushed, not committed) or ``self-commit`` (transaction mode; the function commits
 its business row, and with it the claim, itself). The function prints ``reached`` once it is
 past that point and then blocks reading a line from stdin: the parent either kills the process
@@ -22,6 +23,9 @@ from sqlalchemy.orm import Session
 
 from idempotent import SQLStore, idempotent
 
+#: Calls a ``loop`` child makes before it exits by itself (the tests kill it long before).
+LOOP_CALLS = 10_000
+
 
 def _say(line: str) -> None:
     sys.stdout.write(line + "\n")
@@ -35,8 +39,42 @@ def _hold() -> str:
     return "child"
 
 
+def loop(driver: str, url: str, keys: str, scope: str, prefix: str, lease: str) -> int:
+    """Lease-mode calls on keys ``<prefix>-0``, ``<prefix>-1``, ... printing ``done <key>`` after each."""
+    options: dict[str, Any] = {"key_from": "key", "scope": scope, "lease": float(lease), "wait": 0}
+    if driver == "sync":
+        store = SQLStore(sa.create_engine(url), keys)
+
+        @idempotent(mode="lease", store=store, **options)
+        def work(key: str) -> str:
+            return f"child:{key}"
+
+        for i in range(LOOP_CALLS):
+            work(f"{prefix}-{i}")
+            _say(f"done {prefix}-{i}")
+        return 0
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async def run() -> None:
+        store = SQLStore(create_async_engine(url), keys)
+
+        @idempotent(mode="lease", store=store, **options)
+        async def awork(key: str) -> str:
+            return f"child:{key}"
+
+        for i in range(LOOP_CALLS):
+            await awork(f"{prefix}-{i}")
+            _say(f"done {prefix}-{i}")
+
+    asyncio.run(run())
+    return 0
+
+
 def main(argv: list[str]) -> int:
     mode, driver, url, keys, payments_name, scope, key, lease = argv
+    if mode == "loop":
+        return loop(driver, url, keys, scope, key, lease)
     payments = sa.Table(
         payments_name, sa.MetaData(), sa.Column("id", sa.Integer), sa.Column("ref", sa.String(100))
     )

@@ -200,3 +200,46 @@ def test_self_committing_function_killed_before_result_store_is_taken_over(
     assert row.status == "completed"
     assert row.owner != dead.owner
     assert ldb.payment_count() == 2
+
+
+@pytest.mark.parametrize(
+    "rounds", [pytest.param(1, id="short"), pytest.param(15, id="long", marks=pytest.mark.slow)]
+)
+def test_killed_at_arbitrary_points_never_strands_or_repeats_a_finished_key(
+    ldb: LeaseDb, children: Callable[..., Child], rounds: int
+) -> None:
+    """A lease-mode worker looping over keys is SIGKILLed wherever it happens to be.
+
+    The kill may land in a claim, in the function, in the result store or between calls.
+    Afterwards (the clock moved past the lease) every key gets an answer: a key the worker
+    reported done is replayed without running again, and no key is left in progress.
+    """
+    import random
+
+    rng = random.Random(rounds)
+    scope = "tests.crash.loop"
+    runs: list[str] = []
+
+    def work(key: str) -> str:
+        runs.append(key)
+        return f"parent:{key}"
+
+    store = ldb.store(clock_offset=PAST_LEASE)
+    retry = ldb.idempotent(work, key_from="key", scope=scope, store=store, lease=LEASE, wait=0)
+    for r in range(rounds):
+        child = children(
+            "loop", ldb.driver, ldb.url, ldb.table, ldb.payments.name, scope, f"r{r}", str(LEASE)
+        )
+        done = [child.expect("done") for _ in range(rng.randint(1, 4))]
+        child.kill()
+        reached = int(done[-1].rsplit("-", 1)[1])
+        keys = [f"r{r}-{i}" for i in range(reached + 3)]  # the ones done, the one in flight, and beyond
+        runs.clear()
+        results = {key: ldb.call(retry, key) for key in keys}
+        for key in done:
+            assert results[key] == f"child:{key}"
+        assert not set(done) & set(runs)
+        assert all(results[key] in (f"child:{key}", f"parent:{key}") for key in keys)
+        statuses = {row.key: row.status for row in ldb.rows() if row.key.startswith(f"r{r}-")}
+        assert set(statuses) == set(keys)
+        assert set(statuses.values()) == {"completed"}
