@@ -381,9 +381,10 @@ def format_key(info: KeyInfo) -> str:
         ("fingerprint", info.fingerprint or "none (not checked)"),
         ("owner", info.owner),
         ("created", f"{_iso(info.created_at)} ({_relative(info.created_at, info.now)})"),
-        ("lease until", f"{_iso(info.locked_until)} ({_relative(info.locked_until, info.now)})"),
-        ("expires", f"{_iso(info.expires_at)} ({_relative(info.expires_at, info.now)})"),
     ]
+    if info.status == Status.IN_PROGRESS.value:  # a finished key holds no lease
+        lines.append(("lease until", f"{_iso(info.locked_until)} ({_relative(info.locked_until, info.now)})"))
+    lines.append(("expires", f"{_iso(info.expires_at)} ({_relative(info.expires_at, info.now)})"))
     if info.error_type:
         lines.append(("error", info.error_type))
     lines.append(("result", _preview(info)))
@@ -544,7 +545,8 @@ def run_purge(args: argparse.Namespace) -> int:
             raise
         return _fail("purge", message)
     elapsed = time.monotonic() - started
-    print(f"purged {total} expired keys from {_where(args)} in {elapsed:.1f} s")
+    noun = "key" if total == 1 else "keys"
+    print(f"purged {total} expired {noun} from {_where(args)} in {elapsed:.1f} s")
     return 0
 
 

@@ -142,7 +142,10 @@ def test_engine_and_connection_binds(sync_adb: AdminDb) -> None:
 
 
 def test_show_says_what_the_next_call_does(adb: AdminDb) -> None:
-    """The status line of ``idempotent show`` says whether the next call waits, takes over, raises or runs."""
+    """``idempotent show`` says whether the next call waits, takes over, raises or runs.
+
+    The lease line appears only while a call holds (or held) the key in progress.
+    """
     adb.insert("running", status="in_progress", result=None, locked_for=30)
     adb.insert("abandoned", status="in_progress", result=None, locked_for=-5)
     adb.insert("declined", status="failed", error_type="shop.PaymentDeclined", result='["card_declined"]')
@@ -159,3 +162,4 @@ def test_show_says_what_the_next_call_does(adb: AdminDb) -> None:
         text = format_key(info)
         assert f"status       {state}\n" in text
         assert ("error        shop.PaymentDeclined\n" in text) == (key == "declined")
+        assert ("lease until" in text) == (info.status == "in_progress")

@@ -127,7 +127,7 @@ def test_custom_schema(sync_adb: AdminDb) -> None:
         base = ["--url", sync_adb.url, "--table", keys.name, "--schema", schema]
         purged = run_cli("purge", *base)
         assert purged.returncode == 0, purged.stderr
-        assert purged.stdout.startswith(f"purged 1 expired keys from {schema}.{keys.name}")
+        assert purged.stdout.startswith(f"purged 1 expired key from {schema}.{keys.name}")
         shown = run_cli("show", *base, "orders.place", "kept")
         assert shown.returncode == 0, shown.stderr
         evicted = run_cli("evict", *base, "orders.place", "kept")
@@ -147,7 +147,7 @@ def test_async_driver_urls(async_adb: AdminDb) -> None:
     base = ["--url", async_adb.url, "--table", async_adb.table]
     purged = run_cli("purge", *base)
     assert purged.returncode == 0, purged.stderr
-    assert purged.stdout.startswith("purged 1 expired keys")
+    assert purged.stdout.startswith("purged 1 expired key ")
     shown = run_cli("show", *base, "orders.place", "kept")
     assert shown.returncode == 0, shown.stderr
     assert "status       completed" in shown.stdout
