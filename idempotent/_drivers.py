@@ -7,6 +7,7 @@ anything: the decisions live in :mod:`idempotent.core`.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -22,6 +23,7 @@ from idempotent.errors import ConfigurationError
 __all__ = ["AsyncHandle", "SyncHandle", "async_handle_for", "run_async", "run_sync", "sync_handle_for"]
 
 
+@functools.cache
 def _async_classes() -> tuple[type, type] | None:
     try:
         from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession  # noqa: PLC0415  (optional extra)
@@ -30,12 +32,14 @@ def _async_classes() -> tuple[type, type] | None:
     return AsyncSession, AsyncConnection
 
 
+@functools.cache
+def _handle_classes() -> tuple[type, ...]:
+    return (Session, sa.Connection, *(_async_classes() or ()))
+
+
 def is_handle(value: object) -> bool:
     """True for the objects a decorated function may receive its transaction through."""
-    if isinstance(value, (Session, sa.Connection)):
-        return True
-    classes = _async_classes()
-    return classes is not None and isinstance(value, classes)
+    return isinstance(value, _handle_classes())
 
 
 def _sqlite_legacy_begin(dbapi_connection: Any) -> bool:

@@ -10,8 +10,8 @@ executes, replays, waits, or is refused (:func:`decide`). The flows below (:func
 from __future__ import annotations
 
 import enum
+import os
 import time
-import uuid
 import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field
@@ -317,8 +317,8 @@ class Plan(Generic[T]):
 
 
 def new_owner() -> str:
-    """A random token identifying one claim."""
-    return uuid.uuid4().hex
+    """A random token identifying one claim: 128 random bits as 32 hex digits."""
+    return os.urandom(16).hex()
 
 
 def _replay(plan: Plan[Any], record: Record) -> Any:
