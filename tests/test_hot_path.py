@@ -1,0 +1,217 @@
+"""The lean paths of a call: how a replay ends its transaction, the PostgreSQL claim that reads the
+final record in the same round trip, direct argument binding and the fingerprint encoding."""
+
+from __future__ import annotations
+
+import decimal
+import inspect
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from idempotent import InProgress
+from idempotent.decorator import _Spec
+from idempotent.fingerprint import digest
+from tests.conftest import Db, _make_db
+from tests.shop import Receipt, Shop
+
+
+@pytest.fixture
+def pg_sync(tmp_path: Any) -> Iterator[Db]:
+    """PostgreSQL through its sync driver (the engine's events see every statement)."""
+    yield from _make_db("postgresql", "sync", tmp_path)
+
+
+def _count_events(engine: sa.Engine, names: tuple[str, ...]) -> dict[str, int]:
+    counts = dict.fromkeys(names, 0)
+
+    def counter(name: str) -> Callable[..., None]:
+        def bump(*_: Any) -> None:
+            counts[name] += 1
+
+        return bump
+
+    for name in names:
+        sa.event.listen(engine, name, counter(name))
+    return counts
+
+
+def test_replay_on_a_connection_ends_with_commit(sync_db: Db) -> None:
+    """A replay wrote nothing; on a Connection the decorator ends its own transaction by COMMIT."""
+    shop = Shop(sync_db)
+    first = shop.call("hp-1")
+    counts = _count_events(sync_db.engine, ("commit", "rollback"))
+    assert shop.call("hp-1") == first
+    assert counts == {"commit": 1, "rollback": 0}
+    assert (shop.executions, sync_db.count()) == (1, 1)
+
+
+def test_replay_on_a_session_still_rolls_back(sync_db: Db) -> None:
+    """On a Session the replay's transaction is rolled back: the Session's commit events do not fire."""
+    shop = Shop(sync_db)
+    first = shop.call("hp-2", handle="session")
+    seen: list[str] = []
+    with Session(sync_db.engine) as session:
+        sa.event.listen(session, "after_commit", lambda _s: seen.append("commit"))
+        sa.event.listen(session, "after_rollback", lambda _s: seen.append("rollback"))
+        assert shop.place(session, "hp-2", 10) == first
+        assert not session.in_transaction()
+    assert seen == ["rollback"]
+    assert shop.executions == 1
+
+
+def test_joined_replay_releases_its_savepoint(db: Db) -> None:
+    """A replay inside the caller's transaction leaves the caller's earlier and later writes to it."""
+    shop = Shop(db)
+    first = shop.call("hp-3")
+    before, after = db.orders.insert().values(ref="before", amount=1), db.orders.insert().values(ref="after")
+    if db.is_async:
+
+        async def scenario() -> Receipt:
+            async with db.async_engine.connect() as conn, conn.begin():
+                await conn.execute(before)
+                receipt: Receipt = await shop.aplace(conn, "hp-3", 10)
+                await conn.execute(after)
+                return receipt
+
+        again = db.run(scenario())
+    else:
+        with db.engine.connect() as conn, conn.begin():
+            conn.execute(before)
+            again = shop.place(conn, "hp-3", 10)
+            conn.execute(after)
+    assert again == first
+    assert (shop.executions, db.count()) == (1, 3)
+
+
+def test_replays_keep_psycopg_prepared_statements(pg_sync: Db) -> None:
+    """psycopg forgets its prepared statements on ROLLBACK; replays end with COMMIT, so the claim
+    gets prepared after a few calls on the same connection."""
+    shop = Shop(pg_sync)
+    shop.call("hp-4")
+    with pg_sync.engine.connect() as conn:
+        for _ in range(8):
+            shop.place(conn, "hp-4", 10)
+        prepared = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE '%%set_config%%'"
+        ).scalar_one()
+        conn.rollback()
+    assert prepared == 1
+    assert shop.executions == 1
+
+
+def _statements(engine: sa.Engine) -> list[str]:
+    seen: list[str] = []
+    sa.event.listen(engine, "before_cursor_execute", lambda *args: seen.append(args[2]))
+    return seen
+
+
+def test_postgresql_replay_is_one_statement(pg_sync: Db) -> None:
+    """On PostgreSQL the claim returns a completed record itself: a replay sends one statement."""
+    shop = Shop(pg_sync)
+    first = shop.call("hp-5")
+    seen = _statements(pg_sync.engine)
+    assert shop.call("hp-5") == first
+    assert len(seen) == 1
+    assert "ON CONFLICT" in seen[0]
+
+
+def test_postgresql_in_progress_record_is_read_again(pg_sync: Db) -> None:
+    """A record still in progress may be stale in the claim's snapshot, so it is read again."""
+    keys = pg_sync.keys
+    far = 2**62
+    with pg_sync.engine.begin() as conn:
+        conn.execute(
+            keys.insert().values(
+                scope="tests.shop.place", key="hp-6", fingerprint=None, status="in_progress",
+                owner="someone", locked_until=far, created_at=0, expires_at=far,
+            )
+        )  # fmt: skip
+    shop = Shop(pg_sync, wait=0)
+    seen = _statements(pg_sync.engine)
+    with pytest.raises(InProgress):
+        shop.call("hp-6")
+    assert len(seen) == 2
+    assert seen[1].lstrip().upper().startswith("SELECT")
+    assert shop.executions == 0
+
+
+def test_postgresql_expired_record_is_taken_over(pg_sync: Db) -> None:
+    """A completed record past its ttl is not replayed from the claim: the call runs again."""
+    shop = Shop(pg_sync, ttl=60)
+    shop.call("hp-7")
+    pg_sync.store.clock_offset = 61
+    try:
+        shop.call("hp-7")
+    finally:
+        pg_sync.store.clock_offset = 0
+    assert (shop.executions, pg_sync.count(), len(pg_sync.key_rows())) == (2, 2, 1)
+
+
+# -- no database ------------------------------------------------------------------------------------
+def _spec(func: Callable[..., Any]) -> _Spec:
+    first = next(iter(inspect.signature(func).parameters))
+    return _Spec(
+        func, first, "tests.bind", None, "transaction", 1, 1, 1, True, (), None, False, True, None, None, ()
+    )  # fmt: skip
+
+
+def f_plain(a: Any, b: Any, c: Any = 3) -> None:
+    """Positional-or-keyword parameters with a default."""
+
+
+def f_keyword_only(a: Any, b: Any = 2, *, c: Any, d: Any = 4) -> None:
+    """Keyword-only parameters, one required."""
+
+
+def f_positional_only(a: Any, /, b: Any) -> None:
+    """A positional-only parameter: bound by inspect.Signature.bind."""
+
+
+def f_var(a: Any, *args: Any, b: Any = 1, **kwargs: Any) -> None:
+    """*args and **kwargs: bound by inspect.Signature.bind."""
+
+
+def f_only_keywords(*, a: Any = 1) -> None:
+    """No positional parameter at all."""
+
+
+@pytest.mark.parametrize("func", [f_plain, f_keyword_only, f_positional_only, f_var, f_only_keywords])
+def test_arguments_equal_signature_bind(func: Callable[..., Any]) -> None:
+    """Every call shape binds to the same arguments, in the same order, or raises the same TypeError."""
+    spec = _spec(func)
+    names = ["a", "b", "c", "d", "e"]
+    for given in range(5):
+        for count in range(4):
+            for chosen in itertools.permutations(names, count):
+                args = tuple(range(given))
+                kwargs = {name: 10 + i for i, name in enumerate(chosen)}
+                try:
+                    bound = inspect.signature(func).bind(*args, **kwargs)
+                    bound.apply_defaults()
+                    expected: Any = list(bound.arguments.items())
+                except TypeError as exc:
+                    expected = str(exc)
+                try:
+                    got: Any = list(spec.arguments(args, kwargs).items())
+                except TypeError as exc:
+                    got = str(exc)
+                assert got == expected, (args, kwargs)
+
+
+def test_fingerprint_encoding_is_stable() -> None:
+    """The v1 fingerprint of these arguments never changes: stored keys depend on it."""
+    arguments = {
+        "order_id": 7,
+        "note": "é",
+        "amount": 1.5,
+        "flag": True,
+        "none": None,
+        "items": [1, "a", (2,)],
+        "price": decimal.Decimal("1.10"),
+    }
+    assert digest(arguments, "f") == "v1:5507b29fff6735d6b95eae0a5f3e6b02a060fc497804d27d5ca09829346679dc"
