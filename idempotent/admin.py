@@ -24,6 +24,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -61,6 +62,7 @@ def _with_connection(bind: Bind, fn: Callable[[sa.Connection], _T]) -> _T:
             "AsyncEngine run `async with engine.connect() as conn: await conn.run_sync(lambda c: purge(c))`"
         )
     url = sa.make_url(bind)
+    _check_sqlite_file(url)
     if url.get_dialect().is_async:
         return asyncio.run(_with_async_connection(url, fn))
     engine = sa.create_engine(url, poolclass=sa.NullPool)
@@ -69,6 +71,17 @@ def _with_connection(bind: Bind, fn: Callable[[sa.Connection], _T]) -> _T:
             return fn(conn)
     finally:
         engine.dispose()
+
+
+def _check_sqlite_file(url: sa.URL) -> None:
+    """Refuse a SQLite URL naming a file that does not exist (connecting would create an empty one)."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return
+    if database.startswith("file:") or url.query.get("uri") in ("true", "1"):
+        return  # a URI filename: its own options decide
+    if not Path(database).exists():
+        raise ConfigurationError(f"the SQLite database file {database!r} does not exist")
 
 
 async def _with_async_connection(url: sa.URL, fn: Callable[[sa.Connection], _T]) -> _T:

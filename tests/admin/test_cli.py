@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -196,6 +197,18 @@ def test_bad_url_in_a_new_process(url: str, message: str) -> None:
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"idempotent evict: error: {message}")
     assert "Traceback" not in proc.stderr
+
+
+def test_missing_sqlite_file_is_an_error_not_a_new_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A SQLite URL naming a file that does not exist is reported; no empty database is created."""
+    missing = tmp_path / "nope.db"
+    assert main(["show", "--url", f"sqlite:///{missing}", "orders.place", "k"]) == 1
+    assert capsys.readouterr().err == (
+        f"idempotent show: error: the SQLite database file {str(missing)!r} does not exist\n"
+    )
+    assert not missing.exists()
 
 
 def test_usage_errors_exit_2() -> None:
