@@ -176,8 +176,17 @@ def core_logger() -> Any:
     return logging.getLogger("idempotent")
 
 
+#: Dialects whose drivers switch autocommit with a server round trip each way: a short
+#: transaction (statement, COMMIT) is cheaper there than AUTOCOMMIT on and off again.
+_COMMIT_DIALECTS = frozenset({"mysql", "mariadb"})
+
+
 def _exec_own_sync(plan: core.Plan[Any], op: core.Exec) -> Any:
     engine = _lease_engine(plan)
+    if engine.dialect.name in _COMMIT_DIALECTS:
+        with engine.begin() as conn:
+            result = conn.exec_driver_sql(op.sql, op.params)
+            return result.fetchall() if op.fetch else result.rowcount
     with engine.connect() as raw:
         conn = raw.execution_options(isolation_level="AUTOCOMMIT")
         result = conn.exec_driver_sql(op.sql, op.params)
@@ -296,6 +305,10 @@ async def _exec_own_async(plan: core.Plan[Any], op: core.Exec) -> Any:
     engine = _lease_engine(plan)
     if isinstance(engine, sa.Engine):  # a sync engine in an async function: run it in a thread
         return await anyio.to_thread.run_sync(_exec_own_sync, plan, op)
+    if engine.dialect.name in _COMMIT_DIALECTS:
+        async with engine.begin() as conn:
+            result = await conn.exec_driver_sql(op.sql, op.params)
+            return result.fetchall() if op.fetch else result.rowcount
     async with engine.connect() as raw:
         conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
         result = await conn.exec_driver_sql(op.sql, op.params)
