@@ -134,8 +134,16 @@ def build(dialect: str, url: str, suffix: str) -> Bench:
 
     store = SQLStore(table=keys.name)
 
+    # Two entry points on one scope, as an application with a create path and a retry path would
+    # have: each keeps its own replay rate, which decides whether a call reads before it claims
+    # (see PEEK_AT in idempotent/decorator.py). First calls are measured as a workload of first
+    # calls, replays as a workload of retries.
     @idempotent(key_from="order_id", scope=SCOPE, store=store)
     def place_order(conn: sa.Connection, order_id: int, amount: int) -> dict[str, int]:
+        return business(conn, order_id, amount)
+
+    @idempotent(key_from="order_id", scope=SCOPE, store=store)
+    def retry_order(conn: sa.Connection, order_id: int, amount: int) -> dict[str, int]:
         return business(conn, order_id, amount)
 
     claim, complete = _hand_written(dialect, keys)
@@ -154,7 +162,7 @@ def build(dialect: str, url: str, suffix: str) -> Bench:
 
     def replay(engine: sa.Engine = engines["replay"]) -> None:
         with engine.connect() as conn:
-            place_order(conn, last_key[0], 5)
+            retry_order(conn, last_key[0], 5)
 
     def core(engine: sa.Engine = engines["core"]) -> None:
         order_id, amount = ids.next(), 5

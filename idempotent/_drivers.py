@@ -150,6 +150,47 @@ def _lease_engine(plan: core.Plan[Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
+# Reads outside any transaction (core.Peek), on drivers that toggle autocommit client-side.
+# ---------------------------------------------------------------------------------------------
+def _peek_sync(handle: SyncHandle, op: core.Peek) -> Any:
+    conn = handle.connection()  # a Session begins its transaction here; it is ended below
+    driver = conn.connection.driver_connection
+    try:
+        driver.autocommit = True  # type: ignore[union-attr]
+    except Exception:  # the driver refuses here (say, mid-transaction): claim as usual instead
+        handle.obj.rollback()
+        return []
+    try:
+        return conn.exec_driver_sql(op.sql, op.params).fetchall()
+    finally:
+        # Autocommit off first: a Session hands its connection back to the pool when its
+        # transaction ends. The driver is idle, so the rollback sends no statement.
+        try:
+            driver.autocommit = False  # type: ignore[union-attr]
+        finally:
+            handle.obj.rollback()
+
+
+async def _peek_async(handle: AsyncHandle, op: core.Peek) -> Any:
+    obj = handle.obj
+    conn = await obj.connection() if handle.is_session else obj
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    try:
+        await driver.set_autocommit(True)
+    except Exception:  # the driver refuses here (say, mid-transaction): claim as usual instead
+        await obj.rollback()
+        return []
+    try:
+        return (await conn.exec_driver_sql(op.sql, op.params)).fetchall()
+    finally:
+        try:
+            await driver.set_autocommit(False)
+        finally:
+            await obj.rollback()
+
+
+# ---------------------------------------------------------------------------------------------
 # Sync driver.
 # ---------------------------------------------------------------------------------------------
 class _SyncRenewal:
@@ -236,6 +277,9 @@ def run_sync(
                         conn = handle.connection()  # type: ignore[union-attr]
                     result = conn.exec_driver_sql(op.sql, op.params)  # type: ignore[attr-defined]
                     value = result.fetchall() if op.fetch else result.rowcount  # type: ignore[attr-defined]
+            elif kind is core.Peek:
+                value = _peek_sync(handle, op)  # type: ignore[arg-type]
+                conn = None
             elif kind is core.Call:
                 value = call()
             elif kind is core.Begin:
@@ -439,6 +483,8 @@ async def _perform_async(
         conn = await obj.connection() if handle is not None and handle.is_session else obj
         result = await conn.exec_driver_sql(op.sql, op.params)  # type: ignore[attr-defined]
         return result.fetchall() if op.fetch else result.rowcount  # type: ignore[attr-defined]
+    if kind is core.Peek:
+        return await _peek_async(handle, op)  # type: ignore[arg-type]
     if kind is core.Call:
         return await call()
     if kind is core.Begin:

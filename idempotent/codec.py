@@ -133,8 +133,7 @@ class JsonCodec:
             return {
                 _TAG: "tuple",
                 "v": [
-                    self._enc(v, h, f"{path}[{i}]")
-                    for i, (v, h) in enumerate(zip(value, hints, strict=True))
+                    self._enc(v, h, f"{path}[{i}]") for i, (v, h) in enumerate(zip(value, hints, strict=True))
                 ],
             }
         if cls in (set, frozenset):

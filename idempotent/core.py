@@ -127,6 +127,18 @@ class Exec(Op):
     own: bool = False
 
 
+@dataclass(slots=True)
+class Peek(Op):
+    """Read with one statement outside any transaction on the caller's connection (autocommit).
+
+    Result: the rows. Used before the decorator begins a transaction it will own, so that a
+    replay costs one round trip; the driver answers ``[]`` when the connection cannot do it.
+    """
+
+    sql: str
+    params: Any
+
+
 class Begin(Op):
     """Begin the transaction the decorator owns."""
 
@@ -314,6 +326,10 @@ class Plan(Generic[T]):
     commit: bool = False
     lease: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Look for a stored result with one autocommit read before claiming (see ``peek_first``).
+    peek: bool = False
+    #: Set when the call returned (or raised) a stored outcome instead of running.
+    replayed: bool = False
 
 
 def new_owner() -> str:
@@ -322,6 +338,7 @@ def new_owner() -> str:
 
 
 def _replay(plan: Plan[Any], record: Record) -> Any:
+    plan.replayed = True
     if record.status == Status.FAILED:
         raise _rebuild_error(plan, record)
     if record.result is None or record.result_codec is None:
@@ -397,6 +414,17 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
     aborted = 0
     waited = False
     polls = 0
+    if plan.owned and plan.peek and getattr(store, "peek_first", False):
+        # A replay then costs one autocommit read; anything but a final record is claimed below.
+        seen = yield from store.peek(request)  # type: ignore[attr-defined]
+        if seen is not None:
+            verdict = decide(seen.record, request.fingerprint, seen.now)
+            if verdict.outcome is Outcome.REPLAY or verdict.outcome is Outcome.RAISE_STORED:
+                hooks.emit(Event.REPLAYED, plan)
+                return _replay(plan, seen.record)  # type: ignore[no-any-return]
+            if verdict.outcome is Outcome.MISMATCH:
+                hooks.emit(Event.MISMATCH, plan)
+                raise _mismatch(plan)
     while True:
         token = None
         if plan.owned:

@@ -104,6 +104,14 @@ def default_store() -> Any:
 
 
 _UNSET: Any = object()
+
+#: Weight of the latest call in a function's moving replay rate.
+_RATE_WEIGHT = 0.1
+#: From this replay rate on, decorator-owned calls look for a stored result with one autocommit
+#: read before claiming (PostgreSQL with psycopg). That read makes a replay one round trip instead
+#: of three but costs a first call one more: it pays off only while retries are frequent, as in a
+#: retry storm or a client that always retries. Three replays in a row reach it.
+PEEK_AT = 0.25
 _EMPTY: Any = inspect.Parameter.empty
 
 
@@ -219,8 +227,13 @@ class _Spec:
         self.lease = None if lease is _UNSET else _seconds(lease, "lease")
         self.wait = None if wait is _UNSET else _seconds(wait, "wait")
         self._hint: Any = _UNSET
+        self.replay_rate = 0.0
         self._fast_bind = _fast_binder(self.signature)
         self._settings: _Settings | None = None
+
+    def observe(self, replayed: bool) -> None:
+        """Track how often recent calls replayed (a moving average; races only blur it)."""
+        self.replay_rate = self.replay_rate * (1.0 - _RATE_WEIGHT) + (_RATE_WEIGHT if replayed else 0.0)
 
     @property
     def return_hint(self) -> Any:
@@ -379,6 +392,7 @@ class _Spec:
             handle = _drivers.async_handle_for(obj) if is_async else _drivers.sync_handle_for(obj)
             plan.store = raw.for_dialect(handle.dialect)
             plan.owned = not handle.in_transaction()
+            plan.peek = self.replay_rate >= PEEK_AT
             if plan.commit and not plan.owned and handle.is_session and not handle.autobegun():
                 plan.commit = False  # the caller began this transaction explicitly: it commits
             return plan, core.transaction_flow(plan), handle
@@ -515,7 +529,10 @@ def _sync_wrapper(spec: _Spec, target: Callable[..., Any]) -> Callable[..., Any]
         if prepared is None:
             return target(*args, **kwargs)
         plan, flow, handle = prepared
-        return _drivers.run_sync(plan, flow, handle, lambda: target(*args, **kwargs))
+        try:
+            return _drivers.run_sync(plan, flow, handle, lambda: target(*args, **kwargs))
+        finally:
+            spec.observe(plan.replayed)
 
     return wrapper
 
@@ -527,6 +544,9 @@ def _async_wrapper(spec: _Spec, target: Callable[..., Awaitable[Any]]) -> Callab
         if prepared is None:
             return await target(*args, **kwargs)
         plan, flow, handle = prepared
-        return await _drivers.run_async(plan, flow, handle, lambda: target(*args, **kwargs))
+        try:
+            return await _drivers.run_async(plan, flow, handle, lambda: target(*args, **kwargs))
+        finally:
+            spec.observe(plan.replayed)
 
     return wrapper
