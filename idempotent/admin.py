@@ -17,18 +17,17 @@ Times are read from the database server's clock, like every lease and expiry dec
 from __future__ import annotations
 
 import argparse
-import asyncio
 import dataclasses
 import datetime as dt
 import json
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
+from idempotent._connect import Bind, with_connection
 from idempotent._sql import NO_TABLE, classify, now_sql
 from idempotent.core import Status
 from idempotent.errors import ConfigurationError, IdempotencyError, InProgress, TableMissing
@@ -42,7 +41,6 @@ DEFAULT_BATCH = 1000
 #: Characters of a stored result that ``idempotent show`` prints.
 PREVIEW_CHARS = 200
 
-Bind = str | sa.URL | sa.Engine | sa.Connection
 _T = TypeVar("_T")
 
 
@@ -51,48 +49,14 @@ _T = TypeVar("_T")
 # ---------------------------------------------------------------------------------------------
 def _with_connection(bind: Bind, fn: Callable[[sa.Connection], _T]) -> _T:
     """Run ``fn`` on a connection that is in no transaction; ``fn`` commits what it writes."""
-    if isinstance(bind, sa.Connection):
-        return fn(bind)
-    if isinstance(bind, sa.Engine):
-        with bind.connect() as conn:
-            return fn(conn)
-    if not isinstance(bind, (str, sa.URL)):
-        raise TypeError(
-            f"expected a database URL, Engine or Connection, got {type(bind).__name__}; with an "
-            "AsyncEngine run `async with engine.connect() as conn: await conn.run_sync(lambda c: purge(c))`"
-        )
-    url = sa.make_url(bind)
-    _check_sqlite_file(url)
-    if url.get_dialect().is_async:
-        return asyncio.run(_with_async_connection(url, fn))
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
-    try:
-        with engine.connect() as conn:
-            return fn(conn)
-    finally:
-        engine.dispose()
-
-
-def _check_sqlite_file(url: sa.URL) -> None:
-    """Refuse a SQLite URL naming a file that does not exist (connecting would create an empty one)."""
-    database = url.database
-    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
-        return
-    if database.startswith("file:") or url.query.get("uri") in ("true", "1"):
-        return  # a URI filename: its own options decide
-    if not Path(database).exists():
-        raise ConfigurationError(f"the SQLite database file {database!r} does not exist")
-
-
-async def _with_async_connection(url: sa.URL, fn: Callable[[sa.Connection], _T]) -> _T:
-    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415  (needs the asyncio extra)
-
-    engine = create_async_engine(url, poolclass=sa.NullPool)
-    try:
-        async with engine.connect() as conn:
-            return await conn.run_sync(fn)
-    finally:
-        await engine.dispose()
+    return with_connection(
+        bind,
+        fn,
+        begin=False,
+        must_exist=True,
+        async_hint="with an AsyncEngine run `async with engine.connect() as conn: "
+        "await conn.run_sync(lambda c: purge(c))`",
+    )
 
 
 def _table(table: str, schema: str | None) -> sa.Table:

@@ -17,7 +17,6 @@ Alembic is imported only when a command runs, so ``idempotent --help`` stays qui
 from __future__ import annotations
 
 import argparse
-import asyncio
 import io
 import sys
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
+from idempotent._connect import Bind, with_connection
 from idempotent.errors import ConfigurationError
 from idempotent.schema import DEFAULT_TABLE
 
@@ -54,7 +54,6 @@ BRANCH = "idempotent"
 TABLE_OPTION = "idempotent_table"
 SCHEMA_OPTION = "idempotent_schema"
 
-Bind = str | sa.URL | sa.Engine | sa.Connection
 _T = TypeVar("_T")
 
 
@@ -236,36 +235,12 @@ def _current(conn: sa.Connection, table: str, schema: str | None) -> str | None:
 
 def _with_connection(bind: Bind, fn: Callable[[sa.Connection], _T]) -> _T:
     """Run ``fn`` on a connection of ``bind``; commit when the connection is ours."""
-    if isinstance(bind, sa.Connection):
-        return fn(bind)
-    if isinstance(bind, sa.Engine):
-        with bind.begin() as conn:
-            return fn(conn)
-    if not isinstance(bind, (str, sa.URL)):
-        raise TypeError(
-            f"expected a database URL, Engine or Connection, got {type(bind).__name__}; "
-            "with an AsyncEngine run `await conn.run_sync(lambda c: upgrade(c))` and commit"
-        )
-    url = sa.make_url(bind)
-    if url.get_dialect().is_async:
-        return asyncio.run(_with_async_connection(url, fn))
-    engine = sa.create_engine(url, poolclass=sa.NullPool)
-    try:
-        with engine.begin() as conn:
-            return fn(conn)
-    finally:
-        engine.dispose()
-
-
-async def _with_async_connection(url: sa.URL, fn: Callable[[sa.Connection], _T]) -> _T:
-    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415 (needs the asyncio extra)
-
-    engine = create_async_engine(url, poolclass=sa.NullPool)
-    try:
-        async with engine.begin() as conn:
-            return await conn.run_sync(fn)
-    finally:
-        await engine.dispose()
+    return with_connection(
+        bind,
+        fn,
+        begin=True,
+        async_hint="with an AsyncEngine run `await conn.run_sync(lambda c: upgrade(c))` and commit",
+    )
 
 
 # --- command line -------------------------------------------------------------------------

@@ -1,0 +1,70 @@
+"""Connections for the command-line helpers (admin, migrate): from a URL, an Engine or a Connection."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import sqlalchemy as sa
+
+from idempotent.errors import ConfigurationError
+
+__all__ = ["Bind", "check_sqlite_file", "with_connection"]
+
+Bind = str | sa.URL | sa.Engine | sa.Connection
+_T = TypeVar("_T")
+
+
+def with_connection(
+    bind: Bind, fn: Callable[[sa.Connection], _T], *, begin: bool, async_hint: str, must_exist: bool = False
+) -> _T:
+    """Run ``fn`` on a connection of ``bind``.
+
+    A given Connection is used as it is. Otherwise the connection is ours: with ``begin`` it runs
+    in a transaction committed on success, else ``fn`` commits what it writes. ``must_exist``
+    refuses a SQLite URL naming a missing file (connecting would create an empty database).
+    """
+    if isinstance(bind, sa.Connection):
+        return fn(bind)
+    if isinstance(bind, sa.Engine):
+        with bind.begin() if begin else bind.connect() as conn:
+            return fn(conn)
+    if not isinstance(bind, (str, sa.URL)):
+        raise TypeError(
+            f"expected a database URL, Engine or Connection, got {type(bind).__name__}; {async_hint}"
+        )
+    url = sa.make_url(bind)
+    if must_exist:
+        check_sqlite_file(url)
+    if url.get_dialect().is_async:
+        return asyncio.run(_with_async_connection(url, fn, begin=begin))
+    engine = sa.create_engine(url, poolclass=sa.NullPool)
+    try:
+        with engine.begin() if begin else engine.connect() as conn:
+            return fn(conn)
+    finally:
+        engine.dispose()
+
+
+def check_sqlite_file(url: sa.URL) -> None:
+    """Refuse a SQLite URL naming a file that does not exist (connecting would create an empty one)."""
+    database = url.database
+    if url.get_backend_name() != "sqlite" or not database or database == ":memory:":
+        return
+    if database.startswith("file:") or url.query.get("uri") in ("true", "1"):
+        return  # a URI filename: its own options decide
+    if not Path(database).exists():
+        raise ConfigurationError(f"the SQLite database file {database!r} does not exist")
+
+
+async def _with_async_connection(url: sa.URL, fn: Callable[[sa.Connection], _T], *, begin: bool) -> _T:
+    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415  (needs the asyncio extra)
+
+    engine = create_async_engine(url, poolclass=sa.NullPool)
+    try:
+        async with engine.begin() if begin else engine.connect() as conn:
+            return await conn.run_sync(fn)
+    finally:
+        await engine.dispose()
