@@ -133,6 +133,15 @@ def classify(exc: BaseException) -> str | None:
 # ---------------------------------------------------------------------------------------------
 # The store.
 # ---------------------------------------------------------------------------------------------
+def _existing(request: ClaimRequest, rows: Any) -> Existing | None:
+    """The record of a read (its columns, then the database clock), or None without a row."""
+    if not rows:
+        return None
+    row = rows[0]
+    record = Record(request.scope, request.key, *row[: len(_READ_COLUMNS)])
+    return Existing(record, int(row[len(_READ_COLUMNS)]))
+
+
 class SQLStore:
     """Keys in a SQL table; atomic with the caller's writes in transaction mode.
 
@@ -386,13 +395,10 @@ class BoundSQLStore:
         except Exception as exc:
             self._translate(exc)
             raise
-        if not rows:
+        found = _existing(request, rows)
+        if found is None or found.record.status not in (_COMPLETED, _FAILED):
             return None
-        row = rows[0]
-        record = Record(request.scope, request.key, *row[: len(_READ_COLUMNS)])
-        if record.status not in (_COMPLETED, _FAILED):
-            return None
-        return Existing(record, int(row[len(_READ_COLUMNS)]))
+        return found
 
     def _read_row(self, request: ClaimRequest) -> Steps[Existing | None]:
         values = self._values(request)
@@ -407,11 +413,7 @@ class BoundSQLStore:
         except Exception as exc:
             self._translate(exc)
             raise
-        if not rows:
-            return None
-        row = rows[0]
-        record = Record(request.scope, request.key, *row[: len(_READ_COLUMNS)])
-        return Existing(record, int(row[len(_READ_COLUMNS)]))
+        return _existing(request, rows)
 
     def read(self, request: ClaimRequest) -> Steps[Existing | None]:
         """Read the record for ``request``'s key without claiming it."""
