@@ -10,6 +10,7 @@ executes, replays, waits, or is refused (:func:`decide`). The flows below (:func
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import time
 import warnings
@@ -496,19 +497,12 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
             yield Commit()
             hooks.emit(Event.EXECUTED, plan, detail="failed")
             raise
-        if ended:  # the function committed the claim itself: release it so a retry runs
-            yield Rollback()
-            yield from store.release(request, own=False)
-            yield Commit()
-        else:
-            yield from _undo(plan, token)
-        hooks.emit(Event.RELEASED, plan)
+        yield from _abandon(plan, token, ended=ended)
         raise
     try:
         text = encode_checked(plan.serializer, result, plan.return_hint, plan.max_bytes)
     except BaseException:
-        yield from _undo(plan, token)
-        hooks.emit(Event.RELEASED, plan)
+        yield from _abandon(plan, token, ended=(yield Marker()) is not marker)
         raise
     if (yield Marker()) is marker:
         yield from store.complete(request, plan.serializer.name, text, own=False)
@@ -523,8 +517,8 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
     else:
         warnings.warn(
             f"{plan.function} ended the transaction itself; its key committed with its writes and the "
-            "result was stored in a second, fenced transaction. Let the decorator commit (commit=True) "
-            "to store both atomically",
+            "result was stored in a second, fenced transaction. Leave the commit to the decorator (or to "
+            "the caller that began the transaction) to store both atomically",
             IdempotencyWarning,
             stacklevel=4,
         )
@@ -534,6 +528,33 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
             hooks.emit(Event.CONFLICT, plan, detail="fenced")
     hooks.emit(Event.EXECUTED, plan)
     return result  # type: ignore[no-any-return]
+
+
+def _abandon(plan: Plan[Any], token: Any, *, ended: bool) -> Steps[None]:
+    """Drop the claim after the function failed (or its result could not be stored), so a retry runs.
+
+    Normally that is rolling back what the decorator began. When the function committed the claim
+    itself, the committed in-progress row is deleted in a short transaction; if even that fails,
+    the row's lease lets the next caller take it over, and the function's own error is the one
+    that propagates.
+    """
+    if not ended:
+        yield from _undo(plan, token)
+    else:
+        try:
+            yield Rollback()
+            yield from plan.store.release(plan.request, own=False)
+            yield Commit()
+        except Exception:
+            logging.getLogger("idempotent").warning(
+                "could not release the claim of %s key %r after it failed; it will be taken over once "
+                "its lease expires",
+                plan.function,
+                plan.request.key,
+                exc_info=True,
+            )
+            yield Rollback()
+    plan.hooks.emit(Event.RELEASED, plan)
 
 
 def _with_wait(request: ClaimRequest, wait_ms: int) -> ClaimRequest:
@@ -632,8 +653,6 @@ def lease_flow(plan: Plan[T]) -> Steps[T]:
 
 def _fenced_outcome(plan: Plan[T], deadline: float) -> Steps[T]:
     """Our lease was taken over: refuse our result and give the current owner's outcome."""
-    import logging  # noqa: PLC0415  (rare path)
-
     logging.getLogger("idempotent").warning(
         "lease of %s key %r expired before it completed; its result was refused (another caller took over)",
         plan.function,

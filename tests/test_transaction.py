@@ -338,3 +338,37 @@ def test_transaction_aborted_is_public() -> None:
     from idempotent import IdempotencyError
 
     assert issubclass(TransactionAborted, IdempotencyError)
+
+
+def test_self_committing_function_that_fails_releases_its_key(sync_db: Db) -> None:
+    """A function that commits and then raises (or returns something unstorable) leaves no key: a retry runs."""
+    db = sync_db
+    orders = db.orders
+    runs = []
+
+    class Opaque:
+        pass
+
+    @idempotent(key_from="ref", scope="tests.selfcommit-fail", store=db.store)
+    def place(conn: Any, ref: str, how: str) -> Any:
+        runs.append(how)
+        conn.execute(orders.insert().values(ref=ref))
+        conn.commit()
+        if how == "raise":
+            raise Boom(ref)
+        if how == "opaque":
+            return Opaque()
+        return 1
+
+    with db.engine.connect() as conn:
+        with pytest.raises(Boom):
+            place(conn, "sf-1", "raise")
+        assert db.key_rows() == []
+        with pytest.raises(SerializationError):
+            place(conn, "sf-2", "opaque")
+        assert db.key_rows() == []
+        with pytest.warns(IdempotencyWarning):
+            assert place(conn, "sf-1", "ok") == 1
+    assert runs == ["raise", "opaque", "ok"]
+    assert len(db.key_rows()) == 1
+    assert db.count() == 3  # the function's own commits stand: it chose to commit them
