@@ -241,3 +241,52 @@ def test_mariadb_waiters_after_rollback(tmp_path: Any) -> None:
             assert len(set(receipts)) == 1 and len(receipts) == WORKERS - 1
     finally:
         gen.close()
+
+
+def test_mariadb_joined_waiters_get_transaction_aborted_or_replay(tmp_path: Any) -> None:
+    """MariaDB, joined transactions, holder rolls back: a deadlock victim gets TransactionAborted
+    (its whole transaction is gone), the others run once or replay; one order in the end."""
+    from idempotent import TransactionAborted
+    from tests.conftest import _make_db
+
+    gen = _make_db("mariadb", "sync", tmp_path)
+    db = next(gen)
+    try:
+        orders = db.orders
+        barrier = threading.Barrier(WORKERS)
+        gate = threading.Lock()
+        state = {"first": True}
+        executions = []
+
+        @idempotent(key_from="ref", scope="tests.joined-race", store=db.store)
+        def place(conn: Any, ref: str) -> Receipt:
+            with gate:
+                first, state["first"] = state["first"], False
+            executions.append(ref)
+            result = conn.execute(orders.insert().values(ref=ref, amount=1))
+            if first:
+                wait_for_blocked(db, WORKERS - 1)
+                raise Boom(ref)
+            return Receipt(int(result.inserted_primary_key[0]), ref, 1)
+
+        def worker() -> Any:
+            barrier.wait()
+            try:
+                with db.engine.connect() as conn, conn.begin():
+                    return place(conn, "j-1")
+            except Exception as exc:  # collected and asserted below
+                return exc
+
+        with ThreadPoolExecutor(WORKERS) as pool:
+            results = list(pool.map(lambda _: worker(), range(WORKERS)))
+        receipts = [r for r in results if isinstance(r, Receipt)]
+        aborted = [r for r in results if isinstance(r, TransactionAborted)]
+        booms = [r for r in results if isinstance(r, Boom)]
+        assert len(booms) == 1
+        assert len(receipts) + len(aborted) == WORKERS - 1, results
+        assert len(receipts) >= 1
+        assert len(set(receipts)) == 1
+        assert len(executions) == 2  # the failed holder and the one winner
+        assert (db.count(), len(db.key_rows())) == (1, 1)
+    finally:
+        gen.close()
