@@ -8,6 +8,8 @@ anything: the decisions live in :mod:`idempotent.core`.
 from __future__ import annotations
 
 import functools
+import heapq
+import itertools
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -194,21 +196,81 @@ async def _peek_async(handle: AsyncHandle, op: core.Peek) -> Any:
 # Sync driver.
 # ---------------------------------------------------------------------------------------------
 class _SyncRenewal:
+    """The renewal of one sync lease, run by the process's :class:`_Renewer` every ``lease / 3``."""
+
     def __init__(self, plan: core.Plan[Any]) -> None:
         self.plan = plan
-        self.stop = threading.Event()
+        self.interval = max(plan.lease / 3.0, 0.01)
+        self.lock = threading.Lock()  # held while renewing: stop() waits for a renewal under way
+        self.stopped = False
         self.lost = False
-        self.thread = threading.Thread(target=self._run, name="idempotent-lease", daemon=True)
 
-    def _run(self) -> None:
-        interval = max(self.plan.lease / 3.0, 0.01)
-        while not self.stop.wait(interval):
+    def renew(self) -> bool:
+        """Renew once; False when this lease needs no further renewal."""
+        with self.lock:
+            if self.stopped:
+                return False
             try:
                 if not _drive_plain_sync(self.plan.store.renew(self.plan.request), self.plan):
                     self.lost = True
-                    return
+                    return False
             except Exception:
                 core_logger().warning("renewing the lease of %s failed", self.plan.function, exc_info=True)
+            return True
+
+    def stop(self) -> bool:
+        """Stop renewing; True while the lease was never found lost."""
+        with self.lock:
+            self.stopped = True
+        return not self.lost
+
+
+class _Renewer:
+    """One daemon thread renewing every sync lease of the process, earliest due first.
+
+    A thread per call would cost its start and join on every lease-mode call.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._due: list[tuple[float, int, _SyncRenewal]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, renewal: _SyncRenewal) -> None:
+        with self._cond:
+            heapq.heappush(self._due, (time.monotonic() + renewal.interval, next(self._order), renewal))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="idempotent-lease", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _next(self) -> _SyncRenewal:
+        with self._cond:
+            while True:
+                while self._due and self._due[0][2].stopped:
+                    heapq.heappop(self._due)
+                if not self._due:
+                    self._cond.wait()
+                    continue
+                due, _, renewal = self._due[0]
+                delay = due - time.monotonic()
+                if delay <= 0:
+                    heapq.heappop(self._due)
+                    return renewal
+                self._cond.wait(delay)
+
+    def _run(self) -> None:
+        while True:
+            renewal = self._next()
+            if renewal.renew():
+                with self._cond:
+                    heapq.heappush(
+                        self._due, (time.monotonic() + renewal.interval, next(self._order), renewal)
+                    )
+
+
+_renewer = _Renewer()
 
 
 def core_logger() -> Any:
@@ -266,6 +328,10 @@ def run_sync(
             op = flow.send(value) if error is None else flow.throw(error)
         except StopIteration as stop:
             return stop.value
+        except BaseException:
+            if renewal is not None:  # the flow stops its renewal itself; this covers a flow that broke
+                renewal.stop()
+            raise
         value, error = None, None
         try:
             kind = type(op)
@@ -329,12 +395,10 @@ def run_sync(
             elif kind is core.StartRenewal:
                 if plan.extra.get("renew"):
                     renewal = _SyncRenewal(plan)
-                    renewal.thread.start()
+                    _renewer.add(renewal)
             elif kind is core.StopRenewal:
                 if renewal is not None:
-                    renewal.stop.set()
-                    renewal.thread.join()
-                    value = not renewal.lost
+                    value = renewal.stop()
                     renewal = None
             else:  # pragma: no cover - a new operation without a driver branch
                 raise AssertionError(f"unknown operation {op!r}")  # noqa: TRY301  (handed to the flow like any error)
