@@ -9,9 +9,9 @@ from typing import TypeVar
 
 import sqlalchemy as sa
 
-from idempotent.errors import ConfigurationError
+from idempotent.errors import ConfigurationError, IdempotencyError
 
-__all__ = ["Bind", "check_sqlite_file", "with_connection"]
+__all__ = ["Bind", "check_sqlite_file", "explain", "with_connection"]
 
 Bind = str | sa.URL | sa.Engine | sa.Connection
 _T = TypeVar("_T")
@@ -68,3 +68,25 @@ async def _with_async_connection(url: sa.URL, fn: Callable[[sa.Connection], _T],
             return await conn.run_sync(fn)
     finally:
         await engine.dispose()
+
+
+def explain(exc: Exception) -> str | None:
+    """One line saying what went wrong, or None for an unexpected error (a bug: show its traceback)."""
+    from alembic.util import CommandError  # noqa: PLC0415  (keep the command line's start-up light)
+
+    if isinstance(exc, sa.exc.NoSuchModuleError):
+        return f"unknown database in the URL: {_first_line(exc)}"
+    if isinstance(exc, sa.exc.ArgumentError):
+        return f"invalid database URL: {_first_line(exc)}"
+    if isinstance(exc, ModuleNotFoundError):
+        return f"the database driver is not installed ({exc}); install it, e.g. idempotent[postgres]"
+    if isinstance(exc, sa.exc.DBAPIError):
+        return f"database error: {_first_line(exc.orig if exc.orig is not None else exc)}"
+    if isinstance(exc, (sa.exc.SQLAlchemyError, CommandError, IdempotencyError)):
+        return _first_line(exc)
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__

@@ -27,10 +27,10 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from idempotent._connect import Bind, with_connection
+from idempotent._connect import Bind, explain, with_connection
 from idempotent._sql import NO_TABLE, classify, now_sql
 from idempotent.core import Status
-from idempotent.errors import ConfigurationError, IdempotencyError, InProgress, TableMissing
+from idempotent.errors import ConfigurationError, InProgress, TableMissing
 from idempotent.keys import normalise_scope
 from idempotent.schema import DEFAULT_TABLE, make_table
 
@@ -476,26 +476,6 @@ def _fail(command: str, message: str) -> int:
     return 1
 
 
-def _explain(exc: Exception) -> str | None:
-    """One line saying what went wrong, or None for an unexpected error (a bug: show its traceback)."""
-    if isinstance(exc, sa.exc.NoSuchModuleError):
-        return f"unknown database in the URL: {_first_line(exc)}"
-    if isinstance(exc, sa.exc.ArgumentError):
-        return f"invalid database URL: {_first_line(exc)}"
-    if isinstance(exc, ModuleNotFoundError):
-        return f"the database driver is not installed ({exc}); install it, e.g. idempotent[postgres]"
-    if isinstance(exc, sa.exc.DBAPIError):
-        return f"database error: {_first_line(exc.orig if exc.orig is not None else exc)}"
-    if isinstance(exc, (sa.exc.SQLAlchemyError, IdempotencyError)):
-        return _first_line(exc)
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
-
-
 def _where(args: argparse.Namespace) -> str:
     return f"{args.schema}.{args.table}" if args.schema else str(args.table)
 
@@ -517,7 +497,7 @@ def run_purge(args: argparse.Namespace) -> int:
     try:
         total = purge(args.url, table=args.table, schema=args.schema, batch=args.batch, progress=report)
     except Exception as exc:
-        message = _explain(exc)
+        message = explain(exc)
         if message is None:
             raise
         return _fail("purge", message)
@@ -532,7 +512,7 @@ def run_show(args: argparse.Namespace) -> int:
     try:
         info = show(args.url, args.scope, args.key, table=args.table, schema=args.schema)
     except Exception as exc:
-        message = _explain(exc)
+        message = explain(exc)
         if message is None:
             raise
         return _fail("show", message)
@@ -550,7 +530,7 @@ def run_evict(args: argparse.Namespace) -> int:
     try:
         info = evict(args.url, args.scope, args.key, table=args.table, schema=args.schema, force=args.force)
     except Exception as exc:
-        message = _explain(exc)
+        message = explain(exc)
         if message is None:
             raise
         return _fail("evict", message)

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from idempotent._connect import Bind, with_connection
+from idempotent._connect import Bind, explain, with_connection
 from idempotent.errors import ConfigurationError
 from idempotent.schema import DEFAULT_TABLE
 
@@ -295,7 +295,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         changed = upgrade(url, table=table, schema=schema)
     except Exception as exc:
-        message = _explain(exc)
+        message = explain(exc)
         if message is None:
             raise
         print(f"idempotent migrate: error: {message}", file=sys.stderr)
@@ -303,25 +303,3 @@ def run(args: argparse.Namespace) -> int:
     state = "upgraded to" if changed else "already at"
     print(f"{shown} on {where}: {state} revision {head()} ({version_table_name(table)} records it)")
     return 0
-
-
-def _explain(exc: Exception) -> str | None:
-    """One line saying what went wrong, or None for an unexpected error (a bug: show its traceback)."""
-    from alembic.util import CommandError  # noqa: PLC0415 (keep the command line's start-up light)
-
-    if isinstance(exc, sa.exc.NoSuchModuleError):
-        return f"unknown database in the URL: {_first_line(exc)}"
-    if isinstance(exc, sa.exc.ArgumentError):
-        return f"invalid database URL: {_first_line(exc)}"
-    if isinstance(exc, ModuleNotFoundError):
-        return f"the database driver is not installed ({exc}); install it, e.g. idempotent[postgres]"
-    if isinstance(exc, sa.exc.DBAPIError):
-        return f"database error: {_first_line(exc.orig if exc.orig is not None else exc)}"
-    if isinstance(exc, (sa.exc.SQLAlchemyError, CommandError, ConfigurationError)):
-        return _first_line(exc)
-    return None
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
