@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
@@ -10,8 +11,9 @@ from typing import TypeVar
 import sqlalchemy as sa
 
 from idempotent.errors import ConfigurationError, IdempotencyError
+from idempotent.schema import DEFAULT_TABLE
 
-__all__ = ["Bind", "check_sqlite_file", "explain", "with_connection"]
+__all__ = ["Bind", "add_database_arguments", "check_sqlite_file", "explain", "with_connection"]
 
 Bind = str | sa.URL | sa.Engine | sa.Connection
 _T = TypeVar("_T")
@@ -90,3 +92,19 @@ def explain(exc: Exception) -> str | None:
 def _first_line(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     return lines[0] if lines else type(exc).__name__
+
+
+def add_database_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--url``, ``--table`` and ``--schema``, the same for every command that opens the keys table."""
+    parser.add_argument(
+        "--url", required=True, help="SQLAlchemy database URL, e.g. postgresql+psycopg://host/db"
+    )
+    parser.add_argument(
+        "--table",
+        default=DEFAULT_TABLE,
+        metavar="NAME",
+        help=f"keys table name, as given to configure(table=...) (default: {DEFAULT_TABLE})",
+    )
+    parser.add_argument(
+        "--schema", default=None, metavar="NAME", help="schema of the keys table (default: the URL's default)"
+    )

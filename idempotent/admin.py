@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from idempotent._connect import Bind, explain, with_connection
+from idempotent._connect import Bind, add_database_arguments, explain, with_connection
 from idempotent._sql import NO_TABLE, classify, now_sql
 from idempotent.core import Status
 from idempotent.errors import ConfigurationError, InProgress, TableMissing
@@ -372,19 +372,6 @@ def format_key(info: KeyInfo) -> str:
 # ---------------------------------------------------------------------------------------------
 # Command line.
 # ---------------------------------------------------------------------------------------------
-def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url", required=True, help="SQLAlchemy database URL, e.g. postgresql+psycopg://host/db"
-    )
-    parser.add_argument(
-        "--table",
-        default=DEFAULT_TABLE,
-        metavar="NAME",
-        help=f"keys table name, as given to configure(table=...) (default: {DEFAULT_TABLE})",
-    )
-    parser.add_argument(
-        "--schema", default=None, metavar="NAME", help="schema of the keys table (default: the URL's default)"
-    )
 
 
 def _positive(text: str) -> int:
@@ -424,7 +411,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "--batch rows, each in its own short transaction. Prints how many were removed."
         ),
     )
-    _common(parser)
+    add_database_arguments(parser)
     parser.add_argument(
         "--batch",
         type=_positive,
@@ -448,7 +435,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
         help="show one stored key",
         description="Print a stored key's status, times, fingerprint and a preview of its result.",
     )
-    _common(parser)
+    add_database_arguments(parser)
     parser.add_argument(
         "--json", action="store_true", help="print every field, the full result included, as JSON"
     )
@@ -463,7 +450,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "still running is refused unless --force."
         ),
     )
-    _common(parser)
+    add_database_arguments(parser)
     parser.add_argument(
         "--force", action="store_true", help="evict even a key whose call is still running within its lease"
     )

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
 
-from idempotent._connect import Bind, explain, with_connection
+from idempotent._connect import Bind, add_database_arguments, explain, with_connection
 from idempotent.errors import ConfigurationError
 from idempotent.schema import DEFAULT_TABLE
 
@@ -258,18 +258,7 @@ def register(subparsers: argparse._SubParsersAction[Any]) -> None:
             "environment use `alembic upgrade idempotent@head` instead."
         ),
     )
-    parser.add_argument(
-        "--url", required=True, help="SQLAlchemy database URL, e.g. postgresql+psycopg://host/db"
-    )
-    parser.add_argument(
-        "--table",
-        default=DEFAULT_TABLE,
-        metavar="NAME",
-        help=f"keys table name, as given to configure(table=...) (default: {DEFAULT_TABLE})",
-    )
-    parser.add_argument(
-        "--schema", default=None, metavar="NAME", help="schema of the keys table (default: the URL's default)"
-    )
+    add_database_arguments(parser)
     parser.add_argument(
         "--sql", action="store_true", help="print the SQL for an empty database instead of running it"
     )
