@@ -18,20 +18,9 @@ from sqlalchemy.pool import NullPool
 
 from idempotent import SQLStore
 from idempotent.schema import make_table
-from tests.services import MARIADB_URL, POSTGRES_URL, _async_variant, require
+from tests.services import DATABASES, database_urls
 
 T = TypeVar("T")
-
-DATABASES = ("sqlite", "postgresql", "mariadb")
-
-
-def _urls(name: str, tmp_path: Any) -> tuple[str, str]:
-    if name == "sqlite":
-        path = tmp_path / "test.db"
-        return f"sqlite:///{path}", f"sqlite+aiosqlite:///{path}"
-    url = POSTGRES_URL if name == "postgresql" else MARIADB_URL
-    require(url, "PostgreSQL" if name == "postgresql" else "MariaDB")
-    return url, _async_variant(url)
 
 
 @dataclass
@@ -82,7 +71,7 @@ class Db:
 
 
 def _make_db(name: str, kind: str, tmp_path: Any) -> Iterator[Db]:
-    url, async_url = _urls(name, tmp_path)
+    url, async_url = database_urls(name, tmp_path)
     suffix = uuid.uuid4().hex[:10]
     metadata = sa.MetaData()
     keys = make_table(metadata, f"idem_keys_{suffix}")

@@ -11,6 +11,7 @@ import functools
 import os
 import socket
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -74,3 +75,17 @@ def server_backends() -> list[Backend]:
         Backend("postgresql", POSTGRES_URL, _async_variant(POSTGRES_URL)),
         Backend("mariadb", MARIADB_URL, _async_variant(MARIADB_URL)),
     ]
+
+
+DATABASES = ("sqlite", "postgresql", "mariadb")
+COMBINATIONS = [(name, driver) for name in DATABASES for driver in ("sync", "async")]
+
+
+def database_urls(name: str, tmp_path: Path) -> tuple[str, str]:
+    """The sync and async URL of ``name`` (SQLite: a file in ``tmp_path``); skips an absent server."""
+    if name == "sqlite":
+        path = tmp_path / "test.db"
+        return f"sqlite:///{path}", f"sqlite+aiosqlite:///{path}"
+    url = POSTGRES_URL if name == "postgresql" else MARIADB_URL
+    require(url, "PostgreSQL" if name == "postgresql" else "MariaDB")
+    return url, _async_variant(url)

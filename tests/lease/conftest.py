@@ -32,21 +32,9 @@ from sqlalchemy.pool import NullPool
 from idempotent import SQLStore, idempotent
 from idempotent.events import Event, EventInfo
 from idempotent.schema import make_table
-from tests.services import MARIADB_URL, POSTGRES_URL, _async_variant, require
+from tests.services import COMBINATIONS, DATABASES, database_urls
 
 ROOT = Path(__file__).resolve().parents[2]
-DATABASES = ("sqlite", "postgresql", "mariadb")
-COMBINATIONS = [(name, driver) for name in DATABASES for driver in ("sync", "async")]
-
-
-def database_urls(name: str, tmp_path: Path) -> tuple[str, str]:
-    """The sync and async URL of ``name`` (SQLite: a file in ``tmp_path``); skips an absent server."""
-    if name == "sqlite":
-        path = tmp_path / "keys.db"
-        return f"sqlite:///{path}", f"sqlite+aiosqlite:///{path}"
-    url = POSTGRES_URL if name == "postgresql" else MARIADB_URL
-    require(url, "PostgreSQL" if name == "postgresql" else "MariaDB")
-    return url, _async_variant(url)
 
 
 def drop(engine: sa.Engine, metadata: sa.MetaData) -> None:
