@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import heapq
 import itertools
+import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -141,13 +142,18 @@ def async_handle_for(obj: object) -> AsyncHandle:
     )
 
 
+def missing_lease_engine(function: str) -> ConfigurationError:
+    """The error for lease mode on a SQL store without an engine (checked before the call starts)."""
+    return ConfigurationError(
+        f"{function} uses lease mode, which commits its claim on its own connection: give the "
+        "store an engine with configure(engine=...) or store=SQLStore(engine)"
+    )
+
+
 def _lease_engine(plan: core.Plan[Any]) -> Any:
     engine = plan.extra.get("engine")
     if engine is None:
-        raise ConfigurationError(
-            f"{plan.function} uses lease mode, which commits its claim on its own connection: give the "
-            "store an engine with configure(engine=...) or store=SQLStore(engine)"
-        )
+        raise missing_lease_engine(plan.function)
     return engine
 
 
@@ -215,7 +221,7 @@ class _SyncRenewal:
                     self.lost = True
                     return False
             except Exception:
-                core_logger().warning("renewing the lease of %s failed", self.plan.function, exc_info=True)
+                _logger.warning("renewing the lease of %s failed", self.plan.function, exc_info=True)
             return True
 
     def stop(self) -> bool:
@@ -273,10 +279,7 @@ class _Renewer:
 _renewer = _Renewer()
 
 
-def core_logger() -> Any:
-    import logging  # noqa: PLC0415  (rare path)
-
-    return logging.getLogger("idempotent")
+_logger = logging.getLogger("idempotent")
 
 
 #: Dialects whose drivers switch autocommit with a server round trip each way: a short
@@ -382,7 +385,7 @@ def run_sync(
                         if token.is_active:
                             token.rollback()
                     except sa.exc.DBAPIError:  # the database already ended the transaction
-                        core_logger().debug("savepoint rollback failed", exc_info=True)
+                        _logger.debug("savepoint rollback failed", exc_info=True)
                 conn = None
             elif kind is core.Flush:
                 if handle is not None and handle.is_session:
@@ -460,9 +463,7 @@ class _AsyncRenewal:
                         self.lost = True
                         return
                 except Exception:
-                    core_logger().warning(
-                        "renewing the lease of %s failed", self.plan.function, exc_info=True
-                    )
+                    _logger.warning("renewing the lease of %s failed", self.plan.function, exc_info=True)
         finally:
             self.done.set()
 
@@ -585,7 +586,7 @@ async def _perform_async(
                 if token.is_active:
                     await token.rollback()
             except sa.exc.DBAPIError:  # the database already ended the transaction
-                core_logger().debug("savepoint rollback failed", exc_info=True)
+                _logger.debug("savepoint rollback failed", exc_info=True)
         return None
     if kind is core.Flush:
         if handle is not None and handle.is_session:

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Literal, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 from typing_extensions import ParamSpec
 
 from idempotent import _drivers, core
@@ -398,10 +399,7 @@ class _Spec:
             return plan, core.transaction_flow(plan), handle
         if self.mode == "lease" and getattr(raw, "atomic", False):
             if raw.engine is None:
-                raise ConfigurationError(
-                    f"{self.name} uses lease mode, which commits its claim on its own connection: give the "
-                    "store an engine with configure(engine=...) or store=SQLStore(engine)"
-                )
+                raise _drivers.missing_lease_engine(self.name)
             if not is_async and not isinstance(raw.engine, sa.Engine) and hasattr(raw.engine, "sync_engine"):
                 raise ConfigurationError(
                     f"{self.name} is a plain function in lease mode, but its store's engine is an "
@@ -443,16 +441,10 @@ def _check_sqlite_self_wait(spec: _Spec, arguments: dict[str, Any], store: SQLSt
     """Lease mode inside the caller's open SQLite write transaction would wait on itself."""
     if store.engine is None or store.engine.dialect.name != "sqlite":
         return
-    obj = spec.handle(arguments) if spec.session is not None else None
-    if obj is None:
-        obj = next((v for v in arguments.values() if _drivers.is_handle(v)), None)
-    if obj is None or not obj.in_transaction():
-        return
-    try:
-        raw = obj.connection() if hasattr(obj, "connection") and not hasattr(obj, "exec_driver_sql") else obj
-        dbapi = raw.connection.driver_connection
-    except Exception:
-        return
+    obj = spec.handle(arguments)
+    if not isinstance(obj, (Session, sa.Connection)) or not obj.in_transaction():
+        return  # async handles are not inspected (their driver lives on another thread)
+    dbapi = _drivers.SyncHandle(obj).connection().connection.driver_connection
     if getattr(dbapi, "in_transaction", False):
         raise ConfigurationError(
             f"{spec.name} uses lease mode on SQLite while the caller's connection holds an open write "
