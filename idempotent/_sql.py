@@ -204,7 +204,20 @@ class BoundSQLStore:
         t = store.table
         c = t.c
         bp = sa.bindparam
-        now = sa.literal_column(now_sql(dialect), sa.BigInteger) + bp("clock_offset", type_=sa.BigInteger)
+        clock_ms: sa.ColumnElement[int] = sa.literal_column(now_sql(dialect), sa.BigInteger)
+        offset = bp("clock_offset", type_=sa.BigInteger)
+        now_once = clock_ms + offset  # for statements that read the clock in one place only
+        clock = None
+        if self.name == "postgresql":
+            # clock_timestamp() moves on within one statement: read it once per statement (a CTE),
+            # so the times written into one row agree with each other.
+            clock = sa.select(clock_ms.label("ms")).cte("idem_clock")
+            clock_ms = sa.select(clock.c.ms).scalar_subquery()
+
+        def clocked(statement: Any) -> Any:
+            return statement.add_cte(clock) if clock is not None else statement
+
+        now = clock_ms + offset
         ident = sa.and_(c.scope == bp("scope"), c.key == bp("key"))
         in_progress: sa.ColumnElement[str] = sa.literal_column(f"'{Status.IN_PROGRESS.value}'")
         owned = sa.and_(ident, c.owner == bp("owner"), c.status == in_progress)
@@ -227,12 +240,12 @@ class BoundSQLStore:
         else:
             self._claim_plain = prepare(sa.insert(t).values(claim_values), dialect)
         self._mysql_prefix: dict[int, str] = {}
-        read = sa.select(*[c[name] for name in _READ_COLUMNS], now.label("now")).where(ident)
+        read = sa.select(*[c[name] for name in _READ_COLUMNS], now_once.label("now")).where(ident)
         self._read = prepare(read, dialect)
         # MySQL/MariaDB REPEATABLE READ: only a locking read is sure to see a row committed after
         # this transaction's snapshot; it is used only after a duplicate-key error (no gap locks).
         self._read_locking = Prepared(self._read.sql + " LOCK IN SHARE MODE", self._read.order)
-        takeover = (
+        takeover = clocked(
             sa.update(t)
             .where(
                 ident,
@@ -265,7 +278,8 @@ class BoundSQLStore:
         )
         self._release = prepare(sa.delete(t).where(owned), dialect)
         self._renew = prepare(
-            sa.update(t).where(owned).values(locked_until=now + bp("lease_ms", type_=sa.BigInteger)), dialect
+            sa.update(t).where(owned).values(locked_until=now_once + bp("lease_ms", type_=sa.BigInteger)),
+            dialect,
         )
 
     def _pg_claim(self, dialect: Dialect) -> Prepared:
@@ -284,11 +298,12 @@ class BoundSQLStore:
             + ", ".join(q.quote(n) for n in ("fingerprint", "status", "owner"))
             + (", locked_until, created_at, expires_at")
         )
-        now = f"({now_sql(dialect)} + CAST(:clock_offset AS BIGINT))"
+        now = "cfg.now"  # read once: clock_timestamp() moves on within a statement
         found = ", ".join(f"k.{q.quote(n)}" for n in _READ_COLUMNS)
         text = sa.text(
             "WITH cfg AS MATERIALIZED (SELECT current_setting('lock_timeout') AS prev, "
-            "set_config('lock_timeout', :lock_ms, true) AS cur), "
+            "set_config('lock_timeout', :lock_ms, true) AS cur, "
+            f"{now_sql(dialect)} + CAST(:clock_offset AS BIGINT) AS now), "
             f"ins AS (INSERT INTO {table} ({cols}) "
             f"SELECT :scope, :key, :fingerprint, :status, :owner, {now} + CAST(:lease_ms AS BIGINT), {now}, "
             f"{now} + CAST(:ttl_ms AS BIGINT) FROM cfg "
