@@ -408,6 +408,35 @@ def _poll_delay(polls: int, retry_after: float, left: float) -> float:
     return min(left, POLL_MAX, max(POLL_MIN, min(retry_after, POLL_MIN * (1 << min(polls, 16)))))
 
 
+def _claim(plan: Plan[Any], deadline: float) -> Steps[tuple[Existing | None, Decision]]:
+    """Claim the key, or decide about the record found (taking over an expired or abandoned one).
+
+    Returns ``(None, _)`` when the call owns the key now, else the record and the decision.
+    """
+    request = plan.request
+    found = yield from plan.store.claim(_with_wait(request, max(0, int(_remaining(deadline) * 1000))))
+    if found is None:
+        return None, _CLAIMED
+    decision = decide(found.record, request.fingerprint, found.now)
+    if decision.outcome is Outcome.TAKEOVER:
+        if (yield from plan.store.takeover(request, found.record)):
+            return None, _CLAIMED
+        decision = Decision(Outcome.WAIT, retry_after=0.0)
+    return found, decision
+
+
+def _settle(plan: Plan[Any], found: Existing, decision: Decision) -> Any:
+    """Act on a final decision: replay the stored outcome, or refuse a reused key."""
+    if decision.outcome is Outcome.MISMATCH:
+        plan.hooks.emit(Event.MISMATCH, plan)
+        raise _mismatch(plan)
+    plan.hooks.emit(Event.REPLAYED, plan)
+    return _replay(plan, found.record)
+
+
+_CLAIMED = Decision(Outcome.TAKEOVER)
+
+
 def transaction_flow(plan: Plan[T]) -> Steps[T]:
     """Transaction mode: the key commits or rolls back with the function's own writes."""
     store, request, hooks = plan.store, plan.request, plan.hooks
@@ -420,12 +449,8 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
         seen = yield from store.peek(request)  # type: ignore[attr-defined]
         if seen is not None:
             verdict = decide(seen.record, request.fingerprint, seen.now)
-            if verdict.outcome is Outcome.REPLAY or verdict.outcome is Outcome.RAISE_STORED:
-                hooks.emit(Event.REPLAYED, plan)
-                return _replay(plan, seen.record)  # type: ignore[no-any-return]
-            if verdict.outcome is Outcome.MISMATCH:
-                hooks.emit(Event.MISMATCH, plan)
-                raise _mismatch(plan)
+            if verdict.outcome in (Outcome.REPLAY, Outcome.RAISE_STORED, Outcome.MISMATCH):
+                return _settle(plan, seen, verdict)  # type: ignore[no-any-return]
     while True:
         token = None
         if plan.owned:
@@ -433,15 +458,7 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
         else:
             token = yield Savepoint()
         try:
-            wait_ms = max(0, int(_remaining(deadline) * 1000))
-            found = yield from store.claim(_with_wait(request, wait_ms))
-            if found is not None:
-                decision = decide(found.record, request.fingerprint, found.now)
-                if decision.outcome is Outcome.TAKEOVER:
-                    if (yield from store.takeover(request, found.record)):
-                        found = None
-                    else:
-                        decision = Decision(Outcome.WAIT, retry_after=0.0)
+            found, decision = yield from _claim(plan, deadline)
         except ClaimAborted as exc:
             yield from _undo(plan, token)
             hooks.emit(Event.CONFLICT, plan, detail="aborted")
@@ -463,12 +480,8 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
             break
         # Nothing was written: end what this attempt began, then act on the decision.
         yield EndUnwritten(token)
-        if decision.outcome is Outcome.REPLAY or decision.outcome is Outcome.RAISE_STORED:
-            hooks.emit(Event.REPLAYED, plan)
-            return _replay(plan, found.record)  # type: ignore[no-any-return]
-        if decision.outcome is Outcome.MISMATCH:
-            hooks.emit(Event.MISMATCH, plan)
-            raise _mismatch(plan)
+        if decision.outcome is not Outcome.WAIT:
+            return _settle(plan, found, decision)  # type: ignore[no-any-return]
         # WAIT: a committed claim (lease mode, or a self-committing function) is still running.
         left = _remaining(deadline)
         if left <= 0 or not plan.owned:
@@ -588,14 +601,7 @@ def lease_flow(plan: Plan[T]) -> Steps[T]:
     polls = 0
     while True:
         try:
-            found = yield from store.claim(_with_wait(request, max(0, int(_remaining(deadline) * 1000))))
-            if found is not None:
-                decision = decide(found.record, request.fingerprint, found.now)
-                if decision.outcome is Outcome.TAKEOVER:
-                    if (yield from store.takeover(request, found.record)):
-                        found = None
-                    else:
-                        decision = Decision(Outcome.WAIT, retry_after=0.0)
+            found, decision = yield from _claim(plan, deadline)
         except ClaimAborted as exc:
             if aborted < CLAIM_RETRIES:
                 aborted += 1
@@ -608,12 +614,8 @@ def lease_flow(plan: Plan[T]) -> Steps[T]:
             raise _in_progress(plan, plan.lease) from None
         if found is None:
             break
-        if decision.outcome is Outcome.REPLAY or decision.outcome is Outcome.RAISE_STORED:
-            hooks.emit(Event.REPLAYED, plan)
-            return _replay(plan, found.record)  # type: ignore[no-any-return]
-        if decision.outcome is Outcome.MISMATCH:
-            hooks.emit(Event.MISMATCH, plan)
-            raise _mismatch(plan)
+        if decision.outcome is not Outcome.WAIT:
+            return _settle(plan, found, decision)  # type: ignore[no-any-return]
         left = _remaining(deadline)
         if left <= 0:
             hooks.emit(Event.CONFLICT, plan, detail="in_progress")
