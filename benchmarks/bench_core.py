@@ -221,11 +221,11 @@ def _hand_written(
         # lock_timeout is set for the claim and set back in the same round trip.
         claim_sql = sa.text(
             "WITH cfg AS MATERIALIZED (SELECT current_setting('lock_timeout') AS prev, "
-            "set_config('lock_timeout', :lock_ms, true) AS cur), "
+            f"set_config('lock_timeout', :lock_ms, true) AS cur, {now} AS now), "
             f"ins AS (INSERT INTO {keys.name} (scope, key, fingerprint, status, owner, locked_until, "
             "created_at, expires_at) "
-            f"SELECT :scope, :key, :fingerprint, 'in_progress', :owner, {now} + :lease_ms, {now}, "
-            f"{now} + :ttl_ms FROM cfg ON CONFLICT (scope, key) DO NOTHING RETURNING 1) "
+            "SELECT :scope, :key, :fingerprint, 'in_progress', :owner, cfg.now + :lease_ms, cfg.now, "
+            "cfg.now + :ttl_ms FROM cfg ON CONFLICT (scope, key) DO NOTHING RETURNING 1) "
             "SELECT (SELECT count(*) FROM ins), set_config('lock_timeout', cfg.prev, true) FROM cfg"
         ).bindparams(
             sa.bindparam("lease_ms", type_=sa.BigInteger),
