@@ -55,6 +55,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar, cast
 
+from idempotent._drivers import is_handle
 from idempotent.decorator import Guard, Seconds
 from idempotent.errors import (
     ConfigurationError,
@@ -79,6 +80,7 @@ __all__ = [
     "Policy",
     "ResponseCodec",
     "StoredResponse",
+    "find_session",
     "parse_key",
 ]
 
@@ -259,6 +261,12 @@ def parse_key(values: Sequence[str], header: str = HEADER) -> str | None:
         return normalise_key(raw)
     except InvalidKey:
         raise InvalidKey(f"the {header} header must hold 1 to 255 characters, without NUL") from None
+
+
+def find_session(values: Iterable[Any]) -> Any:
+    """The first ``Session``, ``Connection``, ``AsyncSession`` or ``AsyncConnection`` among
+    ``values`` (a view's arguments), or None: how adapters find the transaction of a view."""
+    return next((value for value in values if is_handle(value)), None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,228 @@
+"""Idempotent Starlette endpoints: ``@idempotent_route()`` on a function or ``HTTPEndpoint`` method.
+
+::
+
+    from idempotent.contrib.starlette import idempotent_route
+
+    @idempotent_route(session=lambda request: request.state.db)
+    async def create_order(request: Request) -> Response: ...
+
+    class Orders(HTTPEndpoint):
+        @idempotent_route()
+        async def post(self, request: Request) -> Response: ...
+
+With ``session`` (a callable receiving the request and returning its ``Session`` or
+``AsyncSession``) the stored response commits with the endpoint's writes (transaction mode);
+without it the claim commits at once on the engine given to ``configure`` (lease mode). The
+HTTP contract itself (key header, scope, fingerprint, replay, problems) is
+:class:`idempotent.http.Policy`'s; this module only adapts Starlette's request and response.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+try:
+    import anyio.from_thread
+    from starlette.requests import Request
+    from starlette.responses import Response
+except ImportError as exc:  # pragma: no cover - exercised without the extra
+    raise ImportError(
+        "idempotent.contrib.starlette needs Starlette: pip install 'idempotent[starlette]'"
+    ) from exc
+
+from idempotent.decorator import Seconds
+from idempotent.errors import ConfigurationError
+from idempotent.events import Hook
+from idempotent.http import (
+    DEFAULT_PROBLEM_BASE,
+    ELIGIBLE_METHODS,
+    HEADER,
+    HTTPRequest,
+    Policy,
+    StoredResponse,
+)
+
+__all__ = ["idempotent_route", "policy_for", "request_for", "request_headers", "stored_from", "to_response"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _latin1(pairs: Sequence[tuple[bytes, bytes]]) -> list[tuple[str, str]]:
+    return [(name.decode("latin-1"), value.decode("latin-1")) for name, value in pairs]
+
+
+def request_headers(request: Request) -> list[tuple[str, str]]:
+    """The request's header fields as text pairs, a repeated field appearing repeatedly."""
+    return _latin1(request.scope["headers"])
+
+
+def request_for(policy: Policy, request: Request, body: bytes) -> HTTPRequest:
+    """Describe a Starlette (or FastAPI) request for the HTTP core. The route template is the
+    matched route's path (with the mount prefix, ``root_path``), else the request path."""
+    scope = request.scope
+    route = scope.get("route")
+    template = getattr(route, "path", None)
+    if template is not None:
+        template = scope.get("root_path", "") + template
+    return HTTPRequest(
+        method=request.method,
+        path=request.url.path,
+        headers=request_headers(request),
+        body=body,
+        route=template,
+        query=scope.get("query_string", b"").decode("latin-1"),
+        principal=policy.principal(request),
+    )
+
+
+def stored_from(response: Response) -> StoredResponse:
+    """The :class:`StoredResponse` of a complete Starlette response. A streamed one
+    (``StreamingResponse``, ``FileResponse``) has no body to store: ConfigurationError."""
+    body = getattr(response, "body", None)
+    if not isinstance(body, (bytes, bytearray, memoryview)):
+        raise ConfigurationError(
+            f"an idempotent route returned a {type(response).__name__}, whose streamed body cannot be "
+            "stored for replay: return a complete Response, or leave this route to IdempotencyMiddleware "
+            "(which passes streamed responses through without storing them)"
+        )
+    return StoredResponse.capture(response.status_code, _latin1(response.raw_headers), bytes(body))
+
+
+def to_response(stored: StoredResponse) -> Response:
+    """A Starlette ``Response`` sending ``stored`` exactly: status, every header in order, body."""
+    response = Response(content=stored.body, status_code=stored.status)
+    raw = [(name.lower().encode("latin-1"), value.encode("latin-1")) for name, value in stored.headers]
+    if stored.header("content-length") is None and stored.body:
+        raw.append((b"content-length", str(len(stored.body)).encode("latin-1")))
+    response.raw_headers = raw
+    return response
+
+
+def policy_for(
+    name: str,
+    *,
+    header: str,
+    required: bool,
+    principal_from: Callable[[Any], object] | None,
+    key_from_body: bool,
+    mode: Any,
+    commit: bool,
+    ttl: Seconds | None,
+    lease: Seconds | None,
+    wait: Seconds | None,
+    store: Any,
+    store_server_errors: bool,
+    problem_base: str,
+    scope_prefix: str,
+    methods: Sequence[str],
+    max_result_bytes: int | None,
+    hooks: Sequence[Hook],
+) -> Policy:
+    """The :class:`Policy` behind one decorated endpoint (shared with the FastAPI adapter)."""
+    return Policy(
+        header=header,
+        required=required,
+        principal_from=principal_from,
+        key_from_body=key_from_body,
+        methods=frozenset(methods),
+        store_server_errors=store_server_errors,
+        problem_base=problem_base,
+        scope_prefix=scope_prefix,
+        mode=mode,
+        commit=commit,
+        ttl=ttl,
+        lease=lease,
+        wait=wait,
+        store=store,
+        max_result_bytes=max_result_bytes,
+        hooks=hooks,
+        name=name,
+    )
+
+
+def idempotent_route(
+    *,
+    session: Callable[[Request], Any] | None = None,
+    header: str = HEADER,
+    required: bool = False,
+    principal_from: Callable[[Request], object] | None = None,
+    key_from_body: bool = False,
+    mode: Any = None,
+    commit: bool = True,
+    ttl: Seconds | None = None,
+    lease: Seconds | None = None,
+    wait: Seconds | None = None,
+    store: Any = None,
+    store_server_errors: bool = False,
+    problem_base: str = DEFAULT_PROBLEM_BASE,
+    scope_prefix: str = "http",
+    methods: Sequence[str] = tuple(ELIGIBLE_METHODS),
+    max_result_bytes: int | None = None,
+    hooks: Sequence[Hook] = (),
+) -> Callable[[F], F]:
+    """Make a Starlette endpoint (a function or an ``HTTPEndpoint`` method, sync or async)
+    idempotent under the ``Idempotency-Key`` contract of :class:`idempotent.http.Policy`.
+
+    ``session(request)`` returns the ``Session``/``AsyncSession`` the endpoint writes through
+    (``request.state.db``, say): the response is then stored in the same transaction, committed
+    by default (``commit``). Without it the claim is a lease on the configured engine.
+    ``principal_from(request)`` names the caller; every other option is :class:`Policy`'s.
+    The endpoint must return a complete ``Response`` (not a streamed one).
+    """
+    if session is not None and not callable(session):
+        raise ConfigurationError("session must be a callable: session(request) -> Session or AsyncSession")
+
+    def decorate(endpoint: F) -> F:
+        name = f"{endpoint.__module__}.{endpoint.__qualname__}"
+        policy = policy_for(
+            name, header=header, required=required, principal_from=principal_from,
+            key_from_body=key_from_body, mode=mode, commit=commit, ttl=ttl, lease=lease, wait=wait,
+            store=store, store_server_errors=store_server_errors, problem_base=problem_base,
+            scope_prefix=scope_prefix, methods=methods, max_result_bytes=max_result_bytes, hooks=hooks,
+        )  # fmt: skip
+
+        def find_request(args: tuple[Any, ...]) -> Request:
+            for arg in args:
+                if isinstance(arg, Request):
+                    return arg
+            raise ConfigurationError(f"{name} received no starlette Request; is it a Starlette endpoint?")
+
+        if inspect.iscoroutinefunction(endpoint):
+
+            @functools.wraps(endpoint)
+            async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+                request = find_request(args)
+                if not policy.applies(request.method, request_headers(request)):
+                    return await endpoint(*args, **kwargs)
+                described = request_for(policy, request, await request.body())
+                result = await policy.run_async(
+                    described,
+                    lambda: endpoint(*args, **kwargs),
+                    stored_from,
+                    session=session(request) if session is not None else None,
+                )
+                return to_response(result) if isinstance(result, StoredResponse) else result
+
+            return async_wrapper  # type: ignore[return-value]
+
+        @functools.wraps(endpoint)
+        def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
+            request = find_request(args)
+            if not policy.applies(request.method, request_headers(request)):
+                return endpoint(*args, **kwargs)
+            body = anyio.from_thread.run(request.body)  # Starlette runs sync endpoints in a worker thread
+            result = policy.run(
+                request_for(policy, request, body),
+                lambda: endpoint(*args, **kwargs),
+                stored_from,
+                session=session(request) if session is not None else None,
+            )
+            return to_response(result) if isinstance(result, StoredResponse) else result
+
+        return sync_wrapper  # type: ignore[return-value]
+
+    return decorate
