@@ -35,7 +35,15 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("idempotent.contrib.fastapi needs FastAPI: pip install 'idempotent[fastapi]'") from exc
 
-from idempotent.contrib.starlette import policy_for, request_for, request_headers, stored_from, to_response
+from idempotent.contrib.starlette import (
+    passed_through,
+    passed_through_async,
+    policy_for,
+    request_for,
+    request_headers,
+    stored_from,
+    to_response,
+)
 from idempotent.decorator import Seconds
 from idempotent.errors import ConfigurationError
 from idempotent.events import Hook
@@ -249,7 +257,9 @@ def _async_wrapper(endpoint: Callable[..., Any], policy: Policy, split: Split) -
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         request, sub_response, handle = split(kwargs)
         if not policy.applies(request.method, request_headers(request)):
-            return await endpoint(*args, **kwargs)
+            value = await endpoint(*args, **kwargs)
+            await passed_through_async(policy, handle)
+            return value
         described = request_for(policy, request, await request.body())
 
         async def call() -> Response:
@@ -266,7 +276,9 @@ def _sync_wrapper(endpoint: Callable[..., Any], policy: Policy, split: Split) ->
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         request, sub_response, handle = split(kwargs)
         if not policy.applies(request.method, request_headers(request)):
-            return endpoint(*args, **kwargs)
+            value = endpoint(*args, **kwargs)
+            passed_through(policy, handle)
+            return value
         # FastAPI runs sync endpoints in a worker thread: the body and the rendering, which are
         # async in FastAPI, are awaited on the event loop from here.
         body = anyio.from_thread.run(request.body)

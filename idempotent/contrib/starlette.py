@@ -46,7 +46,16 @@ from idempotent.http import (
     StoredResponse,
 )
 
-__all__ = ["idempotent_route", "policy_for", "request_for", "request_headers", "stored_from", "to_response"]
+__all__ = [
+    "idempotent_route",
+    "passed_through",
+    "passed_through_async",
+    "policy_for",
+    "request_for",
+    "request_headers",
+    "stored_from",
+    "to_response",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -100,6 +109,19 @@ def to_response(stored: StoredResponse) -> Response:
         raw.append((b"content-length", str(len(stored.body)).encode("latin-1")))
     response.raw_headers = raw
     return response
+
+
+def passed_through(policy: Policy, handle: Any) -> None:
+    """After an endpoint ran without idempotency (no key): commit its session like a keyed
+    request's, so the route behaves the same either way (``commit=True``, the default)."""
+    if policy.commit and handle is not None and handle.in_transaction():
+        handle.commit()
+
+
+async def passed_through_async(policy: Policy, handle: Any) -> None:
+    """:func:`passed_through` for an ``AsyncSession``/``AsyncConnection``."""
+    if policy.commit and handle is not None and handle.in_transaction():
+        await handle.commit()
 
 
 def policy_for(
@@ -197,7 +219,9 @@ def idempotent_route(
             async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
                 request = find_request(args)
                 if not policy.applies(request.method, request_headers(request)):
-                    return await endpoint(*args, **kwargs)
+                    response = await endpoint(*args, **kwargs)
+                    await passed_through_async(policy, session(request) if session is not None else None)
+                    return response
                 described = request_for(policy, request, await request.body())
                 result = await policy.run_async(
                     described,
@@ -213,7 +237,9 @@ def idempotent_route(
         def sync_wrapper(*args: Any, **kwargs: Any) -> Any:
             request = find_request(args)
             if not policy.applies(request.method, request_headers(request)):
-                return endpoint(*args, **kwargs)
+                response = endpoint(*args, **kwargs)
+                passed_through(policy, session(request) if session is not None else None)
+                return response
             body = anyio.from_thread.run(request.body)  # Starlette runs sync endpoints in a worker thread
             result = policy.run(
                 request_for(policy, request, body),
