@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import importlib
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +21,7 @@ import sqlalchemy as sa
 
 from idempotent import configure
 from idempotent.decorator import default_store
-from tests.conftest import Db
+from tests.conftest import Db, _make_db
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "flask_app.py"
@@ -104,3 +106,134 @@ def test_flask_run_serves_the_example_on_an_empty_sqlite_file(tmp_path: Path) ->
     finally:
         server.terminate()
         server.wait(30)
+
+
+# -- a client that times out and retries ---------------------------------------------------------
+
+
+class ExampleServer:
+    """``flask --app examples/flask_app.py run`` in a child process on a free loopback port; its
+    log is kept in ``lines``."""
+
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.port = _free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "flask", "--app", str(EXAMPLE), "run", "--port", str(self.port)]
+        self.process = subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        started = threading.Event()
+
+        def drain() -> None:
+            assert self.process.stderr is not None
+            for line in self.process.stderr:
+                self.lines.append(line)
+                if "Running on" in line:
+                    started.set()
+            started.set()
+
+        self.reader = threading.Thread(target=drain, daemon=True)
+        self.reader.start()
+        started.wait(60)
+        if self.process.poll() is not None or not any("Running on" in line for line in self.lines):
+            pytest.fail("the example server did not start:\n" + "".join(self.lines))
+
+    def stop(self, signal_number: int = signal.SIGTERM) -> None:
+        self.process.send_signal(signal_number)
+        self.process.wait(30)
+        self.reader.join(30)
+
+
+@pytest.fixture(params=["postgresql", "mariadb"])
+def server_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Db]:
+    """PostgreSQL and MariaDB (SQLite has no table lock to make a request slow while others run)."""
+    yield from _make_db(request.param, "sync", tmp_path)
+
+
+def _lock(conn: sa.Connection, db: Db, table: str) -> None:
+    """Hold a lock that makes every INSERT into ``table`` wait (reads still run)."""
+    if db.name == "postgresql":
+        conn.execute(sa.text(f"LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
+    else:
+        conn.execute(sa.text(f"LOCK TABLES {table} READ"))
+
+
+def _waiting_on(db: Db, table: str) -> bool:
+    """Whether some session is running a statement on ``table`` (blocked, in these tests)."""
+    if db.name == "postgresql":
+        query = "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query LIKE :pattern"
+    else:
+        query = "SELECT count(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE :pattern"
+    with db.engine.connect() as conn:
+        return bool(conn.execute(sa.text(query), {"pattern": f"%INSERT INTO {table}%"}).scalar_one())
+
+
+def _drop(db: Db, *tables: str) -> None:
+    with db.engine.begin() as conn:
+        for table in tables:
+            conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+
+
+def _until(condition: Any, what: str) -> None:
+    """Poll ``condition`` (a state another process reaches) for at most 30 s."""
+    ready = threading.Event()
+    for _ in range(600):
+        if condition():
+            return
+        ready.wait(0.05)
+    pytest.fail(f"timed out waiting until {what}")
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["timeout", "sigkill"])
+def test_client_timeout_retry_while_first_attempt_runs(server_db: Db, tmp_path: Path, crash: bool) -> None:
+    """The first attempt is stuck behind a lock on ``orders``; the client times out and retries
+    with the same key (after the server was SIGKILLed and restarted, in the second variant). One
+    order row, and the client ends with a 201 carrying that order."""
+    suffix = uuid.uuid4().hex[:8]
+    orders, keys = f"ex_orders_{suffix}", f"ex_keys_{suffix}"
+    env = dict(
+        os.environ,
+        DATABASE_URL=server_db.url,
+        ORDERS_TABLE=orders,
+        IDEMPOTENCY_TABLE=keys,
+        PYTHONPATH=str(REPO),
+    )
+    server_db.cleanups.append(lambda: _drop(server_db, orders, keys))
+    server = ExampleServer(env, tmp_path)
+    servers = [server]
+    headers = {"Idempotency-Key": "retry-me", "Authorization": "Bearer dora"}
+    order = {"item": "tea", "quantity": 1}
+    final: dict[str, httpx.Response] = {}
+    try:
+        with server_db.engine.connect() as locker:
+            _lock(locker, server_db, orders)
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(f"{server.base}/orders", json=order, headers=headers, timeout=1)
+            _until(lambda: _waiting_on(server_db, orders), "the first attempt waits")
+            if crash:
+                server.stop(signal.SIGKILL)
+                server = ExampleServer(env, tmp_path)
+                servers.append(server)
+
+            def retry() -> None:
+                final["response"] = httpx.post(
+                    f"{server.base}/orders", json=order, headers=headers, timeout=60
+                )
+
+            retrying = threading.Thread(target=retry)
+            retrying.start()
+            _until(lambda: _waiting_on(server_db, keys), "the retry waits for the first")
+            if server_db.name == "mariadb":
+                locker.execute(sa.text("UNLOCK TABLES"))
+            locker.rollback()
+        retrying.join()
+    finally:
+        for running in servers:
+            if running.process.poll() is None:
+                running.stop()
+    response = final["response"]
+    assert response.status_code == 201, "".join(line for running in servers for line in running.lines)
+    assert response.json()["item"] == "tea"
+    assert response.headers.get("Idempotent-Replayed") == (None if crash else "true")
+    with server_db.engine.connect() as conn:
+        rows = conn.execute(sa.text(f"SELECT id FROM {orders}")).scalars().all()
+    assert rows == [response.json()["id"]]
