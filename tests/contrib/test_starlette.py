@@ -3,7 +3,7 @@ session from the request) and ``HTTPEndpoint`` methods (lease mode), through the
 
 import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, ClassVar
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -104,7 +104,7 @@ def test_function_endpoint_commits_with_the_stored_response(db: Db) -> None:
 class Things(HTTPEndpoint):
     """A class-based endpoint; its ``put`` runs once per key."""
 
-    calls: list[str] = []
+    calls: ClassVar[list[str]] = []
 
     @idempotent_route()
     async def put(self, request: Request) -> Response:
