@@ -65,10 +65,24 @@ def to_response(stored: StoredResponse) -> Response:
 
 
 def _capture(response: Response) -> StoredResponse | None:
-    """The response to store; None for a streamed body (a generator, ``send_file``)."""
+    """The response to store; None for a streamed body (a generator, ``send_file``): in lease
+    mode it is sent without being stored."""
     if response.is_streamed:
         return None
     return StoredResponse.capture(response.status_code, response.headers.items(), response.get_data())
+
+
+def _capture_complete(response: Response) -> StoredResponse:
+    """The response to store in transaction mode, where a streamed one is an error: not storing it
+    would roll the view's writes back while the response reports them done."""
+    stored = _capture(response)
+    if stored is None:
+        raise ConfigurationError(
+            "an idempotent_route view returned a streamed response (a generator or send_file), whose "
+            "body cannot be stored for replay; its writes are rolled back. Return a complete body, or "
+            "use mode='lease' (streamed responses are then sent without being stored)"
+        )
+    return stored
 
 
 def _resolve_session(given: Any) -> Session | sa.Connection | None:
@@ -164,7 +178,8 @@ def idempotent_route(*, session: Any = None, **options: Any) -> Callable[[F], F]
                     "session: pass session=db.session (or a Session/Connection, or a callable returning "
                     "one), register Flask-SQLAlchemy on the app, or use mode='lease'"
                 )
-            result = policy.run(_describe(policy), call, _capture, session=handle)
+            render = _capture if handle is None else _capture_complete
+            result = policy.run(_describe(policy), call, render, session=handle)
             return to_response(result) if isinstance(result, StoredResponse) else result
 
         wrapper.__idempotent_route__ = policy  # type: ignore[attr-defined]

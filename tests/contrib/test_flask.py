@@ -518,3 +518,20 @@ def test_check_fix_on_a_flask_app_imports_runs_and_rechecks_clean(
     assert first.status_code == 201
     assert (again.get_data(), again.headers[REPLAYED]) == (first.get_data(), "true")
     assert sync_db.count() == 1
+
+
+def test_a_streamed_response_in_transaction_mode_is_refused(sync_db: Db) -> None:
+    """In transaction mode a generator body cannot be stored; rather than send it while its writes
+    roll back, the view fails with an error saying so, and nothing is kept."""
+    app, ext = _fsa_app(sync_db)
+
+    @app.post("/stream")
+    @idempotent_route(store=sync_db.store)
+    def stream() -> Any:
+        _insert(ext.session, sync_db, "streamed")
+        return flask.Response(iter([b"a"]))
+
+    app.testing = True
+    with pytest.raises(ConfigurationError, match="streamed response"):
+        app.test_client().post("/stream", headers={KEY: "k"})
+    assert (sync_db.count(), sync_db.key_rows()) == (0, [])
