@@ -392,31 +392,41 @@ def test_method_view_methods(sync_db: Db) -> None:
     assert sync_db.count() == 2
 
 
-def test_concurrent_duplicates_through_a_real_server(sync_db: Db) -> None:
-    """50 simultaneous requests with one key through a threaded server: one order row, 50
-    identical 201 bodies, 49 of them replays."""
-    app, _ = _fsa_app(sync_db)
-    count = 50
+def burst(app: Any, count: int, send: Callable[[str], httpx.Response]) -> list[httpx.Response]:
+    """Serve ``app`` on a real threaded server and make ``count`` requests at once (each thread
+    calls ``send(base_url)`` as soon as all are ready); return their responses."""
     barrier = threading.Barrier(count)
     responses: list[httpx.Response] = []
     lock = threading.Lock()
 
-    def send(base: str) -> None:
-        with httpx.Client(base_url=base, timeout=60) as client:
-            barrier.wait()
-            response = client.post("/orders", json={"item": "x", "quantity": 1}, headers={KEY: "burst"})
+    def one(base: str) -> None:
+        barrier.wait()
+        response = send(base)
         with lock:
             responses.append(response)
 
     with serve(app) as base:
-        threads = [threading.Thread(target=send, args=(base,)) for _ in range(count)]
+        threads = [threading.Thread(target=one, args=(base,)) for _ in range(count)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-    assert [r.status_code for r in responses] == [201] * count
+    return responses
+
+
+def test_concurrent_duplicates_through_a_real_server(sync_db: Db) -> None:
+    """50 simultaneous requests with one key through a threaded server: one order row, 50
+    identical 201 bodies, 49 of them replays."""
+    app, _ = _fsa_app(sync_db)
+
+    def send(base: str) -> httpx.Response:
+        body = {"item": "x", "quantity": 1}
+        return httpx.post(f"{base}/orders", json=body, headers={KEY: "burst"}, timeout=60)
+
+    responses = burst(app, 50, send)
+    assert [r.status_code for r in responses] == [201] * 50
     assert len({r.content for r in responses}) == 1
-    assert sum(r.headers.get(REPLAYED) == "true" for r in responses) == count - 1
+    assert sum(r.headers.get(REPLAYED) == "true" for r in responses) == 49
     assert sync_db.count() == 1
 
 

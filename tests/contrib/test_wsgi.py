@@ -23,7 +23,7 @@ from idempotent.decorator import default_store
 from idempotent.errors import ConfigurationError
 from idempotent.events import Event, EventInfo
 from tests.conftest import Db
-from tests.contrib.test_flask import serve
+from tests.contrib.test_flask import burst, serve
 
 KEY = "Idempotency-Key"
 REPLAYED = "Idempotent-Replayed"
@@ -236,31 +236,19 @@ def test_concurrent_duplicates_through_a_real_server(sync_db: Db) -> None:
     """50 simultaneous same-key requests: the app runs once, 50 identical 201 bodies, 49 replays;
     a chunked request body reaches the app intact."""
     app = OrderApp(sync_db)
-    count = 50
-    barrier = threading.Barrier(count)
-    responses: list[httpx.Response] = []
-    lock = threading.Lock()
 
     def chunks() -> Iterator[bytes]:
         yield b'{"item": '
         yield b'"chunked"}'
 
-    def send(base: str) -> None:
-        barrier.wait()
-        response = httpx.post(f"{base}/orders", content=chunks(), headers={KEY: "burst"}, timeout=60)
-        with lock:
-            responses.append(response)
+    def send(base: str) -> httpx.Response:
+        return httpx.post(f"{base}/orders", content=chunks(), headers={KEY: "burst"}, timeout=60)
 
-    with serve(IdempotencyMiddleware(app, store=sync_db.store, wait=60)) as base:
-        threads = [threading.Thread(target=send, args=(base,)) for _ in range(count)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    assert [r.status_code for r in responses] == [201] * count
+    responses = burst(IdempotencyMiddleware(app, store=sync_db.store, wait=60), 50, send)
+    assert [r.status_code for r in responses] == [201] * 50
     assert len({r.content for r in responses}) == 1
     assert responses[0].json()["echo"] == '{"item": "chunked"}'
-    assert sum(r.headers.get(REPLAYED) == "true" for r in responses) == count - 1
+    assert sum(r.headers.get(REPLAYED) == "true" for r in responses) == 49
     assert (app.runs, sync_db.count()) == (1, 1)
 
 
