@@ -12,7 +12,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 import flask
 import httpx
@@ -370,7 +370,9 @@ def test_streamed_responses_are_sent_but_not_stored(sync_db: Db) -> None:
 
 
 def test_method_view_methods(sync_db: Db) -> None:
-    """``MethodView`` methods take the decorator like functions; each method has its own scope."""
+    """``MethodView`` methods take the decorator like functions, each method with its own scope;
+    so does the whole class through ``decorators``. The route template is the scope: another
+    path of the same route under the same key is 422."""
     app, ext = _fsa_app(sync_db)
 
     class OrderAPI(MethodView):
@@ -382,14 +384,25 @@ def test_method_view_methods(sync_db: Db) -> None:
         def put(self) -> Any:
             return {"id": _insert(ext.session, sync_db, "put")}, 200
 
+    class WholeView(MethodView):
+        decorators: ClassVar[list[Any]] = [idempotent_route(store=sync_db.store)]
+
+        def post(self, ref: str) -> Any:
+            return {"id": _insert(ext.session, sync_db, ref)}, 201
+
     app.add_url_rule("/api", view_func=OrderAPI.as_view("api"))
+    app.add_url_rule("/whole/<ref>", view_func=WholeView.as_view("whole"))
     client = app.test_client()
     post = client.post("/api", headers={KEY: "k"})
     put = client.put("/api", headers={KEY: "k"})
     assert (post.status_code, put.status_code) == (201, 200)
     assert client.post("/api", headers={KEY: "k"}).get_data() == post.get_data()
     assert client.put("/api", headers={KEY: "k"}).get_data() == put.get_data()
-    assert sync_db.count() == 2
+    whole = client.post("/whole/a", headers={KEY: "k"})
+    assert client.post("/whole/a", headers={KEY: "k"}).headers[REPLAYED] == "true"
+    assert client.post("/whole/b", headers={KEY: "k"}).status_code == 422
+    assert whole.status_code == 201
+    assert sync_db.count() == 3
 
 
 def burst(app: Any, count: int, send: Callable[[str], httpx.Response]) -> list[httpx.Response]:

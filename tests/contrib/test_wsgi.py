@@ -22,6 +22,7 @@ from idempotent.contrib.wsgi import IdempotencyMiddleware
 from idempotent.decorator import default_store
 from idempotent.errors import ConfigurationError
 from idempotent.events import Event, EventInfo
+from idempotent.testing import MemoryStore
 from tests.conftest import Db
 from tests.contrib.test_flask import burst, serve
 
@@ -250,6 +251,21 @@ def test_concurrent_duplicates_through_a_real_server(sync_db: Db) -> None:
     assert responses[0].json()["echo"] == '{"item": "chunked"}'
     assert sum(r.headers.get(REPLAYED) == "true" for r in responses) == 49
     assert (app.runs, sync_db.count()) == (1, 1)
+
+
+def test_memory_store_for_unit_tests() -> None:
+    """``idempotent.testing.MemoryStore`` works as the middleware's store, with no database."""
+    runs: list[int] = []
+
+    def app(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        runs.append(1)
+        start_response("201 Created", [("Content-Length", "2")])
+        return [b"ok"]
+
+    client = Client(IdempotencyMiddleware(app, store=MemoryStore(), ttl_seconds=60))
+    assert client.post("/", headers={KEY: "k"}).get_data() == b"ok"
+    assert client.post("/", headers={KEY: "k"}).headers[REPLAYED] == "true"
+    assert len(runs) == 1
 
 
 def test_store_defaults_to_the_configured_engine(sync_db: Db) -> None:
