@@ -467,6 +467,20 @@ def test_async_views_and_missing_sessions_are_refused(sync_db: Db) -> None:
         app.test_client().post("/x", headers={KEY: "k"})
 
 
+def test_decorator_and_wsgi_middleware_on_one_request_is_an_error(sync_db: Db) -> None:
+    """Both would claim the same key (the middleware's lease would make the view wait for itself):
+    the decorated view says so instead; requests without a key still run."""
+    from idempotent.contrib.wsgi import IdempotencyMiddleware
+
+    app, _ = _fsa_app(sync_db)
+    app.wsgi_app = IdempotencyMiddleware(app.wsgi_app, store=sync_db.store)  # type: ignore[method-assign]
+    app.testing = True
+    with pytest.raises(ConfigurationError, match="IdempotencyMiddleware"):
+        _post(app.test_client(), "k", {"item": "a", "quantity": 1})
+    assert _post(app.test_client(), None, {"item": "a", "quantity": 1}).status_code == 201
+    assert sync_db.count() == 1
+
+
 def test_import_error_names_the_extra() -> None:
     """Without Flask the module says which extra to install."""
     code = (
