@@ -221,7 +221,10 @@ class IdempotencyMiddleware:
         )
         result = self.policy.run(request, lambda: _run(self.app, environ), _Response.stored)
         if isinstance(result, StoredResponse):
-            start_response(_status_line(result.status), list(result.headers))
+            headers = list(result.headers)
+            if result.header("content-length") is None:
+                headers.append(("Content-Length", str(len(result.body))))
+            start_response(_status_line(result.status), headers)
             return [result.body]
         start_response(result.status, result.headers, result.exc_info)
         return result.body()

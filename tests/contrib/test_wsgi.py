@@ -103,6 +103,7 @@ def test_status_codes_of_the_contract(sync_db: Db) -> None:
     assert reused.status_code == 422
     assert reused.headers["Content-Type"] == "application/problem+json"
     assert reused.json["type"] == "https://e.example/p/key-reused"
+    assert reused.headers["Content-Length"] == str(len(reused.get_data()))
     assert _post(client, "x" * 256).status_code == 400
     strict = Client(IdempotencyMiddleware(app, store=sync_db.store, required=True))
     assert _post(strict, None).json["type"].endswith("missing-key")
