@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import signal
 import socket
@@ -237,3 +238,17 @@ def test_client_timeout_retry_while_first_attempt_runs(server_db: Db, tmp_path: 
     with server_db.engine.connect() as conn:
         rows = conn.execute(sa.text(f"SELECT id FROM {orders}")).scalars().all()
     assert rows == [response.json()["id"]]
+
+
+def test_flask_benchmark_runs(tmp_path: Path) -> None:
+    """``benchmarks/bench_flask.py`` runs end to end (a few requests on SQLite) and writes its report."""
+    output = tmp_path / "bench.json"
+    command = [
+        sys.executable, str(REPO / "benchmarks" / "bench_flask.py"), "--url", "sqlite",
+        "--requests", "3", "--warmup", "0", "--output", str(output),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(output.read_text(encoding="utf-8"))
+    assert set(report["results"]) == {"bare", "route-first", "route-replay", "mw-first", "mw-replay"}
+    assert "route-first" in result.stdout
