@@ -52,7 +52,7 @@ import hashlib
 import json
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal, TypeVar, cast
 
 from idempotent._drivers import is_handle
@@ -350,6 +350,20 @@ class Policy:
         # Built now, so a wrong option fails at start-up rather than on the first request.
         for mode in ("transaction", "lease") if self.mode is None else (self.mode,):
             self._guard_for(mode)
+
+    @classmethod
+    def from_options(cls, owner: str, options: dict[str, Any], also: Sequence[str] = ()) -> Policy:
+        """The Policy of keyword ``options`` an adapter received as ``**options``; a name that is
+        no option is a ConfigurationError naming ``owner`` and every option it takes (``also``:
+        the adapter's own)."""
+        known = {f.name for f in fields(cls) if f.init}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise ConfigurationError(
+                f"{owner} has no option {', '.join(unknown)}; its options are "
+                f"{', '.join([*also, *sorted(known)])}"
+            )
+        return cls(**options)
 
     # -- pieces adapters may use on their own ------------------------------------------------------
     def eligible(self, method: str) -> bool:
