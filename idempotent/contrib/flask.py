@@ -143,7 +143,7 @@ def idempotent_route(*, session: Any = None, **options: Any) -> Callable[[F], F]
     ``store``, ``store_server_errors``, ``problem_base``... An async view is refused: Flask runs
     it on a fresh event loop per request, where a pooled async session cannot follow.
     """
-    Policy(**options)  # a wrong option fails here, where the decorator is written
+    Policy.from_options("idempotent_route", options, also=["session"])  # fails where it is written
 
     def decorate(view: F) -> F:
         if inspect.iscoroutinefunction(view):
@@ -151,7 +151,9 @@ def idempotent_route(*, session: Any = None, **options: Any) -> Callable[[F], F]
                 f"idempotent_route cannot wrap the async view {view.__qualname__}: Flask runs it on a new "
                 "event loop per request; make it a plain def view"
             )
-        policy = Policy(**{"name": f"{view.__module__}.{view.__qualname__}", **options})
+        policy = Policy.from_options(
+            "idempotent_route", {"name": f"{view.__module__}.{view.__qualname__}", **options}
+        )
         explicit_mode = policy.mode
 
         @functools.wraps(view)

@@ -202,7 +202,11 @@ class IdempotencyMiddleware:
         if ttl_seconds is not None:
             options["ttl"] = ttl_seconds
         self.app = app
-        self.policy = Policy(store=store, principal_from=principal_from, name="wsgi", **options)
+        options.update(store=store, principal_from=principal_from)
+        options.setdefault("name", "wsgi")
+        self.policy = Policy.from_options(
+            "IdempotencyMiddleware", options, also=["app", "store", "ttl_seconds", "principal_from"]
+        )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
         headers = _request_headers(environ)

@@ -447,8 +447,12 @@ def test_concurrent_duplicates_through_a_real_server(sync_db: Db) -> None:
 
 
 def test_async_views_and_missing_sessions_are_refused(sync_db: Db) -> None:
-    """An async view is refused at decoration; transaction mode without any session says how to
-    give one; both sides (middleware and decorator) on one request is an error."""
+    """A misspelt option names the options; an async view is refused at decoration; transaction
+    mode without any session says how to give one."""
+    with pytest.raises(
+        ConfigurationError, match="idempotent_route has no option princpal_from; its options are session, "
+    ):
+        idempotent_route(princpal_from=str)
     with pytest.raises(TypeError, match="async view"):
 
         @idempotent_route()

@@ -286,5 +286,9 @@ def test_store_defaults_to_the_configured_engine(sync_db: Db) -> None:
         IdempotencyMiddleware(app, mode="transaction")
     with pytest.raises(ConfigurationError, match="not both"):
         IdempotencyMiddleware(app, ttl_seconds=1, ttl=1)
+    with pytest.raises(
+        ConfigurationError, match="has no option ttl_second; its options are app, store, ttl_seconds"
+    ):
+        IdempotencyMiddleware(app, ttl_second=1)
     with pytest.raises(ConfigurationError, match="WSGI application"):
         IdempotencyMiddleware(None)  # type: ignore[arg-type]
