@@ -7,6 +7,7 @@ concurrency test, through a real threaded WSGI server on a loopback port.
 
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import threading
@@ -127,6 +128,27 @@ def test_same_key_with_another_body_is_422_not_a_replay(sync_db: Db) -> None:
     query = client.post("/orders?dry=1", json={"item": "book", "quantity": 1}, headers={KEY: "k"})
     assert query.status_code == 422
     assert sync_db.count() == 1
+
+
+def test_form_posts_still_parse_after_the_body_is_fingerprinted(sync_db: Db) -> None:
+    """The decorator reads the body for the fingerprint; ``request.form`` (urlencoded and
+    multipart) still parses, and another form value under the same key is 422."""
+    app, ext = _fsa_app(sync_db)
+
+    @app.post("/form")
+    @idempotent_route(store=sync_db.store)
+    def form() -> Any:
+        upload = flask.request.files.get("doc")
+        ref = flask.request.form["item"] + (upload.read().decode() if upload else "")
+        return {"id": _insert(ext.session, sync_db, ref), "ref": ref}, 201
+
+    client = app.test_client()
+    assert client.post("/form", data={"item": "pen"}, headers={KEY: "f"}).json["ref"] == "pen"
+    assert client.post("/form", data={"item": "pen"}, headers={KEY: "f"}).headers[REPLAYED] == "true"
+    assert client.post("/form", data={"item": "ink"}, headers={KEY: "f"}).status_code == 422
+    multipart = {"item": "doc:", "doc": (io.BytesIO(b"text"), "a.txt")}
+    assert client.post("/form", data=multipart, headers={KEY: "m"}).json["ref"] == "doc:text"
+    assert sync_db.count() == 2
 
 
 def test_key_errors_are_400_problems(sync_db: Db) -> None:
