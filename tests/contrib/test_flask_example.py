@@ -7,7 +7,6 @@ import importlib
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +22,7 @@ import sqlalchemy as sa
 from idempotent import configure
 from idempotent.decorator import default_store
 from tests.conftest import Db, _make_db
+from tests.contrib.child_server import ChildServer
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE = REPO / "examples" / "flask_app.py"
@@ -77,71 +77,29 @@ def test_example_creates_its_tables_and_serves_orders(example: Any, sync_db: Db)
     assert [o["item"] for o in listed.json] == ["tea", "coffee"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def test_flask_run_serves_the_example_on_an_empty_sqlite_file(tmp_path: Path) -> None:
     """``flask --app examples/flask_app.py run`` starts on a database file that does not exist yet
     and answers a retried POST once."""
-    port = _free_port()
     env = dict(os.environ, DATABASE_URL=f"sqlite:///{tmp_path / 'orders.db'}", PYTHONPATH=str(REPO))
-    command = [sys.executable, "-m", "flask", "--app", str(EXAMPLE), "run", "--port", str(port)]
-    server = subprocess.Popen(command, cwd=tmp_path, env=env, stderr=subprocess.PIPE, text=True)
+    server = example_server(env, tmp_path)
     try:
-        assert server.stderr is not None
-        for line in server.stderr:
-            if "Running on" in line:
-                break
-        else:
-            pytest.fail(f"the server did not start (exit code {server.wait()})")
-        base = f"http://127.0.0.1:{port}"
         headers = {"Idempotency-Key": "k", "Authorization": "Bearer carol"}
-        first = httpx.post(f"{base}/orders", json={"item": "tea", "quantity": 1}, headers=headers)
-        again = httpx.post(f"{base}/orders", json={"item": "tea", "quantity": 1}, headers=headers)
+        first = httpx.post(f"{server.base}/orders", json={"item": "tea", "quantity": 1}, headers=headers)
+        again = httpx.post(f"{server.base}/orders", json={"item": "tea", "quantity": 1}, headers=headers)
         assert first.status_code == 201
         assert (again.content, again.headers["Idempotent-Replayed"]) == (first.content, "true")
-        assert httpx.get(f"{base}/orders").json() == [first.json()]
+        assert httpx.get(f"{server.base}/orders").json() == [first.json()]
     finally:
-        server.terminate()
-        server.wait(30)
+        server.stop()
+
+
+def example_server(env: dict[str, str], cwd: Path) -> ChildServer:
+    """``flask --app examples/flask_app.py run`` on a free port."""
+    command = [sys.executable, "-m", "flask", "--app", str(EXAMPLE), "run", "--port", "{port}"]
+    return ChildServer(command, "Running on", env, cwd)
 
 
 # -- a client that times out and retries ---------------------------------------------------------
-
-
-class ExampleServer:
-    """``flask --app examples/flask_app.py run`` in a child process on a free loopback port; its
-    log is kept in ``lines``."""
-
-    def __init__(self, env: dict[str, str], cwd: Path) -> None:
-        self.port = _free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "flask", "--app", str(EXAMPLE), "run", "--port", str(self.port)]
-        self.process = subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        started = threading.Event()
-
-        def drain() -> None:
-            assert self.process.stderr is not None
-            for line in self.process.stderr:
-                self.lines.append(line)
-                if "Running on" in line:
-                    started.set()
-            started.set()
-
-        self.reader = threading.Thread(target=drain, daemon=True)
-        self.reader.start()
-        started.wait(60)
-        if self.process.poll() is not None or not any("Running on" in line for line in self.lines):
-            pytest.fail("the example server did not start:\n" + "".join(self.lines))
-
-    def stop(self, signal_number: int = signal.SIGTERM) -> None:
-        self.process.send_signal(signal_number)
-        self.process.wait(30)
-        self.reader.join(30)
 
 
 @pytest.fixture(params=["postgresql", "mariadb"])
@@ -199,7 +157,7 @@ def test_client_timeout_retry_while_first_attempt_runs(server_db: Db, tmp_path: 
         PYTHONPATH=str(REPO),
     )
     server_db.cleanups.append(lambda: _drop(server_db, orders, keys))
-    server = ExampleServer(env, tmp_path)
+    server = example_server(env, tmp_path)
     servers = [server]
     headers = {"Idempotency-Key": "retry-me", "Authorization": "Bearer dora"}
     order = {"item": "tea", "quantity": 1}
@@ -212,7 +170,7 @@ def test_client_timeout_retry_while_first_attempt_runs(server_db: Db, tmp_path: 
             _until(lambda: _waiting_on(server_db, orders), "the first attempt waits")
             if crash:
                 server.stop(signal.SIGKILL)
-                server = ExampleServer(env, tmp_path)
+                server = example_server(env, tmp_path)
                 servers.append(server)
 
             def retry() -> None:
@@ -229,8 +187,7 @@ def test_client_timeout_retry_while_first_attempt_runs(server_db: Db, tmp_path: 
         retrying.join()
     finally:
         for running in servers:
-            if running.process.poll() is None:
-                running.stop()
+            running.stop()
     response = final["response"]
     assert response.status_code == 201, "".join(line for running in servers for line in running.lines)
     assert response.json()["item"] == "tea"
