@@ -383,12 +383,31 @@ def test_streamed_responses_are_sent_but_not_stored(sync_db: Db) -> None:
         runs.append(1)
         return flask.Response(iter([b"a", b"b"]), mimetype="text/plain")
 
-    sync_db.store.engine = sync_db.engine
     client = app.test_client()
     assert client.post("/stream", headers={KEY: "k"}).get_data() == b"ab"
     assert client.post("/stream", headers={KEY: "k"}).get_data() == b"ab"
     assert len(runs) == 2
     assert sync_db.key_rows() == []
+
+
+def test_without_a_session_the_route_runs_in_lease_mode(sync_db: Db) -> None:
+    """An app without Flask-SQLAlchemy and no ``session=``: the claim is a lease on the store's
+    engine, the view runs once and a retry replays (for effects outside the database)."""
+    app = flask.Flask(__name__)
+    charges: list[str] = []
+
+    @app.post("/charge")
+    @idempotent_route(store=sync_db.store)
+    def charge() -> Any:
+        charges.append(flask.request.get_data(as_text=True))
+        return {"charged": len(charges)}, 201
+
+    client = app.test_client()
+    first = client.post("/charge", data="10 EUR", headers={KEY: "c"})
+    again = client.post("/charge", data="10 EUR", headers={KEY: "c"})
+    assert (first.status_code, again.get_data(), again.headers[REPLAYED]) == (201, first.get_data(), "true")
+    assert charges == ["10 EUR"]
+    assert [row.status for row in sync_db.key_rows()] == ["completed"]
 
 
 def test_method_view_methods(sync_db: Db) -> None:
