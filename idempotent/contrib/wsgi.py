@@ -120,34 +120,39 @@ class _Streamed:
             yield from self._response.rest
 
     def close(self) -> None:
-        close = getattr(self._response.source, "close", None)
-        if close is not None:
-            close()
+        _close(self._response.source)
+
+
+def _close(source: Iterable[bytes] | None) -> None:
+    close = getattr(source, "close", None)
+    if close is not None:
+        close()
 
 
 def _run(app: WSGIApp, environ: dict[str, Any]) -> _Response:
     """Call the application and read its response: to the end when it has a length, else only up
-    to ``start_response`` (a streamed body is not read here)."""
+    to ``start_response`` (a streamed body is not read here). The application's iterable is
+    closed once read, or when reading it fails."""
     response = _Response()
     source = app(environ, response.start_response)
     response.source = source
-    iterator = iter(source)
-    if not response.status:  # a generator application calls start_response on its first chunk
-        for chunk in iterator:
-            response.chunks.append(chunk)
-            if response.status:
-                break
-    declared = any(name.lower() == "content-length" for name, _ in response.headers)
-    if declared or _has_length(source):
-        try:
-            response.chunks.extend(iterator)
-        finally:
-            close = getattr(source, "close", None)
-            if close is not None:
-                close()
-        response.source = None
-    else:
-        response.rest = iterator
+    try:
+        iterator = iter(source)
+        if not response.status:  # a generator application calls start_response on its first chunk
+            for chunk in iterator:
+                response.chunks.append(chunk)
+                if response.status:
+                    break
+        declared = any(name.lower() == "content-length" for name, _ in response.headers)
+        if response.status and not declared and not _has_length(source):
+            response.rest = iterator
+            return response
+        response.chunks.extend(iterator)
+    except BaseException:
+        _close(source)
+        raise
+    _close(source)
+    response.source = None
     if not response.status:
         raise RuntimeError("the WSGI application returned without calling start_response")
     return response

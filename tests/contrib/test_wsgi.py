@@ -173,6 +173,38 @@ def test_streamed_failed_and_raising_responses_are_not_stored(sync_db: Db) -> No
     assert sync_db.key_rows() == []
 
 
+def test_the_applications_iterable_is_closed(sync_db: Db) -> None:
+    """``close()`` of the application's iterable is called once: after a stored response is read,
+    after a streamed one is sent, and when reading it fails."""
+    closed: list[str] = []
+
+    class Body:
+        def __init__(self, name: str, chunks: list[bytes], fail: bool = False) -> None:
+            self.name, self.chunks, self.fail = name, chunks, fail
+
+        def __iter__(self) -> Iterator[bytes]:
+            yield from self.chunks
+            if self.fail:
+                raise OSError("disk gone")
+
+        def close(self) -> None:
+            closed.append(self.name)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Body:
+        name = environ["PATH_INFO"].strip("/")
+        headers = [("Content-Length", "2")] if name != "streamed" else []
+        start_response("200 OK", headers)
+        return Body(name, [b"o", b"k"], fail=name == "failing")
+
+    client = Client(IdempotencyMiddleware(app, store=sync_db.store))
+    assert client.post("/stored", headers={KEY: "a"}).get_data() == b"ok"
+    assert client.post("/streamed", headers={KEY: "b"}, buffered=True).get_data() == b"ok"
+    with pytest.raises(OSError, match="disk gone"):
+        client.post("/failing", headers={KEY: "c"})
+    assert closed == ["stored", "streamed", "failing"]
+    assert [row.key for row in sync_db.key_rows()] == ["a"]
+
+
 def test_flask_app_behind_the_middleware(sync_db: Db) -> None:
     """On ``app.wsgi_app`` the Flask view still reads its JSON body; a retry replays."""
     app = flask.Flask(__name__)
