@@ -123,6 +123,21 @@ def _annotated(params: Sequence[inspect.Parameter], cls: type) -> str | None:
     return None
 
 
+def _render_here(request: Request, value: Any, sub_response: Response) -> Response:
+    """:func:`_render` from the worker thread of a sync endpoint, without a trip to the event
+    loop: that trip would wait for a free worker thread while this one holds the database
+    transaction, and with every worker busy on the same key nothing would move. FastAPI's
+    serialization awaits nothing when told it runs on the loop, so its coroutine completes at
+    once; should a later version await inside, the coroutine is run on the loop instead."""
+    coroutine = _render(request, value, sub_response, True)
+    try:
+        coroutine.send(None)
+    except StopIteration as done:
+        return done.value  # type: ignore[no-any-return]
+    coroutine.close()
+    return anyio.from_thread.run(_render, request, value, sub_response, True)
+
+
 def _signature(
     endpoint: Callable[..., Any], header: str, required: bool
 ) -> tuple[inspect.Signature, str, str, bool, bool]:
@@ -284,8 +299,7 @@ def _sync_wrapper(endpoint: Callable[..., Any], policy: Policy, split: Split) ->
         body = anyio.from_thread.run(request.body)
 
         def call() -> Response:
-            value = endpoint(*args, **kwargs)
-            return anyio.from_thread.run(_render, request, value, sub_response, False)
+            return _render_here(request, endpoint(*args, **kwargs), sub_response)
 
         result = policy.run(request_for(policy, request, body), call, stored_from, session=handle)
         return to_response(result) if isinstance(result, StoredResponse) else result
