@@ -6,6 +6,7 @@ import importlib.util
 import json
 import subprocess
 import sys
+import threading
 import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -359,3 +360,41 @@ def test_header_value_round_trips_in_problem_json(sync_db: Db) -> None:
     document = json.loads(response.content)
     assert set(document) == {"type", "title", "status", "detail"}
     assert document["status"] == 400
+
+
+def test_in_flight_duplicate_gets_409_with_retry_after(sync_db: Db) -> None:
+    """While the first request runs, a duplicate past ``wait`` gets 409 with Retry-After; the first
+    completes and later retries replay it."""
+    app = FastAPI()
+    inside, release = threading.Event(), threading.Event()
+    calls: list[int] = []
+
+    @app.post("/charges", status_code=201)
+    @idempotent_route(store=sync_db.store, wait=0, lease=30)
+    def charge(body: dict[str, int]) -> dict[str, int]:
+        calls.append(1)
+        inside.set()
+        release.wait(30)
+        return {"charged": body["amount"]}
+
+    results: list[Any] = []
+    with TestClient(app) as client:
+        first = threading.Thread(
+            target=lambda: results.append(
+                client.post("/charges", json={"amount": 5}, headers={"Idempotency-Key": "c"})
+            )
+        )
+        first.start()
+        inside.wait(30)
+        busy = client.post("/charges", json={"amount": 5}, headers={"Idempotency-Key": "c"})
+        release.set()
+        first.join(30)
+        later = client.post("/charges", json={"amount": 5}, headers={"Idempotency-Key": "c"})
+    assert busy.status_code == 409
+    assert busy.headers["content-type"] == "application/problem+json"
+    assert int(busy.headers["retry-after"]) >= 1
+    assert busy.json()["type"].endswith("in-progress")
+    assert results[0].status_code == 201
+    assert later.content == results[0].content
+    assert later.headers["idempotent-replayed"] == "true"
+    assert calls == [1]
