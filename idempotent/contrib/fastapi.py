@@ -36,6 +36,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("idempotent.contrib.fastapi needs FastAPI: pip install 'idempotent[fastapi]'") from exc
 
 from idempotent.contrib.starlette import (
+    body_from_thread,
     passed_through,
     passed_through_async,
     policy_for,
@@ -294,9 +295,9 @@ def _sync_wrapper(endpoint: Callable[..., Any], policy: Policy, split: Split) ->
             value = endpoint(*args, **kwargs)
             passed_through(policy, handle)
             return value
-        # FastAPI runs sync endpoints in a worker thread: the body and the rendering, which are
-        # async in FastAPI, are awaited on the event loop from here.
-        body = anyio.from_thread.run(request.body)
+        # FastAPI runs sync endpoints in a worker thread; the body and the rendering are async in
+        # FastAPI, and are completed from here (see body_from_thread and _render_here).
+        body = body_from_thread(request)
 
         def call() -> Response:
             return _render_here(request, endpoint(*args, **kwargs), sub_response)

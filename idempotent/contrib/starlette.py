@@ -47,6 +47,7 @@ from idempotent.http import (
 )
 
 __all__ = [
+    "body_from_thread",
     "idempotent_route",
     "passed_through",
     "passed_through_async",
@@ -86,6 +87,15 @@ def request_for(policy: Policy, request: Request, body: bytes) -> HTTPRequest:
         query=scope.get("query_string", b"").decode("latin-1"),
         principal=policy.principal(request),
     )
+
+
+def body_from_thread(request: Request) -> bytes:
+    """The request body, from the worker thread a sync endpoint runs in: the copy the framework
+    already read, else read on the event loop."""
+    cached = getattr(request, "_body", None)  # set by Request.body() once the body was read
+    if isinstance(cached, bytes):
+        return cached
+    return anyio.from_thread.run(request.body)
 
 
 def stored_from(response: Response) -> StoredResponse:
@@ -240,7 +250,7 @@ def idempotent_route(
                 response = endpoint(*args, **kwargs)
                 passed_through(policy, session(request) if session is not None else None)
                 return response
-            body = anyio.from_thread.run(request.body)  # Starlette runs sync endpoints in a worker thread
+            body = body_from_thread(request)
             result = policy.run(
                 request_for(policy, request, body),
                 lambda: endpoint(*args, **kwargs),
