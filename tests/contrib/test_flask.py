@@ -56,12 +56,15 @@ def _headers(response: Any) -> list[tuple[str, str]]:
     return [(k, v) for k, v in response.headers.items() if k not in (REPLAYED, "Date", "Server")]
 
 
-def _fsa_app(db: Db, **route_options: Any) -> tuple[flask.Flask, SQLAlchemy]:
-    """An order API on Flask-SQLAlchemy's ``db.session`` (found by the decorator on its own)."""
+def _fsa_app(db: Db, sqlite_timeout: float = 5.0, **route_options: Any) -> tuple[flask.Flask, SQLAlchemy]:
+    """An order API on Flask-SQLAlchemy's ``db.session`` (found by the decorator on its own);
+    ``sqlite_timeout`` is the SQLite driver's busy timeout (how long a writer waits for another)."""
     app = flask.Flask(__name__)
     app.config["SQLALCHEMY_DATABASE_URI"] = db.url
     if db.name != "sqlite":
         app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"pool_size": 10, "max_overflow": 60}
+    else:
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"] = {"connect_args": {"timeout": sqlite_timeout}}
     ext = SQLAlchemy(app)
     options = {"store": db.store, **route_options}
 
@@ -209,7 +212,7 @@ def test_a_request_still_running_gets_409_with_retry_after(sync_db: Db) -> None:
     """While the first request runs, a duplicate that may not wait gets 409 and Retry-After; once
     the first has committed, the retry replays it."""
     started, release = threading.Event(), threading.Event()
-    app, ext = _fsa_app(sync_db)
+    app, ext = _fsa_app(sync_db, sqlite_timeout=0.2)  # SQLite: the duplicate waits for the write lock
 
     @app.post("/slow")
     @idempotent_route(store=sync_db.store, wait=0)
