@@ -7,9 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import sqlite3
-import subprocess
 import sys
 import threading
 import uuid
@@ -23,51 +21,22 @@ import pytest
 import sqlalchemy as sa
 
 from tests.conftest import Db
+from tests.contrib.child_server import ChildServer
 
 REPO = Path(__file__).resolve().parents[2]
 ORDER = {"item": "tea", "quantity": 2}
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class Uvicorn:
-    """``uvicorn examples.fastapi_app:app`` in a child process; returns once it serves."""
-
-    def __init__(self, env: dict[str, str], cwd: Path, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.base = f"http://127.0.0.1:{self.port}"
-        command = [
-            sys.executable, "-m", "uvicorn", "examples.fastapi_app:app",
-            "--host", "127.0.0.1", "--port", str(self.port),
-        ]  # fmt: skip
-        self.process = subprocess.Popen(command, cwd=cwd, env=env, stderr=subprocess.PIPE, text=True)
-        self.lines: list[str] = []
-        started = threading.Event()
-
-        def drain() -> None:
-            assert self.process.stderr is not None
-            for line in self.process.stderr:
-                self.lines.append(line)
-                if "Application startup complete" in line:
-                    started.set()
-            started.set()
-
-        threading.Thread(target=drain, daemon=True).start()
-        started.wait(60)
-        if self.process.poll() is not None or not any("startup complete" in line for line in self.lines):
-            self.stop()
-            pytest.fail("uvicorn did not start:\n" + "".join(self.lines))
-
-    def stop(self, signal_number: int = signal.SIGTERM) -> None:
-        """Send ``signal_number`` and wait for the process to end."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal_number)
-        self.process.wait(30)
+UVICORN = [
+    sys.executable,
+    "-m",
+    "uvicorn",
+    "examples.fastapi_app:app",
+    "--host",
+    "127.0.0.1",
+    "--port",
+    "{port}",
+]
 
 
 @dataclass
@@ -80,8 +49,9 @@ class Site:
     keys: str
     cwd: Path
 
-    def serve(self, port: int | None = None) -> Uvicorn:
-        return Uvicorn(self.env, self.cwd, port)
+    def serve(self) -> ChildServer:
+        """``uvicorn examples.fastapi_app:app`` on a free port, once its start-up completed."""
+        return ChildServer(UVICORN, "Application startup complete", self.env, self.cwd)
 
     def order_ids(self) -> list[int]:
         with self.db.engine.connect() as conn:
@@ -205,7 +175,7 @@ class RetryingClient(threading.Thread):
     """A client that gives up on its first attempt after one second and retries with the same key
     (``between`` runs between the two attempts, e.g. to restart the server)."""
 
-    def __init__(self, base: str, between: Callable[[], None] = lambda: None) -> None:
+    def __init__(self, base: Callable[[], str], between: Callable[[], None] = lambda: None) -> None:
         super().__init__(daemon=True)
         self.base = base
         self.between = between
@@ -218,7 +188,7 @@ class RetryingClient(threading.Thread):
         try:
             try:
                 httpx.post(
-                    f"{self.base}/orders",
+                    f"{self.base()}/orders",
                     json=ORDER,
                     headers=_headers("retry"),
                     timeout=httpx.Timeout(30, read=1.0),
@@ -229,7 +199,9 @@ class RetryingClient(threading.Thread):
                 raise AssertionError("the first attempt was expected to time out")
             self.between()
             self.retrying.set()
-            self.final = httpx.post(f"{self.base}/orders", json=ORDER, headers=_headers("retry"), timeout=90)
+            self.final = httpx.post(
+                f"{self.base()}/orders", json=ORDER, headers=_headers("retry"), timeout=90
+            )
         except BaseException as exc:
             self.error = exc
             self.timed_out.set()
@@ -259,7 +231,7 @@ def test_client_timeout_and_retry_while_the_first_attempt_runs(site: Site) -> No
     server = site.serve()
     try:
         lock = OrdersLock(site)
-        client = RetryingClient(server.base)
+        client = RetryingClient(lambda: server.base)
         client.start()
         final = _finish(client, site, lock)
     finally:
@@ -277,11 +249,11 @@ def test_client_retry_after_the_server_is_killed_mid_request(site: Site) -> None
 
     def restart() -> None:
         servers[0].stop(signal.SIGKILL)
-        servers.append(site.serve(servers[0].port))
+        servers.append(site.serve())  # the client retries at the new server's address
 
     try:
         lock = OrdersLock(site)
-        client = RetryingClient(servers[0].base, between=restart)
+        client = RetryingClient(lambda: servers[-1].base, between=restart)
         client.start()
         final = _finish(client, site, lock, first_alive=False)
         listed = httpx.get(f"{servers[-1].base}/orders").json()
