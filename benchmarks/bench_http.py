@@ -4,9 +4,11 @@
 One server process serves every variant from one app, on one PostgreSQL database, and the
 variants are timed in alternating rounds in one run, so machine noise hits them alike:
 
-* ``bare``: ``POST /bare/orders`` inserts one order through a ``Session`` from ``Depends`` and
-  commits; 201 with the order and a ``Location`` header (the example app's endpoint, no key);
-* ``decorated_first``: the same endpoint under ``@idempotent_route()``, a new key per request;
+* ``bare``: ``POST /bare/orders``, the example app's endpoint function without the decorator
+  (plus the commit the decorator would make): one order through a ``Session`` from ``Depends``,
+  201 with the order and a ``Location`` header;
+* ``decorated_first``: the example's ``POST /orders``, under ``@idempotent_route()``, a new key
+  per request;
 * ``decorated_replay``: the same endpoint with keys that already completed;
 * ``middleware_first`` / ``middleware_replay``: the bare endpoint in an app wrapped by
   ``IdempotencyMiddleware`` (lease mode), new keys / completed keys.
@@ -25,9 +27,8 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -38,8 +39,8 @@ RESULTS = Path(__file__).resolve().parent / "results" / "bench_http.json"
 VARIANTS = ("bare", "decorated_first", "decorated_replay", "middleware_first", "middleware_replay")
 PATHS = {
     "bare": "/bare/orders",
-    "decorated_first": "/decorated/orders",
-    "decorated_replay": "/decorated/orders",
+    "decorated_first": "/orders",
+    "decorated_replay": "/orders",
     "middleware_first": "/mw/orders",
     "middleware_replay": "/mw/orders",
 }
@@ -50,70 +51,26 @@ TARGET = ("decorated_first", "bare", 1.5)  # decorated first calls cost at most 
 # The server side (``uvicorn --factory bench_http:create_app``)
 # ---------------------------------------------------------------------------------------------
 def create_app() -> Any:
-    """The benchmark app, on ``BENCH_DATABASE_URL`` and the tables ``BENCH_SUFFIX`` names."""
-    from fastapi import Depends, FastAPI, Response
-    from pydantic import BaseModel
-    from sqlalchemy.orm import Session
+    """The example app (``examples/fastapi_app.py``, whose ``POST /orders`` is decorated) plus the
+    same endpoint bare at ``/bare/orders`` and behind the middleware at ``/mw/orders``."""
+    from fastapi import FastAPI, Request, Response
 
-    from idempotent import configure
+    from examples import fastapi_app as example
     from idempotent.contrib.asgi import IdempotencyMiddleware
-    from idempotent.contrib.fastapi import idempotent_route
-    from idempotent.schema import make_table
 
-    suffix = os.environ["BENCH_SUFFIX"]
-    engine = sa.create_engine(os.environ["BENCH_DATABASE_URL"], pool_size=20, max_overflow=10)
-    metadata = sa.MetaData()
-    orders = sa.Table(
-        f"bench_orders_{suffix}",
-        metadata,
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("item", sa.String(200), nullable=False),
-        sa.Column("quantity", sa.Integer, nullable=False),
-    )
-    make_table(metadata, f"bench_keys_{suffix}")
-    metadata.create_all(engine)
-    configure(engine, table=f"bench_keys_{suffix}")
+    place = example.create_order.__wrapped__  # type: ignore[attr-defined]
 
-    def get_session() -> Iterator[Session]:
-        with Session(engine) as session:
-            yield session
+    def bare(
+        order: example.OrderIn, request: Request, response: Response, session: example.SessionDep
+    ) -> example.Order:
+        created: example.Order = place(order, request, response, session)
+        session.commit()
+        return created
 
-    class OrderIn(BaseModel):
-        item: str
-        quantity: int
-
-    class Order(BaseModel):
-        id: int
-        item: str
-        quantity: int
-
-    def place(order: OrderIn, response: Response, session: Session) -> Order:
-        result = session.execute(orders.insert().values(item=order.item, quantity=order.quantity))
-        order_id = int(result.inserted_primary_key[0])
-        response.headers["Location"] = f"/orders/{order_id}"
-        return Order(id=order_id, item=order.item, quantity=order.quantity)
-
-    app = FastAPI()
+    app = example.app
+    app.post("/bare/orders", status_code=201)(bare)
     plain = FastAPI()
-    SessionDep = Annotated[Session, Depends(get_session)]  # noqa: N806  (a type alias)
-
-    @app.post("/bare/orders", status_code=201)
-    def bare(order: OrderIn, response: Response, session: SessionDep) -> Order:
-        created = place(order, response, session)
-        session.commit()
-        return created
-
-    @app.post("/decorated/orders", status_code=201)
-    @idempotent_route()
-    def decorated(order: OrderIn, response: Response, session: SessionDep) -> Order:
-        return place(order, response, session)
-
-    @plain.post("/orders", status_code=201)
-    def behind_middleware(order: OrderIn, response: Response, session: SessionDep) -> Order:
-        created = place(order, response, session)
-        session.commit()
-        return created
-
+    plain.post("/orders", status_code=201)(bare)
     app.mount("/mw", IdempotencyMiddleware(plain, ttl_seconds=3600))
     return app
 
@@ -132,7 +89,8 @@ class Server:
 
     def __init__(self, url: str, suffix: str) -> None:
         self.port = _free_port()
-        env = dict(os.environ, BENCH_DATABASE_URL=url, BENCH_SUFFIX=suffix)
+        env = dict(os.environ, DATABASE_URL=url)
+        env.update(ORDERS_TABLE=f"bench_orders_{suffix}", IDEMPOTENCY_TABLE=f"bench_keys_{suffix}")
         root = Path(__file__).resolve().parents[1]
         env["PYTHONPATH"] = os.pathsep.join([str(root), str(root / "benchmarks"), env.get("PYTHONPATH", "")])
         command = [
