@@ -51,9 +51,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypeVar, cast
+from typing import Any, Literal, TypedDict, TypeVar, cast
 
 from idempotent._drivers import is_handle
 from idempotent.decorator import Guard, Seconds
@@ -77,7 +77,9 @@ __all__ = [
     "NEVER_STORED",
     "REPLAYED_HEADER",
     "HTTPRequest",
+    "MiddlewareOptions",
     "Policy",
+    "PolicyOptions",
     "ResponseCodec",
     "StoredResponse",
     "find_session",
@@ -286,6 +288,35 @@ def _problem_json(type_uri: str, title: str, status: int, detail: str) -> bytes:
     return json.dumps(document, ensure_ascii=False).encode("utf-8")
 
 
+class MiddlewareOptions(TypedDict, total=False):
+    """The options of :class:`Policy` a middleware passes on as ``**options`` (it sets the store,
+    the TTL, the principal and lease mode itself)."""
+
+    header: str
+    required: bool
+    key_from_body: bool
+    methods: Iterable[str]
+    store_server_errors: bool
+    problem_base: str
+    scope_prefix: str
+    lease: Seconds | None
+    wait: Seconds | None
+    max_result_bytes: int | None
+    hooks: Sequence[Hook]
+
+
+class PolicyOptions(MiddlewareOptions, total=False):
+    """The keyword options of :class:`Policy`, for adapters that take them as
+    ``**options: Unpack[PolicyOptions]`` (so type checkers and editors know them)."""
+
+    principal_from: Callable[[Any], object] | None
+    mode: Literal["transaction", "lease"] | None
+    commit: bool
+    ttl: Seconds | None
+    store: Any
+    name: str
+
+
 @dataclass
 class Policy:
     """The idempotency settings of one view, route or middleware, and the request logic.
@@ -352,7 +383,7 @@ class Policy:
             self._guard_for(mode)
 
     @classmethod
-    def from_options(cls, owner: str, options: dict[str, Any], also: Sequence[str] = ()) -> Policy:
+    def from_options(cls, owner: str, options: Mapping[str, Any], also: Sequence[str] = ()) -> Policy:
         """The Policy of keyword ``options`` an adapter received as ``**options``; a name that is
         no option is a ConfigurationError naming ``owner`` and every option it takes (``also``:
         the adapter's own)."""
