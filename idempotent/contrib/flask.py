@@ -35,6 +35,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from typing_extensions import Unpack
+
 try:
     from flask import Response, current_app, request
 except ImportError as exc:  # pragma: no cover - exercised without Flask installed
@@ -44,7 +46,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, SessionTransactionOrigin
 
 from idempotent.errors import ConfigurationError
-from idempotent.http import HTTPRequest, Policy, StoredResponse
+from idempotent.http import HTTPRequest, Policy, PolicyOptions, StoredResponse
 
 __all__ = ["idempotent_route", "to_response"]
 
@@ -132,7 +134,7 @@ def _describe(policy: Policy) -> HTTPRequest:
     )
 
 
-def idempotent_route(*, session: Any = None, **options: Any) -> Callable[[F], F]:
+def idempotent_route(*, session: Any = None, **options: Unpack[PolicyOptions]) -> Callable[[F], F]:
     """Make a Flask view (a function or a ``MethodView`` method) idempotent per request.
 
     ``session``: where the view's database transaction is (see the module docs); default

@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
+from typing_extensions import Unpack
+
+from idempotent.decorator import Seconds
 from idempotent.errors import ConfigurationError
-from idempotent.http import HTTPRequest, Policy, StoredResponse
+from idempotent.http import HTTPRequest, MiddlewareOptions, Policy, StoredResponse
 
 __all__ = ["IdempotencyMiddleware"]
 
@@ -178,39 +181,42 @@ class IdempotencyMiddleware:
 
     ``store`` (default: the ``configure`` store, i.e. the configured engine's keys table) and
     ``ttl_seconds`` (default 24 h) are spelled as in other idempotency middleware, so moving over
-    is an import change. ``principal_from(environ)`` names the caller for the scope. Every other
-    keyword is an option of :class:`idempotent.http.Policy` (``wait``, ``lease``, ``header``,
-    ``required``, ``key_from_body``, ``store_server_errors``, ``problem_base``, ...).
+    is an import change. ``principal_from(environ)`` names the caller for the scope. The other
+    keywords are options of :class:`idempotent.http.Policy` (:class:`~idempotent.http.MiddlewareOptions`:
+    ``wait``, ``lease``, ``header``, ``required``, ``key_from_body``, ``methods``,
+    ``store_server_errors``, ``problem_base``, ``scope_prefix``, ``max_result_bytes``, ``hooks``).
     """
 
     def __init__(
         self,
         app: WSGIApp,
         store: Any = None,
-        ttl_seconds: float | None = None,
+        ttl_seconds: Seconds | None = None,
         *,
         principal_from: Callable[[dict[str, Any]], object] | None = None,
-        **options: Any,
+        **options: Unpack[MiddlewareOptions],
     ) -> None:
         if not callable(app):
             raise ConfigurationError(
                 f"IdempotencyMiddleware wraps a WSGI application (a callable), not {type(app).__name__}"
             )
-        if ttl_seconds is not None and "ttl" in options:
-            raise ConfigurationError("give IdempotencyMiddleware ttl_seconds= or ttl=, not both")
-        if options.get("mode", "lease") != "lease":
+        allowed = MiddlewareOptions.__optional_keys__
+        unknown = sorted(set(options) - allowed)
+        if unknown:
             raise ConfigurationError(
-                "IdempotencyMiddleware runs in lease mode (it has no database transaction of the "
-                "application's); use idempotent.contrib.flask.idempotent_route for transaction mode"
+                f"IdempotencyMiddleware has no option {', '.join(unknown)} (it runs in lease mode; the "
+                "TTL is ttl_seconds); its options are app, store, ttl_seconds, principal_from, "
+                + ", ".join(sorted(allowed))
             )
-        options["mode"] = "lease"
-        if ttl_seconds is not None:
-            options["ttl"] = ttl_seconds
         self.app = app
-        options.update(store=store, principal_from=principal_from)
-        options.setdefault("name", "wsgi")
-        self.policy = Policy.from_options(
-            "IdempotencyMiddleware", options, also=["app", "store", "ttl_seconds", "principal_from"]
+        given: dict[str, Any] = dict(options)
+        self.policy = Policy(
+            **given,
+            store=store,
+            ttl=ttl_seconds,
+            principal_from=principal_from,
+            mode="lease",
+            name=type(self).__qualname__,
         )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
