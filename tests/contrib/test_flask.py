@@ -194,6 +194,19 @@ def test_without_header_or_for_get_the_view_runs_every_time(sync_db: Db) -> None
     assert sync_db.key_rows() == []
 
 
+def test_key_from_body_makes_identical_requests_without_header_one(sync_db: Db) -> None:
+    """With ``key_from_body`` a client that sends no header still gets one order per distinct
+    request: the same body again is a replay, another body a new order."""
+    app, _ = _fsa_app(sync_db, key_from_body=True)
+    client = app.test_client()
+    first = _post(client, None, {"item": "a", "quantity": 1})
+    again = _post(client, None, {"item": "a", "quantity": 1})
+    other = _post(client, None, {"item": "b", "quantity": 1})
+    assert (again.get_data(), again.headers[REPLAYED]) == (first.get_data(), "true")
+    assert REPLAYED not in other.headers
+    assert sync_db.count() == 2
+
+
 def test_two_principals_with_one_key_never_share_a_response(sync_db: Db) -> None:
     """The principal is part of the scope: alice's key is not bob's, and each replays their own."""
     app, _ = _fsa_app(sync_db)
