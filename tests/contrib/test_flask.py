@@ -207,6 +207,24 @@ def test_key_from_body_makes_identical_requests_without_header_one(sync_db: Db) 
     assert sync_db.count() == 2
 
 
+def test_scope_is_method_route_template_and_principal(sync_db: Db) -> None:
+    """The stored scope names the method, the blueprint route's template (with its prefix) and
+    the principal; two paths of that route share the key space (another path is 422)."""
+    app, ext = _fsa_app(sync_db)
+    shop = flask.Blueprint("shop", __name__, url_prefix="/shops")
+
+    @shop.post("/<int:shop_id>/orders")
+    @idempotent_route(store=sync_db.store, principal_from=lambda request: request.headers.get("X-User"))
+    def shop_order(shop_id: int) -> Any:
+        return {"id": _insert(ext.session, sync_db, f"shop-{shop_id}")}, 201
+
+    app.register_blueprint(shop)
+    client = app.test_client()
+    assert client.post("/shops/7/orders", headers={KEY: "k", "X-User": "ann"}).status_code == 201
+    assert client.post("/shops/8/orders", headers={KEY: "k", "X-User": "ann"}).status_code == 422
+    assert [row.scope for row in sync_db.key_rows()] == ["http POST /shops/<int:shop_id>/orders @ann"]
+
+
 def test_two_principals_with_one_key_never_share_a_response(sync_db: Db) -> None:
     """The principal is part of the scope: alice's key is not bob's, and each replays their own."""
     app, _ = _fsa_app(sync_db)

@@ -42,7 +42,7 @@ class OrderApp:
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> list[bytes]:
         body = environ["wsgi.input"].read()
-        if environ["REQUEST_METHOD"] == "GET":
+        if environ["REQUEST_METHOD"] in ("GET", "HEAD", "OPTIONS"):
             start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
             return [b"ok"]
         with self.lock:
@@ -115,6 +115,8 @@ def test_get_and_requests_without_key_pass_through(sync_db: Db) -> None:
     app = OrderApp(sync_db)
     client = Client(IdempotencyMiddleware(app, store=sync_db.store))
     assert client.get("/orders", headers={KEY: "k"}).get_data() == b"ok"
+    assert client.head("/orders", headers={KEY: "k"}).status_code == 200
+    assert client.options("/orders", headers={KEY: "k"}).status_code == 200
     assert _post(client, None).status_code == 201
     assert _post(client, None).status_code == 201
     assert (app.runs, sync_db.count(), sync_db.key_rows()) == (2, 2, [])
