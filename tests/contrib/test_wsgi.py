@@ -321,3 +321,23 @@ def test_store_defaults_to_the_configured_engine(sync_db: Db) -> None:
             IdempotencyMiddleware(app, **{wrong: 1})  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="WSGI application"):
         IdempotencyMiddleware(None)  # type: ignore[arg-type]
+
+
+def test_the_checker_counts_the_middleware_as_handling(tmp_path: Any) -> None:
+    """``idempotent check`` reports nothing for a Flask app whose WSGI app is wrapped in the
+    middleware, and reports the same route without it."""
+    from idempotent.check import check
+    from idempotent.check.config import CheckConfig
+
+    route = '\n\n@app.post("/orders")\ndef create():\n    return {}, 201\n'
+    wrapped = (
+        "from flask import Flask\nfrom idempotent.contrib.wsgi import IdempotencyMiddleware\n\n"
+        "app = Flask(__name__)\napp.wsgi_app = IdempotencyMiddleware(app.wsgi_app, ttl_seconds=3600)\n"
+        + route
+    )
+    (tmp_path / "wrapped.py").write_text(wrapped, encoding="utf-8")
+    (tmp_path / "bare.py").write_text(
+        "from flask import Flask\n\napp = Flask(__name__)\n" + route, encoding="utf-8"
+    )
+    report = check(["."], CheckConfig(root=tmp_path), cwd=tmp_path)
+    assert [(f.path, f.code) for f in report.findings] == [("bare.py", "IDEM001")]
