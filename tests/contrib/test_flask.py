@@ -400,10 +400,15 @@ def test_a_session_auto_begun_before_the_view_is_committed(sync_db: Db) -> None:
     def authenticate() -> None:
         ext.session.execute(sa.select(sa.func.count()).select_from(sync_db.orders)).scalar_one()
 
-    response = _post(app.test_client(), "k", {"item": "a", "quantity": 1})
+    client = app.test_client()
+    response = _post(client, "k", {"item": "a", "quantity": 1})
     assert response.status_code == 201
     assert sync_db.count() == 1
     assert [row.status for row in sync_db.key_rows()] == ["completed"]
+    replay = _post(client, "k", {"item": "a", "quantity": 1})
+    assert (replay.get_data(), replay.headers[REPLAYED]) == (response.get_data(), "true")
+    assert _post(client, None, {"item": "b", "quantity": 1}).status_code == 201
+    assert sync_db.count() == 2
 
 
 def test_streamed_responses_are_sent_but_not_stored(sync_db: Db) -> None:
