@@ -26,6 +26,8 @@ import typing
 from collections.abc import Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
+from typing_extensions import Unpack
+
 try:
     import anyio.from_thread
     from fastapi import Header, Request, Response
@@ -39,20 +41,15 @@ from idempotent.contrib.starlette import (
     body_from_thread,
     passed_through,
     passed_through_async,
-    policy_for,
     request_for,
     request_headers,
     stored_from,
     to_response,
 )
-from idempotent.decorator import Seconds
 from idempotent.errors import ConfigurationError
-from idempotent.events import Hook
 from idempotent.http import (
-    DEFAULT_PROBLEM_BASE,
-    ELIGIBLE_METHODS,
-    HEADER,
     Policy,
+    PolicyOptions,
     StoredResponse,
     find_session,
 )
@@ -194,26 +191,7 @@ def _signature(
     )
 
 
-def idempotent_route(
-    *,
-    session: str | None = None,
-    header: str = HEADER,
-    required: bool = False,
-    principal_from: Callable[[Request], object] | None = None,
-    key_from_body: bool = False,
-    mode: Any = None,
-    commit: bool = True,
-    ttl: Seconds | None = None,
-    lease: Seconds | None = None,
-    wait: Seconds | None = None,
-    store: Any = None,
-    store_server_errors: bool = False,
-    problem_base: str = DEFAULT_PROBLEM_BASE,
-    scope_prefix: str = "http",
-    methods: Sequence[str] = tuple(ELIGIBLE_METHODS),
-    max_result_bytes: int | None = None,
-    hooks: Sequence[Hook] = (),
-) -> Callable[[F], F]:
+def idempotent_route(*, session: str | None = None, **options: Unpack[PolicyOptions]) -> Callable[[F], F]:
     """Make a FastAPI path operation idempotent; put it directly below ``@app.post(...)``.
 
     ``session`` names the parameter holding the ``Session``/``AsyncSession`` (default: the first
@@ -225,14 +203,11 @@ def idempotent_route(
 
     def decorate(endpoint: F) -> F:
         name = f"{endpoint.__module__}.{endpoint.__qualname__}"
-        policy = policy_for(
-            name, header=header, required=required, principal_from=principal_from,
-            key_from_body=key_from_body, mode=mode, commit=commit, ttl=ttl, lease=lease, wait=wait,
-            store=store, store_server_errors=store_server_errors, problem_base=problem_base,
-            scope_prefix=scope_prefix, methods=methods, max_result_bytes=max_result_bytes, hooks=hooks,
-        )  # fmt: skip
+        policy = Policy.from_options(
+            "idempotent.contrib.fastapi.idempotent_route", {"name": name, **options}, also=("session",)
+        )
         signature, request_name, response_name, own_request, own_response = _signature(
-            endpoint, header, required
+            endpoint, policy.header, policy.required
         )
         if session is not None and session not in signature.parameters:
             raise ConfigurationError(f"session={session!r} names no parameter of {name}")

@@ -25,6 +25,8 @@ import inspect
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
+from typing_extensions import Unpack
+
 try:
     import anyio.from_thread
     from starlette.requests import Request
@@ -34,15 +36,11 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
         "idempotent.contrib.starlette needs Starlette: pip install 'idempotent[starlette]'"
     ) from exc
 
-from idempotent.decorator import Seconds
 from idempotent.errors import ConfigurationError
-from idempotent.events import Hook
 from idempotent.http import (
-    DEFAULT_PROBLEM_BASE,
-    ELIGIBLE_METHODS,
-    HEADER,
     HTTPRequest,
     Policy,
+    PolicyOptions,
     StoredResponse,
 )
 
@@ -51,7 +49,6 @@ __all__ = [
     "idempotent_route",
     "passed_through",
     "passed_through_async",
-    "policy_for",
     "request_for",
     "request_headers",
     "stored_from",
@@ -134,67 +131,8 @@ async def passed_through_async(policy: Policy, handle: Any) -> None:
         await handle.commit()
 
 
-def policy_for(
-    name: str,
-    *,
-    header: str,
-    required: bool,
-    principal_from: Callable[[Any], object] | None,
-    key_from_body: bool,
-    mode: Any,
-    commit: bool,
-    ttl: Seconds | None,
-    lease: Seconds | None,
-    wait: Seconds | None,
-    store: Any,
-    store_server_errors: bool,
-    problem_base: str,
-    scope_prefix: str,
-    methods: Sequence[str],
-    max_result_bytes: int | None,
-    hooks: Sequence[Hook],
-) -> Policy:
-    """The :class:`Policy` behind one decorated endpoint (shared with the FastAPI adapter)."""
-    return Policy(
-        header=header,
-        required=required,
-        principal_from=principal_from,
-        key_from_body=key_from_body,
-        methods=frozenset(methods),
-        store_server_errors=store_server_errors,
-        problem_base=problem_base,
-        scope_prefix=scope_prefix,
-        mode=mode,
-        commit=commit,
-        ttl=ttl,
-        lease=lease,
-        wait=wait,
-        store=store,
-        max_result_bytes=max_result_bytes,
-        hooks=hooks,
-        name=name,
-    )
-
-
 def idempotent_route(
-    *,
-    session: Callable[[Request], Any] | None = None,
-    header: str = HEADER,
-    required: bool = False,
-    principal_from: Callable[[Request], object] | None = None,
-    key_from_body: bool = False,
-    mode: Any = None,
-    commit: bool = True,
-    ttl: Seconds | None = None,
-    lease: Seconds | None = None,
-    wait: Seconds | None = None,
-    store: Any = None,
-    store_server_errors: bool = False,
-    problem_base: str = DEFAULT_PROBLEM_BASE,
-    scope_prefix: str = "http",
-    methods: Sequence[str] = tuple(ELIGIBLE_METHODS),
-    max_result_bytes: int | None = None,
-    hooks: Sequence[Hook] = (),
+    *, session: Callable[[Request], Any] | None = None, **options: Unpack[PolicyOptions]
 ) -> Callable[[F], F]:
     """Make a Starlette endpoint (a function or an ``HTTPEndpoint`` method, sync or async)
     idempotent under the ``Idempotency-Key`` contract of :class:`idempotent.http.Policy`.
@@ -202,7 +140,7 @@ def idempotent_route(
     ``session(request)`` returns the ``Session``/``AsyncSession`` the endpoint writes through
     (``request.state.db``, say): the response is then stored in the same transaction, committed
     by default (``commit``). Without it the claim is a lease on the configured engine.
-    ``principal_from(request)`` names the caller; every other option is :class:`Policy`'s.
+    ``principal_from(request)`` names the caller; every option is :class:`Policy`'s.
     The endpoint must return a complete ``Response`` (not a streamed one).
     """
     if session is not None and not callable(session):
@@ -210,12 +148,9 @@ def idempotent_route(
 
     def decorate(endpoint: F) -> F:
         name = f"{endpoint.__module__}.{endpoint.__qualname__}"
-        policy = policy_for(
-            name, header=header, required=required, principal_from=principal_from,
-            key_from_body=key_from_body, mode=mode, commit=commit, ttl=ttl, lease=lease, wait=wait,
-            store=store, store_server_errors=store_server_errors, problem_base=problem_base,
-            scope_prefix=scope_prefix, methods=methods, max_result_bytes=max_result_bytes, hooks=hooks,
-        )  # fmt: skip
+        policy = Policy.from_options(
+            "idempotent.contrib.starlette.idempotent_route", {"name": name, **options}, also=("session",)
+        )
 
         def find_request(args: tuple[Any, ...]) -> Request:
             for arg in args:
