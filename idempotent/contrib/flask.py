@@ -31,7 +31,6 @@ error when ``mode="transaction"`` was asked for).
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -142,17 +141,13 @@ def idempotent_route(*, session: Any = None, **options: Unpack[PolicyOptions]) -
     :class:`idempotent.http.Policy`: ``principal_from`` (called with Flask's ``request``;
     put the account or tenant in the scope so callers never share keys), ``required``,
     ``header``, ``key_from_body``, ``mode``, ``commit`` (default True), ``ttl``, ``wait``,
-    ``store``, ``store_server_errors``, ``problem_base``... An async view is refused: Flask runs
-    it on a fresh event loop per request, where a pooled async session cannot follow.
+    ``store``, ``store_server_errors``, ``problem_base``... The wrapper is a plain function; an
+    ``async def`` view is run to completion inside it the way Flask runs async views (install
+    ``flask[async]``), and the session stays the sync one.
     """
     Policy.from_options("idempotent_route", options, also=["session"])  # fails where it is written
 
     def decorate(view: F) -> F:
-        if inspect.iscoroutinefunction(view):
-            raise TypeError(
-                f"idempotent_route cannot wrap the async view {view.__qualname__}: Flask runs it on a new "
-                "event loop per request; make it a plain def view"
-            )
         policy = Policy.from_options(
             "idempotent_route", {"name": f"{view.__module__}.{view.__qualname__}", **options}
         )
@@ -160,11 +155,15 @@ def idempotent_route(*, session: Any = None, **options: Unpack[PolicyOptions]) -
 
         @functools.wraps(view)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            def run_view() -> Any:
+                # An async view runs to completion here, as Flask runs it (its ``async`` extra).
+                return current_app.ensure_sync(view)(*args, **kwargs)
+
             def call() -> Response:
-                return current_app.make_response(view(*args, **kwargs))
+                return current_app.make_response(run_view())
 
             if not policy.eligible(request.method):
-                return view(*args, **kwargs)
+                return run_view()
             handle = None if explicit_mode == "lease" else _resolve_session(session)
             if not policy.applies(request.method, request.headers.items()):
                 response = call()  # no key: no idempotency, but the same unit of work
