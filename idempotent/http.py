@@ -396,6 +396,36 @@ class Policy:
             )
         return cls(**options)
 
+    @classmethod
+    def for_middleware(
+        cls,
+        owner: str,
+        options: Mapping[str, Any],
+        *,
+        store: Any,
+        ttl_seconds: Seconds | None,
+        principal_from: Callable[[Any], object] | None,
+    ) -> Policy:
+        """The lease-mode Policy of a middleware constructed with ``store``, ``ttl_seconds``,
+        ``principal_from`` and keyword ``options`` (:class:`MiddlewareOptions`); another name is a
+        ConfigurationError naming ``owner`` and every option it takes."""
+        allowed = MiddlewareOptions.__optional_keys__
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ConfigurationError(
+                f"{owner} has no option {', '.join(unknown)} (it runs in lease mode; the TTL is "
+                "ttl_seconds); its options are app, store, ttl_seconds, principal_from, "
+                + ", ".join(sorted(allowed))
+            )
+        return cls(
+            **options,
+            store=store,
+            ttl=ttl_seconds,
+            principal_from=principal_from,
+            mode="lease",
+            name=owner,
+        )
+
     # -- pieces adapters may use on their own ------------------------------------------------------
     def eligible(self, method: str) -> bool:
         """Whether requests with ``method`` are made idempotent."""

@@ -28,17 +28,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from typing_extensions import Unpack
 
 from idempotent.decorator import Seconds
-from idempotent.events import Hook
-from idempotent.http import (
-    DEFAULT_PROBLEM_BASE,
-    ELIGIBLE_METHODS,
-    HEADER,
-    HTTPRequest,
-    Policy,
-    StoredResponse,
-)
+from idempotent.http import HTTPRequest, MiddlewareOptions, Policy, StoredResponse
 
 __all__ = ["IdempotencyMiddleware"]
 
@@ -131,38 +124,16 @@ class IdempotencyMiddleware:
         store: Any = None,
         ttl_seconds: Seconds | None = None,
         *,
-        header: str = HEADER,
-        required: bool = False,
         principal_from: Callable[[Scope], object] | None = None,
-        key_from_body: bool = False,
-        wait: Seconds | None = None,
-        lease: Seconds | None = None,
-        store_server_errors: bool = False,
-        problem_base: str = DEFAULT_PROBLEM_BASE,
-        scope_prefix: str = "http",
-        methods: Sequence[str] = tuple(ELIGIBLE_METHODS),
-        max_result_bytes: int | None = None,
-        hooks: Sequence[Hook] = (),
+        **options: Unpack[MiddlewareOptions],
     ) -> None:
         self.app = app
-        self.policy = Policy(
-            header=header,
-            required=required,
-            principal_from=principal_from,
-            key_from_body=key_from_body,
-            methods=frozenset(methods),
-            store_server_errors=store_server_errors,
-            problem_base=problem_base,
-            scope_prefix=scope_prefix,
-            mode="lease",
-            commit=False,
-            ttl=ttl_seconds,
-            lease=lease,
-            wait=wait,
+        self.policy = Policy.for_middleware(
+            type(self).__qualname__,
+            options,
             store=store,
-            max_result_bytes=max_result_bytes,
-            hooks=hooks,
-            name=f"{type(self).__qualname__}",
+            ttl_seconds=ttl_seconds,
+            principal_from=principal_from,
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

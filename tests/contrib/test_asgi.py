@@ -189,3 +189,18 @@ def test_safe_methods_never_touch_the_store(method: str) -> None:
     with TestClient(backend.app(store=store)) as client:
         client.request(method, "/orders", headers={"Idempotency-Key": "k"})
     assert store.records == {}
+
+
+def test_constructor_takes_the_usual_arguments_and_names_a_wrong_one() -> None:
+    """``store=`` and ``ttl_seconds=`` work positionally or by name; a misspelt option is an error
+    listing the options, and the mode cannot be changed from lease."""
+    from idempotent.errors import ConfigurationError
+
+    backend = Backend()
+    middleware = IdempotencyMiddleware(Starlette(), MemoryStore(), 60)
+    assert middleware.policy.mode == "lease"
+    assert backend.app(store=MemoryStore(), ttl_seconds=60, wait=1).policy.wait == 1
+    with pytest.raises(ConfigurationError, match=r"has no option ttl .*ttl_seconds"):
+        backend.app(ttl=60)
+    with pytest.raises(ConfigurationError, match="has no option mode"):
+        backend.app(mode="transaction")
