@@ -1,8 +1,8 @@
 """Flask views with ``idempotent_route``, end to end on SQLite, PostgreSQL and MariaDB.
 
-Flask views are plain functions, so these run on each database through its sync driver (the
-decorator refuses ``async def`` views). Requests go through Flask's test client and, for the
-concurrency test, through a real threaded WSGI server on a loopback port.
+Flask runs views, ``async def`` ones included, on a sync request thread with a sync session, so
+these run on each database through its sync driver. Requests go through Flask's test client and,
+for the concurrency test, through a real threaded WSGI server on a loopback port.
 """
 
 from __future__ import annotations
