@@ -53,7 +53,7 @@ import json
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal, TypedDict, TypeVar, cast
+from typing import Any, Generic, Literal, TypedDict, TypeVar, cast
 
 from idempotent._drivers import is_handle
 from idempotent.decorator import Guard, Seconds
@@ -278,9 +278,38 @@ class _NotStored(Exception):
     """Raised inside the guarded call so the core drops the claim of a response it must not keep."""
 
 
+#: What ends a guarded request without a stored response to send: a response not kept, or a
+#: refusal of the decision core that becomes a problem document.
+_SETTLED = (_NotStored, KeyReused, InProgress, TransactionAborted)
+
+
 @dataclass(slots=True)
-class _Held:
+class _Attempt(Generic[R]):
+    """One keyed request on its way through the decision core; ``value`` is what the view returned."""
+
+    policy: Policy
+    guard: Guard
+    target: dict[str, Any]
     value: Any = None
+
+    def keep(self, value: R, render: Callable[[R], StoredResponse | None]) -> StoredResponse:
+        """Hold the view's response and return the one to store (raise _NotStored when none)."""
+        self.value = value
+        response = render(value)
+        if response is None or (response.status >= 500 and not self.policy.store_server_errors):
+            raise _NotStored
+        return response
+
+    def done(self, outcome: tuple[StoredResponse, bool]) -> R | StoredResponse:
+        """The view's own response after a first run, or the stored one, marked, for a replay."""
+        stored, replayed = outcome
+        return stored.replayed(self.policy.replayed_header) if replayed else cast("R", self.value)
+
+    def settled(self, error: Exception) -> R | StoredResponse:
+        """The view's response when it was not kept, else the problem for the core's refusal."""
+        if isinstance(error, _NotStored):
+            return cast("R", self.value)
+        return self.policy.problem(cast("IdempotencyError", error))
 
 
 def _problem_json(type_uri: str, title: str, status: int, detail: str) -> bytes:
@@ -377,7 +406,7 @@ class Policy:
                 "principal_from must be a callable: principal_from(request) -> str | None"
             )
         self.methods = frozenset(m.upper() for m in self.methods)
-        self._replayed = REPLAYED_HEADER
+        self.replayed_header = REPLAYED_HEADER
         # Built now, so a wrong option fails at start-up rather than on the first request.
         for mode in ("transaction", "lease") if self.mode is None else (self.mode,):
             self._guard_for(mode)
@@ -529,27 +558,16 @@ class Policy:
         body). ``session`` is the view's ``Session``/``Connection`` for transaction mode.
         Exceptions from ``call`` propagate after the claim is dropped (nothing is stored).
         """
-        prepared = self._prepare(request, session)
-        if isinstance(prepared, StoredResponse):
-            return prepared
-        if prepared is None:
-            return call()
-        guard, key, scope, fingerprint = prepared
-        held = _Held()
-
-        def guarded() -> StoredResponse:
-            held.value = call()
-            return self._keep(render(held.value))
-
+        attempt = self._prepare(request, session)
+        if not isinstance(attempt, _Attempt):
+            return call() if attempt is None else attempt
         try:
-            stored, replayed = guard.run(
-                guarded, key=key, scope=scope, fingerprint=fingerprint, session=session
+            outcome = attempt.guard.run(
+                lambda: attempt.keep(call(), render), **attempt.target, session=session
             )
-        except _NotStored:
-            return cast("R", held.value)
-        except (KeyReused, InProgress, TransactionAborted) as exc:
-            return self.problem(exc)
-        return stored.replayed(self._replayed) if replayed else cast("R", held.value)
+        except _SETTLED as exc:
+            return attempt.settled(exc)
+        return attempt.done(outcome)
 
     async def run_async(
         self,
@@ -561,32 +579,21 @@ class Policy:
     ) -> R | StoredResponse:
         """:meth:`run` for async views: ``call`` returns an awaitable; ``session`` is an
         ``AsyncSession``/``AsyncConnection``."""
-        prepared = self._prepare(request, session)
-        if isinstance(prepared, StoredResponse):
-            return prepared
-        if prepared is None:
-            return await call()
-        guard, key, scope, fingerprint = prepared
-        held = _Held()
+        attempt = self._prepare(request, session)
+        if not isinstance(attempt, _Attempt):
+            return await call() if attempt is None else attempt
 
         async def guarded() -> StoredResponse:
-            held.value = await call()
-            return self._keep(render(held.value))
+            return attempt.keep(await call(), render)
 
         try:
-            stored, replayed = await guard.run_async(
-                guarded, key=key, scope=scope, fingerprint=fingerprint, session=session
-            )
-        except _NotStored:
-            return cast("R", held.value)
-        except (KeyReused, InProgress, TransactionAborted) as exc:
-            return self.problem(exc)
-        return stored.replayed(self._replayed) if replayed else cast("R", held.value)
+            outcome = await attempt.guard.run_async(guarded, **attempt.target, session=session)
+        except _SETTLED as exc:
+            return attempt.settled(exc)
+        return attempt.done(outcome)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _prepare(
-        self, request: HTTPRequest, session: Any
-    ) -> tuple[Guard, str, str, str] | StoredResponse | None:
+    def _prepare(self, request: HTTPRequest, session: Any) -> _Attempt[Any] | StoredResponse | None:
         if not self.eligible(request.method):
             return None
         try:
@@ -596,12 +603,8 @@ class Policy:
         if key is None:
             return None
         mode = self.mode or ("transaction" if session is not None else "lease")
-        return self._guard_for(mode), key, self.scope(request), self.fingerprint(request)
-
-    def _keep(self, response: StoredResponse | None) -> StoredResponse:
-        if response is None or (response.status >= 500 and not self.store_server_errors):
-            raise _NotStored
-        return response
+        target = {"key": key, "scope": self.scope(request), "fingerprint": self.fingerprint(request)}
+        return _Attempt(self, self._guard_for(mode), target)
 
     def _guard_for(self, mode: str) -> Guard:
         guard = self._guards.get(mode)
