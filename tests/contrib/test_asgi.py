@@ -204,3 +204,44 @@ def test_constructor_takes_the_usual_arguments_and_names_a_wrong_one() -> None:
         backend.app(ttl=60)
     with pytest.raises(ConfigurationError, match="has no option mode"):
         backend.app(mode="transaction")
+
+
+def test_a_body_in_several_messages_is_read_once_and_handed_on_whole() -> None:
+    """A body sent in three ``http.request`` messages is read for the fingerprint and reaches the
+    application whole (its digest and size are the sent body's)."""
+    backend = Backend()
+    app = backend.app(store=MemoryStore())
+    parts = [b'{"item": ', b'"tea", "quantity"', b": 2}"]
+    messages: list[dict[str, Any]] = [
+        {"type": "http.request", "body": part, "more_body": index < len(parts) - 1}
+        for index, part in enumerate(parts)
+    ]
+    pending = list(messages)
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/orders",
+        "raw_path": b"/orders",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"idempotency-key", b"chunks"), (b"content-type", b"application/json")],
+        "server": ("test", 80),
+        "client": ("test", 1),
+    }
+    asyncio.run(app(scope, receive, send))
+    body = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    whole = b"".join(parts)
+    assert sent[0]["status"] == 201
+    assert json.loads(body) == {"run": 1, "sha": hashlib.sha256(whole).hexdigest(), "size": len(whole)}
+    assert pending == []
