@@ -1,8 +1,12 @@
 """``idempotent.contrib.starlette.idempotent_route`` on Starlette function endpoints (transaction mode,
 session from the request) and ``HTTPEndpoint`` methods (lease mode), through the test client."""
 
+import importlib.util
+import subprocess
+import sys
 import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
@@ -23,6 +27,7 @@ from starlette.routing import Route
 from idempotent.contrib.starlette import idempotent_route
 
 Scope = MutableMapping[str, Any]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def session_middleware(app: Any, db: Db) -> Callable[[Scope, Any, Any], Awaitable[None]]:
@@ -138,3 +143,73 @@ def test_http_endpoint_methods_use_a_lease(sync_db: Db) -> None:
     assert Things.calls == ["a", "deleted"]
     with sync_db.engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(sync_db.keys)).scalar_one() == 2
+
+
+UNPROTECTED = '''\
+"""A Starlette app as written before idempotency."""
+from starlette.applications import Starlette
+from starlette.endpoints import HTTPEndpoint
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+CALLS = []
+
+
+async def create_order(request):
+    CALLS.append("order")
+    return JSONResponse({"order": len(CALLS)}, status_code=201)
+
+
+class Payments(HTTPEndpoint):
+    async def post(self, request):
+        CALLS.append("payment")
+        return JSONResponse({"payment": len(CALLS)}, status_code=201)
+
+
+app = Starlette(routes=[Route("/orders", create_order, methods=["POST"]), Route("/payments", Payments)])
+'''
+
+
+def test_check_fix_output_imports_runs_and_checks_clean(sync_db: Db, tmp_path: Path) -> None:
+    """``idempotent check --fix`` decorates a Starlette function endpoint and an ``HTTPEndpoint``
+    method with ``@idempotent_route()``; the result imports, replays retries (lease mode on the
+    configured engine) and checks clean."""
+    from idempotent import configure
+
+    source = tmp_path / "site_app.py"
+    source.write_text(UNPROTECTED, encoding="utf-8")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "idempotent", "check", *args, "site_app.py"],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        )
+
+    assert cli().returncode == 1
+    assert "Fixed 2 findings" in cli("--fix").stderr
+    text = source.read_text(encoding="utf-8")
+    assert "@idempotent_route()\nasync def create_order" in text
+    assert "    @idempotent_route()\n    async def post" in text
+    assert cli().returncode == 0
+
+    spec = importlib.util.spec_from_file_location("site_app", source)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    configure(sync_db.engine, table=sync_db.keys.name)
+    try:
+        with TestClient(module.app) as client:
+            for path in ("/orders", "/payments"):
+                first = client.post(path, headers={"Idempotency-Key": "fixed"})
+                again = client.post(path, headers={"Idempotency-Key": "fixed"})
+                assert first.status_code == again.status_code == 201
+                assert again.content == first.content
+                assert again.headers["idempotent-replayed"] == "true"
+    finally:
+        configure()
+    assert module.CALLS == ["order", "payment"]
