@@ -34,10 +34,13 @@ class Backend:
     def __init__(self) -> None:
         self.runs: list[str] = []
         self.gate: asyncio.Event | None = None
+        self.entered: asyncio.Event | None = None
 
     async def create(self, request: Request) -> Response:
         body = await request.body()
         self.runs.append(request.url.path)
+        if self.entered is not None:
+            self.entered.set()
         if self.gate is not None:
             await self.gate.wait()
         return JSONResponse(
@@ -245,3 +248,35 @@ def test_a_body_in_several_messages_is_read_once_and_handed_on_whole() -> None:
     assert sent[0]["status"] == 201
     assert json.loads(body) == {"run": 1, "sha": hashlib.sha256(whole).hexdigest(), "size": len(whole)}
     assert pending == []
+
+
+def test_bad_keys_are_400_and_a_busy_key_is_409() -> None:
+    """A repeated or malformed key header is a 400 problem before the app runs; with ``wait=0`` a
+    duplicate of a running request is a 409 problem with Retry-After."""
+    backend = Backend()
+    app = backend.app(store=MemoryStore(), wait=0)
+
+    async def scenario() -> tuple[httpx.Response, ...]:
+        backend.gate, backend.entered = asyncio.Event(), asyncio.Event()
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            twice = await client.post(
+                "/orders", json={}, headers=[("Idempotency-Key", "a"), ("Idempotency-Key", "b")]
+            )
+            malformed = await client.post("/orders", json={}, headers={"Idempotency-Key": '"open'})
+            first = asyncio.ensure_future(client.post("/slow", json={}, headers={"Idempotency-Key": "busy"}))
+            await backend.entered.wait()  # the first request is inside the app, holding its claim
+            busy = await client.post("/slow", json={}, headers={"Idempotency-Key": "busy"})
+            backend.gate.set()
+            return twice, malformed, busy, await first
+
+    twice, malformed, busy, first = asyncio.run(scenario())
+    for response in (twice, malformed):
+        assert response.status_code == 400
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"].endswith("invalid-key")
+    assert busy.status_code == 409
+    assert int(busy.headers["retry-after"]) >= 1
+    assert busy.json()["type"].endswith("in-progress")
+    assert first.status_code == 201
+    assert backend.runs == ["/slow"]
