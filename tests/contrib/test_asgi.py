@@ -280,3 +280,26 @@ def test_bad_keys_are_400_and_a_busy_key_is_409() -> None:
     assert busy.json()["type"].endswith("in-progress")
     assert first.status_code == 201
     assert backend.runs == ["/slow"]
+
+
+def test_add_middleware_on_a_fastapi_app() -> None:
+    """``app.add_middleware(IdempotencyMiddleware, store=..., ttl_seconds=...)``, as users of other
+    idempotency middleware write it, replays a FastAPI route's response."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+    runs: list[int] = []
+
+    @app.post("/charges", status_code=201)
+    def charge(body: dict[str, int]) -> dict[str, int]:
+        runs.append(1)
+        return {"charged": body["amount"], "run": len(runs)}
+
+    app.add_middleware(IdempotencyMiddleware, store=MemoryStore(), ttl_seconds=24 * 3600)
+    with TestClient(app) as client:
+        first = client.post("/charges", json={"amount": 5}, headers={"Idempotency-Key": "ch"})
+        again = client.post("/charges", json={"amount": 5}, headers={"Idempotency-Key": "ch"})
+    assert first.status_code == again.status_code == 201
+    assert again.content == first.content
+    assert again.headers["idempotent-replayed"] == "true"
+    assert runs == [1]
