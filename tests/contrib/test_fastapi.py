@@ -265,6 +265,28 @@ def test_missing_framework_names_the_extra(module: str, extra: str, monkeypatch:
         importlib.import_module(f"idempotent.contrib.{module}")
 
 
+def run_check(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m idempotent check ARGS`` in ``cwd``, with this checkout importable."""
+    return subprocess.run(
+        [sys.executable, "-m", "idempotent", "check", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def import_file(path: Path) -> Any:
+    """Import the module at ``path`` under its file name."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 UNPROTECTED = '''\
 """A FastAPI app as written before idempotency."""
 from typing import Annotated, Iterator
@@ -311,15 +333,7 @@ def test_check_fix_output_imports_runs_and_checks_clean(tmp_path: Path) -> None:
     metadata.create_all(engine)
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "idempotent", "check", *args, "shop_app.py"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        )
+        return run_check(tmp_path, *args, "shop_app.py")
 
     assert cli().returncode == 1
     fixed = cli("--fix")
@@ -329,10 +343,7 @@ def test_check_fix_output_imports_runs_and_checks_clean(tmp_path: Path) -> None:
     assert '@app.post("/orders", status_code=201)\n@idempotent_route()\ndef create_order' in text
     assert cli().returncode == 0
 
-    spec = importlib.util.spec_from_file_location("shop_app", source)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_file(source)
     module.configure(engine)
     try:
         with TestClient(module.app) as client:

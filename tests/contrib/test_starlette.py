@@ -1,9 +1,7 @@
 """``idempotent.contrib.starlette.idempotent_route`` on Starlette function endpoints (transaction mode,
 session from the request) and ``HTTPEndpoint`` methods (lease mode), through the test client."""
 
-import importlib.util
 import subprocess
-import sys
 import warnings
 from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
@@ -14,6 +12,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from tests.conftest import Db
+from tests.contrib.test_fastapi import import_file, run_check
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -180,15 +179,7 @@ def test_check_fix_output_imports_runs_and_checks_clean(sync_db: Db, tmp_path: P
     source.write_text(UNPROTECTED, encoding="utf-8")
 
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "idempotent", "check", *args, "site_app.py"],
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
-        )
+        return run_check(tmp_path, *args, "site_app.py")
 
     assert cli().returncode == 1
     assert "Fixed 2 findings" in cli("--fix").stderr
@@ -197,10 +188,7 @@ def test_check_fix_output_imports_runs_and_checks_clean(sync_db: Db, tmp_path: P
     assert "    @idempotent_route()\n    async def post" in text
     assert cli().returncode == 0
 
-    spec = importlib.util.spec_from_file_location("site_app", source)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_file(source)
     configure(sync_db.engine, table=sync_db.keys.name)
     try:
         with TestClient(module.app) as client:
