@@ -49,6 +49,16 @@ def _principal(request: Request) -> str | None:
     return request.headers.get("x-user")
 
 
+def _answer(order: OrderIn, order_id: int, response: Response) -> dict[str, Any]:
+    """What both endpoints return after their insert: a 400 for a negative amount (raised after
+    the write), else the order plus a field the response model filters out, a Location and a cookie."""
+    if order.amount < 0:
+        raise HTTPException(status_code=400, detail="negative amount")
+    response.headers["Location"] = f"/orders/{order_id}"
+    response.set_cookie("session", "secret")
+    return {"id": order_id, "ref": order.ref, "internal": "filtered"}
+
+
 def make_app(db: Db, **options: Any) -> tuple[FastAPI, list[int]]:
     """An app whose ``POST /orders`` inserts one row through the session of a ``Depends``; an
     ``auth`` dependency reads first on the same session, so the transaction is auto-begun."""
@@ -81,12 +91,7 @@ def make_app(db: Db, **options: Any) -> tuple[FastAPI, list[int]]:
         ) -> Any:
             runs.append(1)
             result = await session.execute(orders.insert().values(ref=order.ref, amount=order.amount))
-            order_id = int(result.inserted_primary_key[0])
-            if order.amount < 0:
-                raise HTTPException(status_code=400, detail="negative amount")
-            response.headers["Location"] = f"/orders/{order_id}"
-            response.set_cookie("session", "secret")
-            return {"id": order_id, "ref": order.ref, "internal": "filtered"}
+            return _answer(order, int(result.inserted_primary_key[0]), response)
 
         db.cleanups.append(lambda: db.run(engine.dispose()))
         return app, runs
@@ -109,12 +114,7 @@ def make_app(db: Db, **options: Any) -> tuple[FastAPI, list[int]]:
     ) -> Any:
         runs.append(1)
         result = session.execute(orders.insert().values(ref=order.ref, amount=order.amount))
-        order_id = int(result.inserted_primary_key[0])
-        if order.amount < 0:
-            raise HTTPException(status_code=400, detail="negative amount")
-        response.headers["Location"] = f"/orders/{order_id}"
-        response.set_cookie("session", "secret")
-        return {"id": order_id, "ref": order.ref, "internal": "filtered"}
+        return _answer(order, int(result.inserted_primary_key[0]), response)
 
     return app, runs
 
