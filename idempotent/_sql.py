@@ -250,7 +250,11 @@ class BoundSQLStore:
             .where(
                 ident,
                 c.owner == bp("seen_owner"),
-                sa.or_(c.expires_at <= now, sa.and_(c.status == in_progress, c.locked_until <= now)),
+                # A live lease wins over expiry: a running call is taken over only once its lease ends.
+                sa.or_(
+                    sa.and_(c.status != in_progress, c.expires_at <= now),
+                    sa.and_(c.status == in_progress, c.locked_until <= now),
+                ),
             )
             .values(
                 fingerprint=bp("fingerprint"),
