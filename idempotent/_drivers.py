@@ -11,8 +11,10 @@ import functools
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -232,10 +234,15 @@ class _SyncRenewal:
 
 
 class _Renewer:
-    """One daemon thread renewing every sync lease of the process, earliest due first.
+    """One daemon thread renewing the sync leases of one engine, earliest due first.
 
-    A thread per call would cost its start and join on every lease-mode call.
+    A thread per call would cost its start and join on every lease-mode call; one thread for
+    the whole process would let one stalled database stop the renewals of every other engine's
+    leases. So each engine has its own (see :func:`_renewer_for`); a thread with nothing left
+    to renew for ``IDLE`` seconds ends, and the next lease of its engine starts another.
     """
+
+    IDLE = 5.0
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -246,18 +253,20 @@ class _Renewer:
     def add(self, renewal: _SyncRenewal) -> None:
         with self._cond:
             heapq.heappush(self._due, (time.monotonic() + renewal.interval, next(self._order), renewal))
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="idempotent-lease", daemon=True)
                 self._thread.start()
             self._cond.notify()
 
-    def _next(self) -> _SyncRenewal:
+    def _next(self) -> _SyncRenewal | None:
         with self._cond:
             while True:
                 while self._due and self._due[0][2].stopped:
                     heapq.heappop(self._due)
                 if not self._due:
-                    self._cond.wait()
+                    if not self._cond.wait(self.IDLE) and not self._due:
+                        self._thread = None  # under the lock: add() starts a new thread
+                        return None
                     continue
                 due, _, renewal = self._due[0]
                 delay = due - time.monotonic()
@@ -269,6 +278,8 @@ class _Renewer:
     def _run(self) -> None:
         while True:
             renewal = self._next()
+            if renewal is None:
+                return
             if renewal.renew():
                 with self._cond:
                     heapq.heappush(
@@ -276,7 +287,33 @@ class _Renewer:
                     )
 
 
-_renewer = _Renewer()
+_renewers: weakref.WeakKeyDictionary[Any, _Renewer] = weakref.WeakKeyDictionary()
+_renewers_lock = threading.Lock()
+
+
+def _renewer_for(engine: Any) -> _Renewer:
+    """The renewer of ``engine``'s leases (a store without an engine, such as MemoryStore, shares one)."""
+    key = engine if engine is not None else _Renewer
+    with _renewers_lock:
+        renewer = _renewers.get(key)
+        if renewer is None:
+            renewer = _renewers[key] = _Renewer()
+        return renewer
+
+
+def _forget_renewals() -> None:
+    """In a child process after ``os.fork()``: the parent's leases are the parent's to renew.
+
+    The renewer threads did not survive the fork, but their queues (and possibly a lock held
+    at the moment of the fork) did; a child's first lease would otherwise restart a thread that
+    goes on renewing the parent's leases for as long as the child lives.
+    """
+    global _renewers_lock  # noqa: PLW0603  (fresh process state after a fork)
+    _renewers.clear()
+    _renewers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_renewals)
 
 
 _logger = logging.getLogger("idempotent")
@@ -398,7 +435,7 @@ def run_sync(
             elif kind is core.StartRenewal:
                 if plan.extra.get("renew"):
                     renewal = _SyncRenewal(plan)
-                    _renewer.add(renewal)
+                    _renewer_for(plan.extra.get("engine")).add(renewal)
             elif kind is core.StopRenewal:
                 if renewal is not None:
                     value = renewal.stop()

@@ -281,10 +281,14 @@ class BoundSQLStore:
             dialect,
         )
         self._release = prepare(sa.delete(t).where(owned), dialect)
-        self._renew = prepare(
-            sa.update(t).where(owned).values(locked_until=now_once + bp("lease_ms", type_=sa.BigInteger)),
-            dialect,
-        )
+        renew = sa.update(t).where(owned).values(locked_until=now_once + bp("lease_ms", type_=sa.BigInteger))
+        if self.name == "postgresql":
+            # The renewal's own lock timeout, set within the statement (its transaction ends with it).
+            limit = sa.func.set_config(
+                sa.literal_column("'lock_timeout'"), bp("lock_ms", type_=sa.String), sa.true()
+            )
+            renew = renew.where(limit.is_not(None))
+        self._renew = prepare(renew, dialect)
 
     def _pg_claim(self, dialect: Dialect) -> Prepared:
         """One round trip on PostgreSQL: set lock_timeout, claim, set the previous value back, and
@@ -476,5 +480,17 @@ class BoundSQLStore:
         return (yield from self._write(self._release, self._values(request), own=own)) == 1
 
     def renew(self, request: ClaimRequest) -> Steps[bool]:
+        """Push the lease on; the statement gives up after ``lease / 3`` (the renewal interval)
+        rather than wait on a lock or a busy server, and the next renewal tries again."""
         values = self._values(request, lease_ms=request.lease_ms)
-        return (yield from self._write(self._renew, values, own=True)) == 1
+        limit_ms = max(1, request.lease_ms // 3)
+        prepared = self._renew
+        if self.name == "postgresql":
+            values["lock_ms"] = str(limit_ms)
+        elif self.mysql:
+            prefix = (
+                f"SET STATEMENT max_statement_time={limit_ms / 1000:.3f}, "
+                f"innodb_lock_wait_timeout={max(1, math.ceil(limit_ms / 1000))} FOR "
+            )
+            prepared = Prepared(prefix + prepared.sql, prepared.order)
+        return (yield from self._write(prepared, values, own=True)) == 1

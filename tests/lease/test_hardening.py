@@ -7,17 +7,22 @@ events and engine events on the statements that reach the database.
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.pool import NullPool
 
-from idempotent import InProgress, idempotent
+from idempotent import InProgress, SQLStore, idempotent
 from idempotent.core import Record, Status
 from idempotent.testing import MemoryStore
-from tests.lease.conftest import LeaseDb, Recorder
+from tests.lease.conftest import LeaseDb, Recorder, make_ldb
 from tests.lease.test_lease import Background, Gate
 
 TTL = 3600.0
@@ -112,3 +117,194 @@ def test_memory_store_live_lease_wins_over_expiry() -> None:
     assert runs == []
     store.clock_offset = 61  # the lease ends too: now it is abandoned and taken over
     assert job("j-1") == "ran"
+
+
+# -- renewals: one engine never waits on another, each renewal has its own timeout -----------------
+SERVERS = [(name, driver) for name in ("postgresql", "mariadb") for driver in ("sync", "async")]
+
+
+@pytest.fixture(params=SERVERS, ids=[f"{n}-{d}" for n, d in SERVERS])
+def server_ldb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LeaseDb]:
+    """PostgreSQL and MariaDB (row locks a test can hold), sync and async drivers."""
+    name, driver = request.param
+    yield from make_ldb(name, driver, tmp_path)
+
+
+@pytest.fixture(params=("postgresql", "mariadb"))
+def server_sync_ldb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LeaseDb]:
+    """PostgreSQL and MariaDB through their sync drivers."""
+    yield from make_ldb(request.param, "sync", tmp_path)
+
+
+class RenewalWatch:
+    """Tracks the renew statements of one engine: how many ended, failed, and whether one is running."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine.sync_engine if hasattr(engine, "sync_engine") else engine
+        self.inflight = 0
+        self.done = 0
+        self.failed = 0
+        self.cond = threading.Condition()
+        for name, fn in (
+            ("before_cursor_execute", self._before),
+            ("after_cursor_execute", self._after),
+            ("handle_error", self._error),
+        ):
+            sa.event.listen(self.engine, name, fn)
+
+    def _before(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if is_renewal(statement):
+            with self.cond:
+                self.inflight += 1
+
+    def _after(self, conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if is_renewal(statement):
+            with self.cond:
+                self.inflight -= 1
+                self.done += 1
+                self.cond.notify_all()
+
+    def _error(self, context: Any) -> None:
+        if context.statement is not None and is_renewal(context.statement):
+            with self.cond:
+                self.inflight -= 1
+                self.failed += 1
+                self.cond.notify_all()
+
+    def wait(self, predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+        with self.cond:
+            if not self.cond.wait_for(predicate, timeout):
+                pytest.fail(f"{what} never happened")
+
+    def close(self) -> None:
+        sa.event.remove(self.engine, "before_cursor_execute", self._before)
+        sa.event.remove(self.engine, "after_cursor_execute", self._after)
+        sa.event.remove(self.engine, "handle_error", self._error)
+
+
+def lock_row(ldb: LeaseDb, conn: sa.Connection, scope: str, key: str) -> None:
+    """Hold the row lock of ``(scope, key)`` on ``conn`` until its transaction ends."""
+    k = ldb.keys.c
+    conn.execute(sa.select(k.key).where(k.scope == scope, k.key == key).with_for_update())
+
+
+def test_blocked_renewal_gives_up_within_its_own_timeout(server_ldb: LeaseDb) -> None:
+    """A renewal waiting on a row lock ends with an error after its timeout (``lease / 3``), while the
+    lock is still held, instead of waiting as long as the lock does; the call still completes."""
+    ldb = server_ldb
+    store = ldb.store()
+    watch = RenewalWatch(store.engine)
+    gate = Gate()
+
+    def sync_ledger(job_id: str) -> str:
+        gate.hold()
+        return "synced"
+
+    fn = ldb.idempotent(sync_ledger, key_from="job_id", store=store, lease=0.6, wait=0)
+    call = Background(ldb, fn, "j-1")
+    try:
+        gate.wait_entered()
+        with ldb.engine.connect() as holder:
+            lock_row(ldb, holder, "tests.lease.sync_ledger", "j-1")
+            watch.wait(lambda: watch.failed >= 1, "a renewal giving up while the row was locked")
+            holder.rollback()
+    finally:
+        gate.release.set()
+        watch.close()
+    assert call.result() == "synced"
+
+
+def test_renewals_of_one_engine_do_not_wait_on_another(server_sync_ldb: LeaseDb) -> None:
+    """While one engine's renewal is stuck on a lock, another engine's leases go on being renewed."""
+    ldb = server_sync_ldb
+    stuck_store = SQLStore(sa.create_engine(ldb.sync_url, poolclass=NullPool), ldb.table)
+    free_store = ldb.store()
+    stuck, free = RenewalWatch(stuck_store.engine), RenewalWatch(free_store.engine)
+    overlaps = 0
+
+    def count_overlap(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        nonlocal overlaps
+        if is_renewal(statement):
+            with stuck.cond:
+                if stuck.inflight:
+                    overlaps += 1
+                    stuck.cond.notify_all()
+
+    sa.event.listen(free.engine, "after_cursor_execute", count_overlap)
+    gates = {"stuck": Gate(), "free": Gate()}
+
+    def hold(job_id: str) -> str:
+        gates[job_id].hold()
+        return job_id
+
+    calls = []
+    try:
+        for job, store in (("stuck", stuck_store), ("free", free_store)):
+            fn = ldb.idempotent(hold, key_from="job_id", store=store, lease=0.6, wait=0)
+            calls.append(Background(ldb, fn, job))
+            gates[job].wait_entered()
+        with ldb.engine.connect() as holder:
+            lock_row(ldb, holder, "tests.lease.hold", "stuck")
+            stuck.wait(lambda: overlaps >= 2, "a renewal of the free engine during a stuck renewal")
+            holder.rollback()
+    finally:
+        for gate in gates.values():
+            gate.release.set()
+        sa.event.remove(free.engine, "after_cursor_execute", count_overlap)
+        stuck.close()
+        free.close()
+    assert [call.result() for call in calls] == ["stuck", "free"]
+    stuck_store.engine.dispose()
+
+
+# -- fork -------------------------------------------------------------------------------------------
+def test_forked_child_does_not_renew_the_parents_lease(sync_ldb: LeaseDb) -> None:
+    """A child forked while the parent holds a lease renews only its own leases, never the parent's.
+
+    The child runs a lease of its own (so a renewer runs in it) and reports how many renew
+    statements it sent for the parent's claim: none.
+    """
+    ldb = sync_ldb
+    store = ldb.store()
+    gate = Gate()
+
+    def parent_job(job_id: str) -> str:
+        gate.hold()
+        return "parent"
+
+    fn = ldb.idempotent(parent_job, key_from="job_id", store=store, lease=0.6, wait=0)
+    call = Background(ldb, fn, "parent")
+    gate.wait_entered()
+    parent_owner = ldb.row("tests.lease.parent_job", "parent").owner
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe and never returns
+        report = "error"
+        try:
+            store.engine.dispose(close=False)
+            renewals = Statements(store.engine, is_renewal)
+
+            def child_job(job_id: str) -> str:
+                renewals.wait_for(renewals.count + 3, timeout=20)
+                return "child"
+
+            child_fn = ldb.idempotent(child_job, key_from="job_id", store=store, lease=0.6, wait=0)
+            child_fn("child")
+            report = str(sum(1 for p in renewals.params if parent_owner in str(p)))
+        except BaseException as exc:  # reported to the parent
+            report = f"error {exc!r}"
+        finally:
+            os.write(write_end, report.encode())
+            os._exit(0)
+    os.close(write_end)
+    try:
+        ready, _, _ = select.select([read_end], [], [], 60)
+        answer = os.read(read_end, 1000).decode() if ready else "no answer (the child hung)"
+    finally:
+        gate.release.set()
+        os.close(read_end)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    assert answer == "0"
+    assert call.result() == "parent"
