@@ -245,17 +245,32 @@ class BoundSQLStore:
         # MySQL/MariaDB REPEATABLE READ: only a locking read is sure to see a row committed after
         # this transaction's snapshot; it is used only after a duplicate-key error (no gap locks).
         self._read_locking = Prepared(self._read.sql + " LOCK IN SHARE MODE", self._read.order)
+        stale = [
+            ident,
+            c.owner == bp("seen_owner"),
+            # A live lease wins over expiry: a running call is taken over only once its lease ends.
+            sa.or_(
+                sa.and_(c.status != in_progress, c.expires_at <= now),
+                sa.and_(c.status == in_progress, c.locked_until <= now),
+            ),
+        ]
+        cfg = None
+        if self.name == "postgresql":
+            # Bound the wait for a row another takeover holds by the caller's ``wait`` (lock_timeout
+            # set within the statement, the previous value set back at its end, as the claim does).
+            setting: sa.ColumnElement[str] = sa.literal_column("'lock_timeout'")
+            cfg = (
+                sa.select(
+                    sa.func.current_setting(setting).label("prev"),
+                    sa.func.set_config(setting, bp("lock_ms", type_=sa.String), sa.true()).label("cur"),
+                )
+                .cte("idem_cfg")
+                .prefix_with("MATERIALIZED")
+            )
+            stale.append(sa.select(cfg.c.cur).scalar_subquery().is_not(None))
         takeover = clocked(
             sa.update(t)
-            .where(
-                ident,
-                c.owner == bp("seen_owner"),
-                # A live lease wins over expiry: a running call is taken over only once its lease ends.
-                sa.or_(
-                    sa.and_(c.status != in_progress, c.expires_at <= now),
-                    sa.and_(c.status == in_progress, c.locked_until <= now),
-                ),
-            )
+            .where(*stale)
             .values(
                 fingerprint=bp("fingerprint"),
                 status=bp("status"),
@@ -268,6 +283,12 @@ class BoundSQLStore:
                 error_type=sa.null(),
             )
         )
+        if cfg is not None:
+            changed = takeover.returning(sa.literal_column("1")).cte("idem_upd")
+            takeover = sa.select(
+                sa.select(sa.func.count()).select_from(changed).scalar_subquery(),
+                sa.func.set_config(sa.literal_column("'lock_timeout'"), cfg.c.prev, sa.true()),
+            ).select_from(cfg)
         self._takeover = prepare(takeover, dialect)
         self._complete = prepare(
             sa.update(t)
@@ -451,8 +472,22 @@ class BoundSQLStore:
             lease_ms=request.lease_ms,
             ttl_ms=request.ttl_ms,
         )
-        count = yield from self._write(self._takeover, values, own=request.own)
-        return count == 1
+        if self.name == "postgresql":
+            values["lock_ms"] = str(max(1, request.wait_ms))
+            try:
+                rows = yield Exec(
+                    self._takeover.sql, self._takeover.bind(values), fetch=True, own=request.own
+                )
+            except IdempotencyError:
+                raise
+            except Exception as exc:
+                self._translate(exc)
+                raise
+            return int(rows[0][0]) == 1
+        prepared = self._takeover
+        if self.mysql:
+            prepared = Prepared(self._mysql_wait(request.wait_ms) + prepared.sql, prepared.order)
+        return (yield from self._write(prepared, values, own=request.own)) == 1
 
     def _write(self, prepared: Prepared, values: dict[str, Any], *, own: bool) -> Steps[int]:
         try:

@@ -7,6 +7,7 @@ events and engine events on the statements that reach the database.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import select
 import signal
@@ -15,12 +16,14 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from idempotent import InProgress, SQLStore, idempotent
-from idempotent.core import Record, Status
+from idempotent.core import ClaimRequest, Record, Status, Steps
 from idempotent.testing import MemoryStore
 from tests.lease.conftest import LeaseDb, Recorder, make_ldb
 from tests.lease.test_lease import Background, Gate
@@ -308,3 +311,163 @@ def test_forked_child_does_not_renew_the_parents_lease(sync_ldb: LeaseDb) -> Non
         os.waitpid(pid, 0)
     assert answer == "0"
     assert call.result() == "parent"
+
+
+# -- racing takeovers of an expired key -------------------------------------------------------------
+class RacedMemoryStore(MemoryStore):
+    """A MemoryStore in which another caller takes the key over and completes it just before us."""
+
+    def takeover(self, request: ClaimRequest, seen: Record) -> Steps[bool]:
+        now = self.now()
+        self.records[(request.scope, request.key)] = Record(
+            request.scope, request.key, request.fingerprint, Status.COMPLETED.value, "the-winner",
+            now + 60_000, now, now + 3_600_000, "json", '"winner"',
+        )  # fmt: skip
+        return (yield from super().takeover(request, seen))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_lost_takeover_reads_again_and_replays(kind: str) -> None:
+    """A caller whose takeover lost to another that completed meanwhile replays that result, even
+    with no ``wait`` left, instead of raising InProgress."""
+    store = RacedMemoryStore()
+    runs: list[str] = []
+    options: dict[str, Any] = {"key_from": "job_id", "scope": "tests.lease.raced", "mode": "lease", "wait": 0}
+
+    def body(job_id: str) -> str:
+        runs.append(job_id)
+        return "ours"
+
+    if kind == "sync":
+        fn: Any = idempotent(store=store, **options)(body)
+    else:
+
+        async def abody(job_id: str) -> str:
+            return body(job_id)
+
+        fn = idempotent(store=store, **options)(abody)
+    now = store.now()
+    store.records[("tests.lease.raced", "j-1")] = Record(
+        "tests.lease.raced", "j-1", None, Status.COMPLETED.value, "old", now, now - 7_200_000, now - 1,
+        "json", '"expired"',
+    )  # fmt: skip
+    result = fn("j-1") if kind == "sync" else asyncio.run(fn("j-1"))
+    assert result == "winner"
+    assert runs == []
+
+
+def transaction_call(ldb: LeaseDb, store: SQLStore, body: Callable[[str], str], **options: Any) -> Any:
+    """A transaction-mode function writing one payment and running ``body`` (in a thread when async),
+    called with a fresh session on an engine of its own (``call.engine``, the sync engine)."""
+    payments = ldb.payments
+    options = {"key_from": "ref", "scope": "tests.lease.pay_expired", "store": store, **options}
+    if not ldb.is_async:
+        engine = sa.create_engine(ldb.sync_url, poolclass=NullPool)
+
+        @idempotent(**options)
+        def pay(session: Session, ref: str) -> str:
+            session.execute(payments.insert().values(ref=ref))
+            return body(ref)
+
+        def call(ref: str) -> Any:
+            with Session(engine) as session:
+                return pay(session, ref)
+
+        call.engine = engine  # type: ignore[attr-defined]
+        return call
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    async_engine = ldb.driver_engine()
+
+    @idempotent(**options)
+    async def apay(session: AsyncSession, ref: str) -> str:
+        await session.execute(payments.insert().values(ref=ref))
+        return await anyio.to_thread.run_sync(body, ref)
+
+    async def acall(ref: str) -> Any:
+        async with AsyncSession(async_engine) as session:
+            return await apay(session, ref)
+
+    def acall_sync(ref: str) -> Any:
+        return asyncio.run(acall(ref))
+
+    acall_sync.engine = async_engine.sync_engine  # type: ignore[attr-defined]
+    return acall_sync
+
+
+@pytest.fixture(params=["sync", "async"])
+def pg_ldb(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LeaseDb]:
+    """PostgreSQL, sync and async drivers."""
+    yield from make_ldb("postgresql", request.param, tmp_path)
+
+
+def test_racing_takeover_waits_at_most_wait_for_the_winner(pg_ldb: LeaseDb) -> None:
+    """Two callers race to take over one expired key: the loser, blocked on the winner's row lock,
+    gives up after ``wait`` with InProgress (not after the winner's whole run); later it replays.
+
+    The loser is held just before its takeover statement until the winner has taken the row
+    over and is running inside its transaction, so the loser's takeover really waits on the lock.
+    PostgreSQL only: on MariaDB the claim's locking read already makes racing takeovers deadlock
+    (one is rolled back and retried) rather than queue behind each other.
+    """
+    ldb = pg_ldb
+    store = ldb.store()
+    gate = Gate()
+    runs: list[str] = []
+    paused = threading.Event()
+
+    def body(ref: str) -> str:
+        runs.append(ref)
+        if len(runs) == 2:
+            gate.hold()
+        return f"run-{len(runs)}"
+
+    winner_call = transaction_call(ldb, store, body, ttl=TTL, wait=30)
+    loser_call = transaction_call(ldb, store, body, ttl=TTL, wait=2)
+
+    def hold_takeover(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if "SET fingerprint" in statement and not paused.is_set():
+            paused.set()
+            assert gate.entered.wait(30), "the winner never started"
+
+    sa.event.listen(loser_call.engine, "before_cursor_execute", hold_takeover)
+    assert winner_call("o-1") == "run-1"
+    store.clock_offset = TTL + 1
+    loser = BackgroundCall(loser_call, "o-1")
+    try:
+        assert paused.wait(30), "the loser never reached its takeover"
+        winner = BackgroundCall(winner_call, "o-1")
+        loser.thread.join(30)
+        assert not loser.thread.is_alive(), "the loser waited on the winner's row lock past its wait"
+        assert isinstance(loser.error, InProgress), loser.error
+    finally:
+        gate.release.set()
+    assert winner.result() == "run-2"
+    assert loser_call("o-1") == "run-2"
+    assert runs == ["o-1", "o-1"]
+    assert ldb.payment_count() == 2
+    loser_call.engine.dispose()
+    winner_call.engine.dispose()
+
+
+class BackgroundCall:
+    """Run ``fn(*args)`` in a thread; ``result()`` joins it and returns or raises its outcome."""
+
+    def __init__(self, fn: Callable[..., Any], *args: Any) -> None:
+        self.value: Any = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(fn, args), daemon=True)
+        self.thread.start()
+
+    def _run(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        try:
+            self.value = fn(*args)
+        except BaseException as exc:  # handed to the test by result()
+            self.error = exc
+
+    def result(self) -> Any:
+        self.thread.join(60)
+        assert not self.thread.is_alive(), "the background call never finished"
+        if self.error is not None:
+            raise self.error
+        return self.value
