@@ -324,7 +324,25 @@ _logger = logging.getLogger("idempotent")
 _COMMIT_DIALECTS = frozenset({"mysql", "mariadb"})
 
 
+def _dropped(exc: BaseException) -> bool:
+    """True when the statement failed because its pooled connection had died (the pool has
+    invalidated it, so the next checkout connects afresh)."""
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+
+
 def _exec_own_sync(plan: core.Plan[Any], op: core.Exec) -> Any:
+    """Run one of the library's own short statements in its own transaction; once more on a fresh
+    connection when the pooled one had died (a brief network drop, a server restart)."""
+    try:
+        return _exec_own_once_sync(plan, op)
+    except sa.exc.DBAPIError as exc:
+        if not _dropped(exc):
+            raise
+        _logger.info("connection lost before %s could run its statement; retrying once", plan.function)
+        return _exec_own_once_sync(plan, op)
+
+
+def _exec_own_once_sync(plan: core.Plan[Any], op: core.Exec) -> Any:
     engine = _lease_engine(plan)
     if engine.dialect.name in _COMMIT_DIALECTS:
         with engine.begin() as conn:
@@ -450,9 +468,20 @@ def run_sync(
 # Async driver.
 # ---------------------------------------------------------------------------------------------
 async def _exec_own_async(plan: core.Plan[Any], op: core.Exec) -> Any:
+    """:func:`_exec_own_sync` for async engines (a sync engine runs in a worker thread)."""
     engine = _lease_engine(plan)
-    if isinstance(engine, sa.Engine):  # a sync engine in an async function: run it in a thread
+    if isinstance(engine, sa.Engine):
         return await anyio.to_thread.run_sync(_exec_own_sync, plan, op)
+    try:
+        return await _exec_own_once_async(engine, op)
+    except sa.exc.DBAPIError as exc:
+        if not _dropped(exc):
+            raise
+        _logger.info("connection lost before %s could run its statement; retrying once", plan.function)
+        return await _exec_own_once_async(engine, op)
+
+
+async def _exec_own_once_async(engine: Any, op: core.Exec) -> Any:
     if engine.dialect.name in _COMMIT_DIALECTS:
         async with engine.begin() as conn:
             result = await conn.exec_driver_sql(op.sql, op.params)

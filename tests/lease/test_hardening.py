@@ -8,6 +8,7 @@ events and engine events on the statements that reach the database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import select
 import signal
@@ -27,6 +28,7 @@ from idempotent.core import ClaimRequest, Record, Status, Steps
 from idempotent.testing import MemoryStore
 from tests.lease.conftest import LeaseDb, Recorder, make_ldb
 from tests.lease.test_lease import Background, Gate
+from tests.proxy import Proxy
 
 TTL = 3600.0
 
@@ -471,3 +473,81 @@ class BackgroundCall:
         if self.error is not None:
             raise self.error
         return self.value
+
+
+# -- a brief connection drop ------------------------------------------------------------------------
+class DeclinedError(Exception):
+    """The function's own failure."""
+
+
+@pytest.mark.parametrize("outcome", ["raises", "returns"])
+def test_connection_drop_during_the_call(server_ldb: LeaseDb, outcome: str) -> None:
+    """Every pooled connection drops while the function runs (a proxy cuts them). A function that
+    raises still releases its claim and its own exception propagates; one that returns still
+    stores its result. The library's statements run again once on a fresh connection."""
+    ldb = server_ldb
+    runs: list[str] = []
+    with Proxy.for_url(ldb.sync_url) as proxy:
+
+        def refund(refund_id: str) -> str:
+            runs.append(refund_id)
+            if len(runs) == 1:
+                proxy.cut()
+                if outcome == "raises":
+                    raise DeclinedError("card declined")
+            return f"refunded {refund_id}"
+
+        options: dict[str, Any] = {"key_from": "refund_id", "scope": "tests.lease.refund", "mode": "lease"}
+        if not ldb.is_async:
+            engine = sa.create_engine(proxy.url(ldb.sync_url))
+            fn = idempotent(store=SQLStore(engine, ldb.table), **options)(refund)
+            first = pytest.raises(DeclinedError) if outcome == "raises" else contextlib.nullcontext()
+            with first:
+                assert fn("r-1") == "refunded r-1"
+            assert fn("r-1") == "refunded r-1"
+            engine.dispose()
+        else:
+            from sqlalchemy.ext.asyncio import create_async_engine
+
+            async def main() -> None:
+                engine = create_async_engine(proxy.url(ldb.async_url))
+
+                async def arefund(refund_id: str) -> str:
+                    return refund(refund_id)
+
+                fn = idempotent(store=SQLStore(engine, ldb.table), **options)(arefund)
+                first = pytest.raises(DeclinedError) if outcome == "raises" else contextlib.nullcontext()
+                with first:
+                    assert await fn("r-1") == "refunded r-1"
+                assert await fn("r-1") == "refunded r-1"
+                await engine.dispose()
+
+            asyncio.run(main())
+    assert runs == (["r-1", "r-1"] if outcome == "raises" else ["r-1"])
+    (row,) = ldb.rows()
+    assert (row.status, row.result) == ("completed", '"refunded r-1"')
+
+
+class ReleaseFailsStore(MemoryStore):
+    """A MemoryStore whose release fails, as a database gone for good would."""
+
+    def release(self, request: ClaimRequest, *, own: bool) -> Steps[bool]:
+        raise ConnectionError("database unreachable")
+        yield
+
+
+def test_failed_clean_up_never_replaces_the_functions_exception(caplog: pytest.LogCaptureFixture) -> None:
+    """When even releasing the claim fails, the function's own exception propagates, with the
+    clean-up failure logged and attached as a note; the key stays until its lease ends."""
+    store = ReleaseFailsStore()
+
+    @idempotent(key_from="job_id", scope="tests.lease.release_fails", mode="lease", store=store)
+    def job(job_id: str) -> str:
+        raise DeclinedError("declined")
+
+    with pytest.raises(DeclinedError) as caught:
+        job("j-1")
+    notes = getattr(caught.value, "__notes__", [])
+    assert any("could not release" in note and "ConnectionError" in note for note in notes), notes
+    assert any("could not release" in r.getMessage() for r in caplog.records)
+    assert store.get("tests.lease.release_fails", "j-1") is not None
