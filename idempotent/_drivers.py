@@ -163,26 +163,46 @@ def _lease_engine(plan: core.Plan[Any]) -> Any:
 # Reads outside any transaction (core.Peek), on drivers that toggle autocommit client-side.
 # ---------------------------------------------------------------------------------------------
 def _peek_sync(handle: SyncHandle, op: core.Peek) -> Any:
-    conn = handle.connection()  # a Session begins its transaction here; it is ended below
+    obj = handle.obj
+    if handle.is_session:
+        obj.begin()  # explicitly: a Session(autobegin=False) begins nothing by itself; ended below
+    conn = handle.connection()
     driver = conn.connection.driver_connection
     try:
         driver.autocommit = True  # type: ignore[union-attr]
     except Exception:  # the driver refuses here (say, mid-transaction): claim as usual instead
-        handle.obj.rollback()
+        obj.rollback()
         return []
     try:
-        return conn.exec_driver_sql(op.sql, op.params).fetchall()
-    finally:
-        # Autocommit off first: a Session hands its connection back to the pool when its
-        # transaction ends. The driver is idle, so the rollback sends no statement.
+        rows = conn.exec_driver_sql(op.sql, op.params).fetchall()
+    except BaseException:
+        # The read failed or was interrupted, possibly with the connection closed under it: put
+        # it back as well as can be, and let the original error (or interruption) through.
         try:
-            driver.autocommit = False  # type: ignore[union-attr]
-        finally:
-            handle.obj.rollback()
+            _end_peek_sync(handle, conn, driver)
+        except Exception:
+            _logger.debug("could not reset the connection after an interrupted replay read", exc_info=True)
+        raise
+    _end_peek_sync(handle, conn, driver)
+    return rows
+
+
+def _end_peek_sync(handle: SyncHandle, conn: sa.Connection, driver: Any) -> None:
+    # Autocommit off first: a Session hands its connection back to the pool when its
+    # transaction ends. The driver is idle, so the rollback sends no statement.
+    try:
+        driver.autocommit = False
+    except Exception:
+        conn.invalidate()  # never hand an autocommit connection back to the pool
+        raise
+    finally:
+        handle.obj.rollback()
 
 
 async def _peek_async(handle: AsyncHandle, op: core.Peek) -> Any:
     obj = handle.obj
+    if handle.is_session:
+        await obj.begin()  # explicitly: an AsyncSession(autobegin=False) begins nothing by itself
     conn = await obj.connection() if handle.is_session else obj
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
@@ -192,12 +212,30 @@ async def _peek_async(handle: AsyncHandle, op: core.Peek) -> Any:
         await obj.rollback()
         return []
     try:
-        return (await conn.exec_driver_sql(op.sql, op.params)).fetchall()
+        rows = (await conn.exec_driver_sql(op.sql, op.params)).fetchall()
+    except BaseException:
+        # Cancelled or failed mid-read (the driver may have closed the connection): reset in a
+        # shielded step and let the cancellation or the original error through.
+        with anyio.CancelScope(shield=True):
+            try:
+                await _end_peek_async(obj, conn, driver)
+            except Exception:
+                _logger.debug(
+                    "could not reset the connection after an interrupted replay read", exc_info=True
+                )
+        raise
+    await _end_peek_async(obj, conn, driver)
+    return rows
+
+
+async def _end_peek_async(obj: Any, conn: Any, driver: Any) -> None:
+    try:
+        await driver.set_autocommit(False)
+    except Exception:
+        await conn.invalidate()  # never hand an autocommit connection back to the pool
+        raise
     finally:
-        try:
-            await driver.set_autocommit(False)
-        finally:
-            await obj.rollback()
+        await obj.rollback()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from sqlalchemy.pool import NullPool
 
 from idempotent import InProgress, SQLStore, idempotent
 from idempotent.core import ClaimRequest, Record, Status, Steps
+from idempotent.decorator import PEEK_AT
 from idempotent.testing import MemoryStore
 from tests.lease.conftest import LeaseDb, Recorder, make_ldb
 from tests.lease.test_lease import Background, Gate
@@ -551,3 +552,108 @@ def test_failed_clean_up_never_replaces_the_functions_exception(caplog: pytest.L
     assert any("could not release" in note and "ConnectionError" in note for note in notes), notes
     assert any("could not release" in r.getMessage() for r in caplog.records)
     assert store.get("tests.lease.release_fails", "j-1") is not None
+
+
+# -- the replay read ("peek") on PostgreSQL ---------------------------------------------------------
+def replayed_often(ldb: LeaseDb, session_options: dict[str, Any]) -> tuple[Any, Any]:
+    """A transaction-mode function that already replayed often enough to read before claiming,
+    and a caller making a session with ``session_options``; returns ``(fn, call)``."""
+    store = ldb.store()
+    payments = ldb.payments
+    options: dict[str, Any] = {"key_from": "ref", "scope": "tests.lease.peeked", "store": store}
+    if not ldb.is_async:
+
+        @idempotent(**options)
+        def pay(session: Session, ref: str) -> str:
+            session.execute(payments.insert().values(ref=ref))
+            return f"paid {ref}"
+
+        def call(ref: str) -> Any:
+            with Session(ldb.engine, **session_options) as session:
+                return pay(session, ref)
+
+        fn: Any = pay
+    else:
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        engine = ldb.driver_engine()
+
+        @idempotent(**options)
+        async def apay(session: AsyncSession, ref: str) -> str:
+            await session.execute(payments.insert().values(ref=ref))
+            return f"paid {ref}"
+
+        async def acall(ref: str) -> Any:
+            async with AsyncSession(engine, **session_options) as session:
+                return await apay(session, ref)
+
+        def call(ref: str) -> Any:
+            return asyncio.run(acall(ref))
+
+        fn = apay
+    assert call("o-1") == "paid o-1"
+    spec = fn.__idempotent__
+    while spec.replay_rate < PEEK_AT:
+        assert call("o-1") == "paid o-1"
+    return fn, call
+
+
+def test_replay_read_with_autobegin_disabled(pg_ldb: LeaseDb) -> None:
+    """``Session(autobegin=False)``: once the replay read kicks in, replays and first calls still work."""
+    _, call = replayed_often(pg_ldb, {"autobegin": False})
+    assert call("o-1") == "paid o-1"
+    assert call("o-2") == "paid o-2"
+    assert call("o-2") == "paid o-2"
+    assert pg_ldb.payment_count() == 2
+
+
+@pytest.fixture
+def pg_async_ldb(tmp_path: Path) -> Iterator[LeaseDb]:
+    """PostgreSQL through its async driver."""
+    yield from make_ldb("postgresql", "async", tmp_path)
+
+
+def test_cancelling_the_replay_read_raises_the_cancellation(pg_async_ldb: LeaseDb) -> None:
+    """A task cancelled while its replay read waits (here on a table lock) ends with CancelledError,
+    not a driver error, and the next call on the same engine replays normally."""
+    from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+
+    ldb = pg_async_ldb
+    fn, _ = replayed_often(ldb, {})
+
+    async def main() -> None:
+        engine = create_async_engine(ldb.async_url)
+        async with engine.connect() as locker:
+            await locker.exec_driver_sql(f"LOCK TABLE {ldb.table} IN ACCESS EXCLUSIVE MODE")
+
+            async def replay() -> Any:
+                async with AsyncSession(engine) as session:
+                    return await fn(session, "o-1")
+
+            task = asyncio.create_task(replay())
+            while True:  # until the replay read waits for the lock
+                waiting = await asyncio.to_thread(blocked_on_lock, ldb)
+                if waiting or task.done():
+                    break
+                await asyncio.sleep(0.02)
+            assert not task.done(), task
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await locker.rollback()
+        async with AsyncSession(engine) as session:
+            assert await fn(session, "o-1") == "paid o-1"
+        await engine.dispose()
+
+    asyncio.run(main())
+
+
+def blocked_on_lock(ldb: LeaseDb) -> bool:
+    """True while some session waits for a lock on a statement reading this test's keys table."""
+    with ldb.engine.connect() as conn:
+        return bool(
+            conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                (f"%FROM {ldb.table}%",),
+            ).scalar_one()
+        )
