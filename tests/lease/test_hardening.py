@@ -657,3 +657,38 @@ def blocked_on_lock(ldb: LeaseDb) -> bool:
                 (f"%FROM {ldb.table}%",),
             ).scalar_one()
         )
+
+
+class Interrupted(BaseException):
+    """Stands for KeyboardInterrupt or SystemExit arriving in the middle of a statement."""
+
+
+@pytest.fixture
+def pg_sync_ldb(tmp_path: Path) -> Iterator[LeaseDb]:
+    """PostgreSQL through its sync driver."""
+    yield from make_ldb("postgresql", "sync", tmp_path)
+
+
+def test_interrupted_replay_read_raises_the_interruption(pg_sync_ldb: LeaseDb) -> None:
+    """Sync: an interruption during the replay read, after the driver closed its connection,
+    reaches the caller as itself, not as the driver's error from resetting the closed connection;
+    the next call replays normally."""
+    ldb = pg_sync_ldb
+    _, call = replayed_often(ldb, {})
+    armed = True
+
+    def interrupt(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        nonlocal armed
+        if armed and statement.lstrip().upper().startswith("SELECT") and ldb.table in statement:
+            armed = False
+            conn.connection.driver_connection.close()
+            raise Interrupted
+
+    sa.event.listen(ldb.engine, "before_cursor_execute", interrupt)
+    try:
+        with pytest.raises(Interrupted):
+            call("o-1")
+    finally:
+        sa.event.remove(ldb.engine, "before_cursor_execute", interrupt)
+    assert not armed
+    assert call("o-1") == "paid o-1"
