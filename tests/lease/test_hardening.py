@@ -188,6 +188,21 @@ class RenewalWatch:
         sa.event.remove(self.engine, "handle_error", self._error)
 
 
+def held_call(ldb: LeaseDb, store: SQLStore, job_id: str) -> tuple[Gate, Background]:
+    """Start a lease-mode call (scope ``tests.lease.held_job``, lease 0.6 s, so renewals every 0.2 s)
+    that runs until its gate is released; return once it is running."""
+    gate = Gate()
+
+    def held_job(job_id: str) -> str:
+        gate.hold()
+        return job_id
+
+    fn = ldb.idempotent(held_job, key_from="job_id", store=store, lease=0.6, wait=0)
+    call = Background(ldb, fn, job_id)
+    gate.wait_entered()
+    return gate, call
+
+
 def lock_row(ldb: LeaseDb, conn: sa.Connection, scope: str, key: str) -> None:
     """Hold the row lock of ``(scope, key)`` on ``conn`` until its transaction ends."""
     k = ldb.keys.c
@@ -200,24 +215,16 @@ def test_blocked_renewal_gives_up_within_its_own_timeout(server_ldb: LeaseDb) ->
     ldb = server_ldb
     store = ldb.store()
     watch = RenewalWatch(store.engine)
-    gate = Gate()
-
-    def sync_ledger(job_id: str) -> str:
-        gate.hold()
-        return "synced"
-
-    fn = ldb.idempotent(sync_ledger, key_from="job_id", store=store, lease=0.6, wait=0)
-    call = Background(ldb, fn, "j-1")
+    gate, call = held_call(ldb, store, "j-1")
     try:
-        gate.wait_entered()
         with ldb.engine.connect() as holder:
-            lock_row(ldb, holder, "tests.lease.sync_ledger", "j-1")
+            lock_row(ldb, holder, "tests.lease.held_job", "j-1")
             watch.wait(lambda: watch.failed >= 1, "a renewal giving up while the row was locked")
             holder.rollback()
     finally:
         gate.release.set()
         watch.close()
-    assert call.result() == "synced"
+    assert call.result() == "j-1"
 
 
 def test_renewals_of_one_engine_do_not_wait_on_another(server_sync_ldb: LeaseDb) -> None:
@@ -237,29 +244,19 @@ def test_renewals_of_one_engine_do_not_wait_on_another(server_sync_ldb: LeaseDb)
                     stuck.cond.notify_all()
 
     sa.event.listen(free.engine, "after_cursor_execute", count_overlap)
-    gates = {"stuck": Gate(), "free": Gate()}
-
-    def hold(job_id: str) -> str:
-        gates[job_id].hold()
-        return job_id
-
-    calls = []
+    held = [held_call(ldb, stuck_store, "stuck"), held_call(ldb, free_store, "free")]
     try:
-        for job, store in (("stuck", stuck_store), ("free", free_store)):
-            fn = ldb.idempotent(hold, key_from="job_id", store=store, lease=0.6, wait=0)
-            calls.append(Background(ldb, fn, job))
-            gates[job].wait_entered()
         with ldb.engine.connect() as holder:
-            lock_row(ldb, holder, "tests.lease.hold", "stuck")
+            lock_row(ldb, holder, "tests.lease.held_job", "stuck")
             stuck.wait(lambda: overlaps >= 2, "a renewal of the free engine during a stuck renewal")
             holder.rollback()
     finally:
-        for gate in gates.values():
+        for gate, _ in held:
             gate.release.set()
         sa.event.remove(free.engine, "after_cursor_execute", count_overlap)
         stuck.close()
         free.close()
-    assert [call.result() for call in calls] == ["stuck", "free"]
+    assert [call.result() for _, call in held] == ["stuck", "free"]
     stuck_store.engine.dispose()
 
 
@@ -272,16 +269,8 @@ def test_forked_child_does_not_renew_the_parents_lease(sync_ldb: LeaseDb) -> Non
     """
     ldb = sync_ldb
     store = ldb.store()
-    gate = Gate()
-
-    def parent_job(job_id: str) -> str:
-        gate.hold()
-        return "parent"
-
-    fn = ldb.idempotent(parent_job, key_from="job_id", store=store, lease=0.6, wait=0)
-    call = Background(ldb, fn, "parent")
-    gate.wait_entered()
-    parent_owner = ldb.row("tests.lease.parent_job", "parent").owner
+    gate, call = held_call(ldb, store, "parent")
+    parent_owner = ldb.row("tests.lease.held_job", "parent").owner
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe and never returns
@@ -294,8 +283,7 @@ def test_forked_child_does_not_renew_the_parents_lease(sync_ldb: LeaseDb) -> Non
                 renewals.wait_for(renewals.count + 3, timeout=20)
                 return "child"
 
-            child_fn = ldb.idempotent(child_job, key_from="job_id", store=store, lease=0.6, wait=0)
-            child_fn("child")
+            ldb.idempotent(child_job, key_from="job_id", store=store, lease=0.6, wait=0)("child")
             report = str(sum(1 for p in renewals.params if parent_owner in str(p)))
         except BaseException as exc:  # reported to the parent
             report = f"error {exc!r}"
