@@ -472,32 +472,29 @@ class BoundSQLStore:
             lease_ms=request.lease_ms,
             ttl_ms=request.ttl_ms,
         )
-        if self.name == "postgresql":
+        if self.name == "postgresql":  # the statement answers with the count of rows it took over
             values["lock_ms"] = str(max(1, request.wait_ms))
-            try:
-                rows = yield Exec(
-                    self._takeover.sql, self._takeover.bind(values), fetch=True, own=request.own
-                )
-            except IdempotencyError:
-                raise
-            except Exception as exc:
-                self._translate(exc)
-                raise
+            rows = yield from self._exec(self._takeover, values, own=request.own, fetch=True)
             return int(rows[0][0]) == 1
         prepared = self._takeover
         if self.mysql:
             prepared = Prepared(self._mysql_wait(request.wait_ms) + prepared.sql, prepared.order)
         return (yield from self._write(prepared, values, own=request.own)) == 1
 
-    def _write(self, prepared: Prepared, values: dict[str, Any], *, own: bool) -> Steps[int]:
+    def _exec(
+        self, prepared: Prepared, values: dict[str, Any], *, own: bool, fetch: bool = False
+    ) -> Steps[Any]:
+        """Run one statement; driver errors are translated. Rows when ``fetch``, else the row count."""
         try:
-            count = yield Exec(prepared.sql, prepared.bind(values), own=own)
+            return (yield Exec(prepared.sql, prepared.bind(values), fetch=fetch, own=own))
         except IdempotencyError:
             raise
         except Exception as exc:
             self._translate(exc)
             raise
-        return int(count)
+
+    def _write(self, prepared: Prepared, values: dict[str, Any], *, own: bool) -> Steps[int]:
+        return int((yield from self._exec(prepared, values, own=own)))
 
     def complete(self, request: ClaimRequest, codec: str, text: str, *, own: bool) -> Steps[bool]:
         values = self._values(
