@@ -200,23 +200,13 @@ class IdempotencyMiddleware:
             raise ConfigurationError(
                 f"IdempotencyMiddleware wraps a WSGI application (a callable), not {type(app).__name__}"
             )
-        allowed = MiddlewareOptions.__optional_keys__
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise ConfigurationError(
-                f"IdempotencyMiddleware has no option {', '.join(unknown)} (it runs in lease mode; the "
-                "TTL is ttl_seconds); its options are app, store, ttl_seconds, principal_from, "
-                + ", ".join(sorted(allowed))
-            )
         self.app = app
-        given: dict[str, Any] = dict(options)
-        self.policy = Policy(
-            **given,
+        self.policy = Policy.for_middleware(
+            type(self).__qualname__,
+            options,
             store=store,
-            ttl=ttl_seconds,
+            ttl_seconds=ttl_seconds,
             principal_from=principal_from,
-            mode="lease",
-            name=type(self).__qualname__,
         )
 
     def __call__(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
