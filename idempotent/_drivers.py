@@ -57,6 +57,44 @@ def _sqlite_legacy_begin(dbapi_connection: Any) -> bool:
     return level is not None and not in_txn
 
 
+def _joined_bind(session: Session) -> bool:
+    """True for a Session bound to a Connection the caller already began a transaction on
+    (the "join a session into an external transaction" recipe): that transaction is the caller's."""
+    bind = session.bind
+    return isinstance(bind, sa.Connection) and bind.in_transaction()
+
+
+def _autocommit(bind: Any) -> bool:
+    level = bind.get_execution_options().get("isolation_level")
+    if level is None:
+        level = getattr(bind.dialect, "_on_connect_isolation_level", None)  # create_engine(isolation_level=)
+    return isinstance(level, str) and level.upper() == "AUTOCOMMIT"
+
+
+def check_atomic(obj: Session | sa.Connection, function: str) -> None:
+    """Refuse handles on which the key and the function's writes cannot commit together."""
+    bind: Any = obj
+    if isinstance(obj, Session):
+        binds = {id(b): b for b in obj.binds.values()}
+        if obj.bind is not None:
+            binds[id(obj.bind)] = obj.bind
+        if len(binds) > 1:
+            raise ConfigurationError(
+                f"{function} received a Session with binds= to {len(binds)} engines or connections: its key "
+                "would be written on one and the function's writes on another, which commit separately. "
+                "Pass a Session (or Connection) on the single database that holds both the keys table and "
+                "the function's tables, or use mode='lease'"
+            )
+        bind = next(iter(binds.values()), None)
+    if bind is not None and _autocommit(bind):
+        raise ConfigurationError(
+            f"{function} received a handle in AUTOCOMMIT isolation, which commits every statement on its "
+            "own, so the key cannot commit together with the function's writes. Pass a Session or "
+            "Connection with a transactional isolation level (drop isolation_level='AUTOCOMMIT' for it), "
+            "or use mode='lease'"
+        )
+
+
 class SyncHandle:
     """A ``Session`` or ``Connection`` seen through the verbs the flows use."""
 
@@ -79,7 +117,9 @@ class SyncHandle:
         return self.obj.dialect  # type: ignore[union-attr]
 
     def in_transaction(self) -> bool:
-        return self.obj.in_transaction()
+        if self.obj.in_transaction():
+            return True
+        return self.is_session and _joined_bind(self.obj)  # type: ignore[arg-type]
 
     def autobegun(self) -> bool:
         if not self.is_session:
@@ -112,7 +152,9 @@ class AsyncHandle:
         return self.obj.dialect  # type: ignore[no-any-return]
 
     def in_transaction(self) -> bool:
-        return bool(self.obj.in_transaction())
+        if self.obj.in_transaction():
+            return True
+        return self.is_session and _joined_bind(self.sync)
 
     def autobegun(self) -> bool:
         if not self.is_session:

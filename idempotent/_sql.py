@@ -361,6 +361,11 @@ class BoundSQLStore:
             raise ClaimAborted(str(getattr(exc, "orig", exc)).strip()) from exc
         return kind
 
+    @staticmethod
+    def aborted(exc: BaseException) -> bool:
+        """True when ``exc`` is a deadlock or serialization failure: the transaction is lost."""
+        return classify(exc) == ABORTED
+
     # -- BoundStore -----------------------------------------------------------------------------
     def claim(self, request: ClaimRequest) -> Steps[Existing | None]:
         values = self._values(

@@ -176,7 +176,12 @@ class JsonCodec:
             ) from None
         except RecursionError:
             raise SerializationError("cannot store the result: it refers to itself") from None
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a str with a lone surrogate: JSON's \u escapes carry it intact
+            text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+        return text
 
     # -- decoding -------------------------------------------------------------------------------
     def _dec(self, data: Any, hint: Any) -> Any:
@@ -270,7 +275,13 @@ class PickleSerializer:
 def encode_checked(serializer: Serializer, value: Any, hint: Any, max_bytes: int) -> str:
     """Encode ``value``; refuse results over ``max_bytes`` (never store a truncated row)."""
     text = serializer.dumps(value, hint)
-    size = len(text.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise SerializationError(
+            f"serializer {serializer.name!r} encoded the result as text with a lone surrogate at "
+            f"position {exc.start}, which no database driver can store; escape it in the serializer"
+        ) from None
     if size > max_bytes:
         raise SerializationError(
             f"the encoded result is {size} bytes, over the {max_bytes}-byte limit; return less "

@@ -391,6 +391,7 @@ class _Spec:
                     "mode='lease' for work without a database transaction"
                 )
             handle = _drivers.async_handle_for(obj) if is_async else _drivers.sync_handle_for(obj)
+            _drivers.check_atomic(handle.sync if is_async else handle.obj, self.name)
             plan.store = raw.for_dialect(handle.dialect)
             plan.owned = not handle.in_transaction()
             plan.peek = self.replay_rate >= PEEK_AT
