@@ -358,3 +358,224 @@ def test_session_with_binds_to_several_engines_is_refused(db: Db) -> None:
         finally:
             other.dispose()
     assert (db.count(), db.key_rows()) == (0, [])
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. PostgreSQL REPEATABLE READ / SERIALIZABLE: the owned unit is run again.
+# ---------------------------------------------------------------------------------------------
+def _strict(db: Db, level: str, ref: str, body: Callable[[Any, int], Any], **options: Any) -> Any:
+    """Call ``body(conn, run)`` under ``@idempotent`` on a connection at ``level``; returns its result
+    or the error raised. ``body`` is a coroutine function on the async driver."""
+    scope = f"tests.h.strict.{level}"
+    runs: list[int] = []
+
+    if db.is_async:
+
+        @idempotent(key_from="ref", scope=scope, store=db.store, **options)
+        async def aunit(conn: Any, ref: str) -> int:
+            runs.append(1)
+            return int(await body(conn, len(runs)))
+
+        async def arun() -> Any:
+            async with db.async_engine.connect() as conn:
+                conn = await conn.execution_options(isolation_level=level)
+                try:
+                    return await aunit(conn, ref)
+                except Exception as exc:
+                    return exc
+
+        return db.run(arun()), len(runs)
+
+    @idempotent(key_from="ref", scope=scope, store=db.store, **options)
+    def unit(conn: Any, ref: str) -> int:
+        runs.append(1)
+        return int(body(conn, len(runs)))
+
+    with db.engine.connect() as conn:
+        try:
+            return unit(conn.execution_options(isolation_level=level), ref), len(runs)
+        except Exception as exc:
+            return exc, len(runs)
+
+
+def _bump_elsewhere(db: Db, by: int) -> None:
+    with db.engine.begin() as other:
+        other.execute(db.orders.update().where(db.orders.c.id == 1).values(amount=db.orders.c.amount + by))
+
+
+def _concurrent_update_body(db: Db, every_run: bool) -> Callable[[Any, int], Any]:
+    """Read the order, let another transaction update it, then update it too: under REPEATABLE READ
+    the function's own UPDATE fails with a serialization failure."""
+    orders = db.orders
+    read = sa.select(orders.c.amount).where(orders.c.id == 1)
+    write = orders.update().where(orders.c.id == 1).values(amount=orders.c.amount + 1)
+
+    def sync_body(conn: Any, run: int) -> int:
+        amount = int(conn.execute(read).scalar_one())
+        if run == 1 or every_run:
+            _bump_elsewhere(db, 100)
+        conn.execute(write)
+        return amount
+
+    async def async_body(conn: Any, run: int) -> int:
+        amount = int((await conn.execute(read)).scalar_one())
+        if run == 1 or every_run:
+            _bump_elsewhere(db, 100)
+        await conn.execute(write)
+        return amount
+
+    return async_body if db.is_async else sync_body
+
+
+def _one_order(db: Db) -> None:
+    with db.engine.begin() as conn:
+        conn.execute(db.orders.insert().values(id=1, ref="o", amount=0))
+
+
+def _amount(db: Db) -> int:
+    with db.engine.connect() as conn:
+        return int(conn.execute(sa.select(db.orders.c.amount)).scalar_one())
+
+
+def test_serialization_failure_in_the_function_runs_the_unit_again(pg_db: Db) -> None:
+    """REPEATABLE READ: the function's UPDATE loses to a concurrent one; the decorator owns the unit,
+    so it rolls back and runs it again, which succeeds on a fresh snapshot."""
+    db = pg_db
+    _one_order(db)
+    result, runs = _strict(db, "REPEATABLE READ", "rr-1", _concurrent_update_body(db, every_run=False))
+    assert (result, runs) == (100, 2)
+    assert _amount(db) == 101
+    (row,) = db.key_rows()
+    assert row.status == "completed"
+
+
+def test_unit_that_keeps_aborting_raises_transaction_aborted(pg_db: Db) -> None:
+    """When every attempt aborts, ``retries`` bounds the attempts and TransactionAborted (never the raw
+    driver error) says to retry the unit; nothing of it is left."""
+    db = pg_db
+    _one_order(db)
+    result, runs = _strict(
+        db, "REPEATABLE READ", "rr-2", _concurrent_update_body(db, every_run=True), retries=1
+    )
+    assert isinstance(result, TransactionAborted), result
+    assert "after 2 attempts" in str(result)
+    assert runs == 2
+    assert _amount(db) == 200  # only the other transactions' updates
+    assert db.key_rows() == []
+
+
+def test_serialization_failure_at_commit_runs_the_unit_again(pg_db: Db) -> None:
+    """SERIALIZABLE write skew: the function reads and writes, another transaction reads and writes
+    the same set and commits first; the unit fails at COMMIT (or its next statement) and is run again."""
+    db = pg_db
+    orders = db.orders
+    count = sa.select(sa.func.count()).select_from(orders)
+
+    def skew(conn: Any) -> None:
+        with db.engine.connect() as raw:
+            other = raw.execution_options(isolation_level="SERIALIZABLE")
+            with other.begin():
+                other.execute(count).scalar_one()
+                other.execute(orders.insert().values(ref="other"))
+
+    def sync_body(conn: Any, run: int) -> int:
+        seen = int(conn.execute(count).scalar_one())
+        conn.execute(orders.insert().values(ref=f"mine-{run}"))
+        if run == 1:
+            skew(conn)
+        return seen
+
+    async def async_body(conn: Any, run: int) -> int:
+        seen = int((await conn.execute(count)).scalar_one())
+        await conn.execute(orders.insert().values(ref=f"mine-{run}"))
+        if run == 1:
+            skew(conn)
+        return seen
+
+    result, runs = _strict(db, "SERIALIZABLE", "sz-1", async_body if db.is_async else sync_body)
+    assert (result, runs) == (1, 2)
+    assert _refs(db) == ["mine-2", "other"]
+    (row,) = db.key_rows()
+    assert row.status == "completed"
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. MariaDB rolls the whole transaction back on a deadlock the function catches.
+# ---------------------------------------------------------------------------------------------
+def _wait_for_lock_wait(db: Db, table: str) -> None:
+    """Block until a session waits on a row lock of ``table`` (bounded polling, no timing assumption)."""
+    import threading
+
+    pause = threading.Event()
+    with db.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        for _ in range(400):
+            waiting = conn.execute(
+                sa.text(
+                    "SELECT count(*) FROM information_schema.processlist WHERE command = 'Query' "
+                    "AND info LIKE :pattern"
+                ),
+                {"pattern": f"UPDATE {table}%"},
+            ).scalar_one()
+            if int(waiting):
+                return
+            pause.wait(0.025)
+    raise AssertionError("the other transaction never waited")
+
+
+def test_deadlock_caught_inside_the_function_is_not_committed(maria_db: Db) -> None:
+    """The function swallows a deadlock (which rolled its whole transaction back, claim included) and
+    writes again: that write is undone and the owned unit runs again instead of committing keyless."""
+    import threading
+
+    db = maria_db
+    orders = db.orders
+    with db.engine.begin() as conn:
+        conn.execute(orders.insert(), [{"id": 1, "ref": "x"}, {"id": 2, "ref": "y"}])
+    other_done = threading.Event()
+
+    def other() -> None:
+        with db.engine.begin() as conn:  # heavier than the function's transaction: InnoDB picks the function
+            conn.execute(orders.insert(), [{"ref": f"heavy-{i}"} for i in range(30)])
+            conn.execute(orders.update().where(orders.c.id == 2).values(amount=2))
+            conn.execute(orders.update().where(orders.c.id == 1).values(amount=2))
+        other_done.set()
+
+    lock_x = orders.update().where(orders.c.id == 1).values(amount=1)
+    lock_y = orders.update().where(orders.c.id == 2).values(amount=1)
+    thread = threading.Thread(target=other)
+    seen: list[str] = []
+
+    def sync_body(conn: Any, run: int) -> int:
+        conn.execute(lock_x)
+        if run == 1:
+            thread.start()
+            _wait_for_lock_wait(db, orders.name)
+            try:
+                conn.execute(lock_y)
+            except sa.exc.OperationalError as exc:
+                seen.append(str(exc.orig))
+            conn.execute(orders.insert().values(ref="after-deadlock"))
+        return run
+
+    async def async_body(conn: Any, run: int) -> int:
+        await conn.execute(lock_x)
+        if run == 1:
+            thread.start()
+            await asyncio.to_thread(_wait_for_lock_wait, db, orders.name)
+            try:
+                await conn.execute(lock_y)
+            except sa.exc.OperationalError as exc:
+                seen.append(str(exc.orig))
+            await conn.execute(orders.insert().values(ref="after-deadlock"))
+        return run
+
+    try:
+        result, runs = _strict(db, "REPEATABLE READ", "dl-1", async_body if db.is_async else sync_body)
+    finally:
+        thread.join()
+    assert seen and "1213" in seen[0], seen
+    assert (result, runs) == (2, 2)
+    assert "after-deadlock" not in _refs(db)
+    (row,) = db.key_rows()
+    assert row.status == "completed"
