@@ -579,3 +579,71 @@ def test_deadlock_caught_inside_the_function_is_not_committed(maria_db: Db) -> N
     assert "after-deadlock" not in _refs(db)
     (row,) = db.key_rows()
     assert row.status == "completed"
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. A duplicate that waited past the ttl; a self-committing function running past its lease.
+# ---------------------------------------------------------------------------------------------
+def test_duplicate_that_waited_past_the_ttl_replays(db: Db) -> None:
+    """The first call outlives its ttl while a duplicate waits for it: the duplicate wakes to the
+    result that was just stored and replays it instead of running again."""
+    import threading
+
+    from tests.waiting import wait_for_blocked
+
+    orders = db.orders
+    runs: list[str] = []
+    entered = threading.Event()
+    db.cleanups.append(lambda: setattr(db.store, "clock_offset", 0))
+
+    def first_run_outlives_ttl() -> None:
+        runs.append("run")
+        if len(runs) == 1:
+            entered.set()
+            wait_for_blocked(db, 1)  # PostgreSQL/MariaDB: until the duplicate waits on the key
+            db.store.clock_offset = 61  # the call has now run for longer than its 60 s ttl
+
+    if db.is_async:
+
+        @idempotent(key_from="ref", scope="tests.h.ttl-wait", store=db.store, ttl=60)
+        async def aplace(conn: Any, ref: str) -> int:
+            await conn.execute(orders.insert().values(ref=ref))
+            await asyncio.to_thread(first_run_outlives_ttl)
+            return len(runs)
+
+        async def one() -> int:
+            async with db.async_engine.connect() as conn:
+                return int(await aplace(conn, "t-1"))
+
+        async def arun() -> list[int]:
+            first = asyncio.ensure_future(one())
+            await asyncio.to_thread(entered.wait)
+            return (
+                [await first, await one()]
+                if db.name == "sqlite"
+                else list(await asyncio.gather(first, one()))
+            )
+
+        results = db.run(arun())
+    else:
+
+        @idempotent(key_from="ref", scope="tests.h.ttl-wait", store=db.store, ttl=60)
+        def place(conn: Any, ref: str) -> int:
+            conn.execute(orders.insert().values(ref=ref))
+            first_run_outlives_ttl()
+            return len(runs)
+
+        def one() -> int:
+            with db.engine.connect() as conn:
+                return int(place(conn, "t-1"))
+
+        got: list[int] = []
+        thread = threading.Thread(target=lambda: got.append(one()))
+        thread.start()
+        entered.wait()
+        got.append(one())
+        thread.join()
+        results = got
+    assert results == [1, 1]
+    assert runs == ["run"]
+    assert db.count() == 1
