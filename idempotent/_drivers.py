@@ -7,10 +7,12 @@ anything: the decisions live in :mod:`idempotent.core`.
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import itertools
 import logging
+import math
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -249,6 +251,7 @@ class _SyncRenewal:
     def __init__(self, plan: core.Plan[Any]) -> None:
         self.plan = plan
         self.interval = max(plan.lease / 3.0, 0.01)
+        self.since = time.monotonic()
         self.lock = threading.Lock()  # held while renewing: stop() waits for a renewal under way
         self.stopped = False
         self.lost = False
@@ -258,6 +261,8 @@ class _SyncRenewal:
         with self.lock:
             if self.stopped:
                 return False
+            if not _claim_committed(self.plan):
+                return True
             try:
                 if not _drive_plain_sync(self.plan.store.renew(self.plan.request), self.plan):
                     self.lost = True
@@ -284,6 +289,24 @@ class _Renewer:
         self._due: list[tuple[float, int, _SyncRenewal]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
+        #: Renewals handed over by :meth:`watch`, moved onto ``_due`` by the thread.
+        self._pending: collections.deque[_SyncRenewal] = collections.deque()
+        #: How often the thread looks at ``_pending``: the shortest interval watched so far.
+        self._period = math.inf
+
+    def watch(self, renewal: _SyncRenewal) -> None:
+        """Like :meth:`add`, for renewals that are seldom needed (transaction mode renews only a
+        claim the function committed itself): no lock and no wake-up per call; the thread picks
+        the renewal up within one period, well before it is due."""
+        self._pending.append(renewal)
+        thread = self._thread
+        if renewal.interval < self._period or thread is None or not thread.is_alive():
+            with self._cond:
+                self._period = min(self._period, renewal.interval)
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="idempotent-lease", daemon=True)
+                    self._thread.start()
+                self._cond.notify()
 
     def add(self, renewal: _SyncRenewal) -> None:
         with self._cond:
@@ -296,17 +319,24 @@ class _Renewer:
     def _next(self) -> _SyncRenewal:
         with self._cond:
             while True:
+                while self._pending:
+                    watched = self._pending.popleft()
+                    if not watched.stopped:
+                        heapq.heappush(
+                            self._due, (watched.since + watched.interval, next(self._order), watched)
+                        )
                 while self._due and self._due[0][2].stopped:
                     heapq.heappop(self._due)
+                period = None if self._period == math.inf else self._period
                 if not self._due:
-                    self._cond.wait()
+                    self._cond.wait(period)
                     continue
                 due, _, renewal = self._due[0]
                 delay = due - time.monotonic()
                 if delay <= 0:
                     heapq.heappop(self._due)
                     return renewal
-                self._cond.wait(delay)
+                self._cond.wait(delay if period is None else min(delay, period))
 
     def _run(self) -> None:
         while True:
@@ -319,6 +349,21 @@ class _Renewer:
 
 
 _renewer = _Renewer()
+
+
+def _claim_committed(plan: core.Plan[Any]) -> bool:
+    """Whether the claim is visible to a renewal: always in lease mode; in transaction mode only
+    once the function ended the transaction that holds it (before, nobody else sees the row)."""
+    gate = plan.extra.get("renew_gate")
+    return gate is None or bool(gate())
+
+
+def _watch_transaction(plan: core.Plan[Any], handle: SyncHandle | AsyncHandle, engine: Any) -> None:
+    """Transaction mode: renew the claim on ``engine`` once the function committed it itself."""
+    marker = handle.marker()
+    plan.extra["renew_gate"] = lambda: handle.marker() is not marker
+    if plan.extra.get("engine") is None:
+        plan.extra["engine"] = engine
 
 
 _logger = logging.getLogger("idempotent")
@@ -438,7 +483,11 @@ def run_sync(
             elif kind is core.Sleep:
                 time.sleep(op.seconds)  # type: ignore[attr-defined]
             elif kind is core.StartRenewal:
-                if plan.extra.get("renew"):
+                if handle is not None:  # transaction mode
+                    _watch_transaction(plan, handle, handle.connection().engine)
+                    renewal = _SyncRenewal(plan)
+                    _renewer.watch(renewal)
+                elif plan.extra.get("renew"):
                     renewal = _SyncRenewal(plan)
                     _renewer.add(renewal)
             elif kind is core.StopRenewal:
@@ -490,6 +539,7 @@ class _AsyncRenewal:
         self.lost = False
         self.started = False
         self.done = anyio.Event()
+        self.task: Any = None
 
     async def run(self) -> None:
         self.started = True
@@ -500,6 +550,8 @@ class _AsyncRenewal:
                     await self.stop.wait()
                 if self.stop.is_set():
                     return
+                if not _claim_committed(self.plan):
+                    continue
                 try:
                     if not await _drive_plain_async(self.plan.store.renew(self.plan.request), self.plan):
                         self.lost = True
@@ -508,6 +560,24 @@ class _AsyncRenewal:
                     _logger.warning("renewing the lease of %s failed", self.plan.function, exc_info=True)
         finally:
             self.done.set()
+
+
+def _renew_later(plan: core.Plan[Any]) -> tuple[_AsyncRenewal | None, Any]:
+    """Transaction mode on asyncio: one timer per call, and a renewal task only for a call still
+    running after ``lease / 3`` (a task group per call would cost every call). Other event loops
+    get no renewal here."""
+    import asyncio  # noqa: PLC0415  (only the asyncio backend gets here)
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None, None
+    renewal = _AsyncRenewal(plan)
+
+    def start() -> None:
+        renewal.task = loop.create_task(renewal.run())  # kept referenced until stopped
+
+    return renewal, loop.call_later(max(plan.lease / 3.0, 0.01), start)
 
 
 async def run_async(
@@ -547,20 +617,30 @@ async def _run_async(
     error: BaseException | None = None
     cleaning = False
     renewal: _AsyncRenewal | None = None
+    timer: Any = None
     obj = handle.obj if handle is not None else None
     while True:
         try:
             op = flow.send(value) if error is None else flow.throw(error)
         except StopIteration as stop:
+            if timer is not None:  # a flow that broke off before StopRenewal
+                timer.cancel()
             return stop.value
         value, error = None, None
         try:
             kind = type(op)
             if kind is core.StartRenewal:
-                if group is not None and not cleaning:
+                if handle is not None and not cleaning:
+                    conn: Any = await obj.connection() if handle.is_session else obj  # type: ignore[union-attr]
+                    _watch_transaction(plan, handle, conn.engine)
+                    renewal, timer = _renew_later(plan)
+                elif group is not None and not cleaning:
                     renewal = _AsyncRenewal(plan)
                     group.start_soon(renewal.run)
             elif kind is core.StopRenewal:
+                if timer is not None:
+                    timer.cancel()
+                    timer = None
                 if renewal is not None:
                     renewal.stop.set()
                     if renewal.started:  # a task cancelled before its first step never sets ``done``

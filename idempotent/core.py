@@ -562,9 +562,14 @@ def _transaction_attempt(plan: Plan[T], deadline: float) -> Steps[T]:
     try:
         errors_point = (yield Savepoint()) if plan.owned and plan.store_errors else None
         try:
+            # Renews the claim's lease only once the function committed it itself (the driver
+            # watches the transaction), so a long call after its own commit is not taken over.
+            yield StartRenewal()
             result = yield Call()
+            yield StopRenewal()
             yield Flush()
         except BaseException as exc:
+            yield StopRenewal()
             ended = (yield Marker()) is not marker
             if errors_point is None or ended or not isinstance(exc, plan.store_errors):
                 raise

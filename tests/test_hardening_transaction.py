@@ -647,3 +647,103 @@ def test_duplicate_that_waited_past_the_ttl_replays(db: Db) -> None:
     assert results == [1, 1]
     assert runs == ["run"]
     assert db.count() == 1
+
+
+def _renewed_past(db: Db, offset_ms: int) -> None:
+    """Block until the key's lease was renewed after the clock moved ``offset_ms`` forward (bounded polling)."""
+    import threading
+
+    pause = threading.Event()
+    for _ in range(400):
+        rows = db.key_rows()
+        if rows and rows[0].locked_until > rows[0].created_at + offset_ms:
+            return
+        pause.wait(0.025)
+    raise AssertionError("the lease was never renewed")
+
+
+def test_self_committing_function_running_past_its_lease_is_not_taken_over(db: Db) -> None:
+    """A function commits its claim itself and goes on running past its lease: the decorator keeps
+    renewing the lease while it runs, so a duplicate gets InProgress instead of running beside it,
+    and replays once it finished."""
+    import threading
+    import warnings
+
+    from idempotent import InProgress
+    from idempotent.errors import IdempotencyWarning
+
+    orders = db.orders
+    runs: list[str] = []
+    committed, finish = threading.Event(), threading.Event()
+    db.cleanups.append(lambda: setattr(db.store, "clock_offset", 0))
+    options: dict[str, Any] = {"scope": "tests.h.lease-alive", "store": db.store, "lease": 0.3, "wait": 0}
+
+    def outlive_lease() -> None:
+        if len(runs) == 1:
+            committed.set()
+            finish.wait(30)
+
+    def duplicate_while_alive() -> Any:
+        committed.wait(30)
+        db.store.clock_offset = 5  # the 0.3 s lease has long passed on the database clock
+        _renewed_past(db, 5000)
+        return None
+
+    if db.is_async:
+
+        @idempotent(key_from="ref", **options)
+        async def aplace(conn: Any, ref: str) -> int:
+            runs.append(ref)
+            await conn.execute(orders.insert().values(ref=ref))
+            await conn.commit()
+            await asyncio.to_thread(outlive_lease)
+            return 7
+
+        async def one() -> Any:
+            async with db.async_engine.connect() as conn:
+                try:
+                    return await aplace(conn, "l-1")
+                except InProgress as exc:
+                    return exc
+
+        async def arun() -> list[Any]:
+            first = asyncio.ensure_future(one())
+            await asyncio.to_thread(duplicate_while_alive)
+            during = await one()
+            finish.set()
+            return [during, await first, await one()]
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", IdempotencyWarning)
+            results = db.run(arun())
+    else:
+
+        @idempotent(key_from="ref", **options)
+        def place(conn: Any, ref: str) -> int:
+            runs.append(ref)
+            conn.execute(orders.insert().values(ref=ref))
+            conn.commit()
+            outlive_lease()
+            return 7
+
+        def one() -> Any:
+            with db.engine.connect() as conn:
+                try:
+                    return place(conn, "l-1")
+                except InProgress as exc:
+                    return exc
+
+        got: list[Any] = []
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", IdempotencyWarning)
+            thread = threading.Thread(target=lambda: got.append(one()))
+            thread.start()
+            duplicate_while_alive()
+            during = one()
+            finish.set()
+            thread.join()
+            results = [during, got[0], one()]
+    assert isinstance(results[0], InProgress), results
+    assert results[1:] == [7, 7]
+    assert runs == ["l-1"]
+    assert db.count() == 1
