@@ -351,6 +351,14 @@ class _Renewer:
 _renewer = _Renewer()
 
 
+def _rollback_driver(conn: sa.Connection) -> None:
+    """Roll back the driver connection too when SQLAlchemy sees no transaction: after a COMMIT that
+    failed before it reached the database (or was cancelled), SQLAlchemy has ended its transaction
+    while the driver's is still open, and the caller's next commit would commit it."""
+    if not conn.in_transaction() and not conn.closed and not conn.invalidated:
+        conn.connection.rollback()
+
+
 def _claim_committed(plan: core.Plan[Any]) -> bool:
     """Whether the claim is visible to a renewal: always in lease mode; in transaction mode only
     once the function ended the transaction that holds it (before, nobody else sees the row)."""
@@ -446,6 +454,8 @@ def run_sync(
                 conn = None
             elif kind is core.Rollback:
                 handle.obj.rollback()  # type: ignore[union-attr]
+                if not handle.is_session:  # type: ignore[union-attr]
+                    _rollback_driver(handle.obj)  # type: ignore[union-attr, arg-type]
                 conn = None
             elif kind is core.EndUnwritten:
                 token = op.token  # type: ignore[attr-defined]
@@ -682,6 +692,8 @@ async def _perform_async(
         return None
     if kind is core.Rollback:
         await obj.rollback()
+        if handle is not None and not handle.is_session:
+            await obj.run_sync(_rollback_driver)
         return None
     if kind is core.EndUnwritten:
         token = op.token  # type: ignore[attr-defined]
