@@ -480,7 +480,10 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
     deadline = time.monotonic() + plan.wait
     if plan.owned and plan.peek and getattr(store, "peek_first", False):
         # A replay then costs one autocommit read; anything but a final record is claimed below.
-        seen = yield from store.peek(request)  # type: ignore[attr-defined]
+        try:
+            seen = yield from store.peek(request)  # type: ignore[attr-defined]
+        except (ClaimAborted, ClaimBlocked):
+            seen = None  # the claim below decides
         if seen is not None:
             verdict = decide(seen.record, request.fingerprint, seen.now)
             if verdict.outcome in (Outcome.REPLAY, Outcome.RAISE_STORED, Outcome.MISMATCH):
@@ -501,7 +504,8 @@ def _aborted_error(plan: Plan[Any], cause: BaseException, retried: int) -> Trans
     if isinstance(cause, _ClaimLost):
         return TransactionAborted(
             f"the transaction holding the claim of key {plan.request.key!r} ended while {plan.function} "
-            f"ran ({cause}); nothing of it was committed: roll back and retry the whole unit of work"
+            f"ran ({cause}); the decorator rolled back what the handle held and stored no result: roll "
+            "back and retry the whole unit of work"
         )
     tries = f" after {retried + 1} attempts" if retried else ""
     return TransactionAborted(

@@ -740,3 +740,22 @@ def test_self_committing_function_running_past_its_lease_is_not_taken_over(db: D
     assert results[1:] == [7, 7]
     assert runs == ["l-1"]
     assert db.count() == 1
+
+
+def test_memory_store_keeps_a_result_the_call_outlived_its_ttl_for() -> None:
+    """The in-memory test store behaves as the SQL store: a result stored after the call outlived its
+    ttl is kept at least ``wait``, so a duplicate right after it replays."""
+    from idempotent.testing import MemoryStore
+
+    store = MemoryStore()
+    runs: list[int] = []
+
+    @idempotent(key_from="ref", scope="tests.h.memory-keep", store=store, ttl=60, wait=10)
+    def place(ref: str) -> int:
+        runs.append(1)
+        store.clock_offset = 61
+        return len(runs)
+
+    assert [place("m-1"), place("m-1")] == [1, 1]
+    store.clock_offset = 72  # past ttl and past the 10 s kept after the result: absent again
+    assert place("m-1") == 2
