@@ -759,3 +759,14 @@ def test_memory_store_keeps_a_result_the_call_outlived_its_ttl_for() -> None:
     assert [place("m-1"), place("m-1")] == [1, 1]
     store.clock_offset = 72  # past ttl and past the 10 s kept after the result: absent again
     assert place("m-1") == 2
+
+
+@pytest.mark.parametrize("bad", [-1, True, 1.5, "3"])
+def test_retries_must_be_a_non_negative_int(bad: Any) -> None:
+    """``retries=`` (decorator or configure) takes an int >= 0; anything else is a ConfigurationError."""
+    from idempotent import configure
+
+    with pytest.raises(ConfigurationError, match="retries must be an int >= 0"):
+        idempotent(key_from="k", scope="tests.h.retries", retries=bad)(lambda k: None)
+    with pytest.raises(ConfigurationError, match="retries must be an int >= 0"):
+        configure(retries=bad)
