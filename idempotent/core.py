@@ -590,7 +590,8 @@ def _transaction_attempt(plan: Plan[T], deadline: float) -> Steps[T]:
         if not (yield from store.complete(request, plan.serializer.name, text, own=False)):
             # No row of ours: the function (or the database, on a deadlock it caught) rolled the
             # claim back, or its committed claim was taken over. Never commit as if it worked.
-            hooks.emit(Event.CONFLICT, plan, detail="fenced")
+            if ended:
+                hooks.emit(Event.CONFLICT, plan, detail="fenced")
             raise _ClaimLost(  # noqa: TRY301  (undone by the handler below like any other failure)
                 "it was rolled back, or taken over after the function committed it"
                 if ended

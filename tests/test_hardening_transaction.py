@@ -182,15 +182,7 @@ def _cancel() -> None:
 STEPS = [("store", "before_cursor_execute"), ("release", "release_savepoint"), ("commit", "commit")]
 
 
-@pytest.mark.parametrize("how", ["raise", "cancel"])
-@pytest.mark.parametrize(("step", "event"), STEPS, ids=[s for s, _ in STEPS])
-@pytest.mark.parametrize("handle", ["connection", "session"])
-def test_failure_after_the_call_undoes_the_unit(db: Db, handle: str, step: str, event: str, how: str) -> None:
-    """Storing the result, releasing the savepoint or committing fails or is cancelled: the error
-    (or the cancellation) propagates, the handle is out of the decorator's transaction, and a
-    caller that goes on, catches it and commits commits neither the key nor the function's write."""
-    if how == "cancel" and not db.is_async:
-        pytest.skip("cancellation exists on the async driver only")
+def _fail_after_the_call(db: Db, handle: str, step: str, event: str, how: str) -> None:
     joined = step == "release"  # a savepoint is released only inside the caller's transaction
     place = _place(db, "tests.h.after")
     _inject(db, event, _cancel if how == "cancel" else _raise, statement_filter=step == "store")
@@ -205,6 +197,26 @@ def test_failure_after_the_call_undoes_the_unit(db: Db, handle: str, step: str, 
         assert (rows[0].status, _refs(db)) == ("completed", ["a-1"])
     else:  # a failed RELEASE may have merged the unit into the caller's transaction: all of it is rolled back
         assert (rows, _refs(db)) == ([], [])
+
+
+@pytest.mark.parametrize(("step", "event"), STEPS, ids=[s for s, _ in STEPS])
+@pytest.mark.parametrize("handle", ["connection", "session"])
+def test_failure_after_the_call_undoes_the_unit(db: Db, handle: str, step: str, event: str) -> None:
+    """Storing the result, releasing the savepoint or committing fails: the error propagates, the
+    handle is out of the decorator's transaction, and a caller that goes on, catches it and
+    commits commits neither the key nor the function's write."""
+    _fail_after_the_call(db, handle, step, event, "raise")
+
+
+@pytest.mark.parametrize(("step", "event"), STEPS, ids=[s for s, _ in STEPS])
+@pytest.mark.parametrize("handle", ["connection", "session"])
+def test_cancellation_after_the_call_undoes_the_unit(
+    async_db: Db, handle: str, step: str, event: str
+) -> None:
+    """The task is cancelled while the result is stored, the savepoint released or the unit
+    committed: the undo is shielded, the cancellation propagates, and the AsyncSession or
+    AsyncConnection is not left inside the decorator's transaction."""
+    _fail_after_the_call(async_db, handle, step, event, "cancel")
 
 
 class LoneSurrogate:
