@@ -279,7 +279,12 @@ class Store(Protocol):
 
 
 class BoundStore(Protocol):
-    """A store ready for one dialect."""
+    """A store ready for one dialect.
+
+    A store whose database reports deadlocks and serialization failures may also offer
+    ``aborted(exc) -> bool``: the transaction flow then runs an owned unit again when the
+    function's own statements or the COMMIT fail that way (see :func:`transaction_flow`).
+    """
 
     #: True when the store's claim joins the caller's database transaction.
     atomic: bool

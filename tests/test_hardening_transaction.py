@@ -248,7 +248,8 @@ def test_result_text_the_driver_cannot_encode_is_serialization_error(db: Db, joi
 # ---------------------------------------------------------------------------------------------
 # 4. A Session joined into an external transaction (the test-suite recipe).
 # ---------------------------------------------------------------------------------------------
-def test_session_bound_to_a_connection_in_a_transaction_is_joined(db: Db) -> None:
+@pytest.mark.parametrize("mode", ["conditional_savepoint", "create_savepoint", "rollback_only"])
+def test_session_bound_to_a_connection_in_a_transaction_is_joined(db: Db, mode: str) -> None:
     """``Session(bind=conn)`` on a connection the caller began: the decorator never commits or rolls
     back that outer transaction, so a replay keeps the caller's and the first call's writes."""
     place = _place(db, "tests.h.recipe")
@@ -260,8 +261,9 @@ def test_session_bound_to_a_connection_in_a_transaction_is_joined(db: Db) -> Non
         async with db.async_engine.connect() as conn:
             outer = await conn.begin()
             await conn.execute(orders.insert().values(ref="outer"))
-            session = AsyncSession(bind=conn)
+            session = AsyncSession(bind=conn, join_transaction_mode=mode)  # type: ignore[arg-type]
             got = [await place(session, "j-1"), await place(session, "j-1")]
+            await session.commit()  # the caller commits its session; the outer transaction stays open
             await session.close()
             refs = sorted(r for (r,) in await conn.execute(sa.select(orders.c.ref)))
             keys = len((await conn.execute(sa.select(db.keys))).all())
@@ -272,8 +274,9 @@ def test_session_bound_to_a_connection_in_a_transaction_is_joined(db: Db) -> Non
         with db.engine.connect() as conn:
             outer = conn.begin()
             conn.execute(orders.insert().values(ref="outer"))
-            session = Session(bind=conn)
+            session = Session(bind=conn, join_transaction_mode=mode)  # type: ignore[arg-type]
             got = [place(session, "j-1"), place(session, "j-1")]
+            session.commit()  # the caller commits its session; the outer transaction stays open
             session.close()
             refs = sorted(r for (r,) in conn.execute(sa.select(orders.c.ref)))
             keys = len(conn.execute(sa.select(db.keys)).all())
