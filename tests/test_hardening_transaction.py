@@ -371,9 +371,12 @@ def test_session_with_binds_to_several_engines_is_refused(db: Db) -> None:
 # ---------------------------------------------------------------------------------------------
 # 6. PostgreSQL REPEATABLE READ / SERIALIZABLE: the owned unit is run again.
 # ---------------------------------------------------------------------------------------------
-def _strict(db: Db, level: str, ref: str, body: Callable[[Any, int], Any], **options: Any) -> Any:
+def _strict(
+    db: Db, level: str, ref: str, body: Callable[[Any, int], Any], joined: bool = False, **options: Any
+) -> Any:
     """Call ``body(conn, run)`` under ``@idempotent`` on a connection at ``level``; returns its result
-    or the error raised. ``body`` is a coroutine function on the async driver."""
+    or the error raised, and the number of runs. ``body`` is a coroutine function on the async
+    driver. ``joined``: inside a transaction the caller began, which it commits even after an error."""
     scope = f"tests.h.strict.{level}"
     runs: list[int] = []
 
@@ -387,10 +390,15 @@ def _strict(db: Db, level: str, ref: str, body: Callable[[Any, int], Any], **opt
         async def arun() -> Any:
             async with db.async_engine.connect() as conn:
                 conn = await conn.execution_options(isolation_level=level)
+                if joined:
+                    await conn.begin()
                 try:
                     return await aunit(conn, ref)
                 except Exception as exc:
                     return exc
+                finally:
+                    if joined:
+                        await conn.commit()
 
         return db.run(arun()), len(runs)
 
@@ -400,10 +408,16 @@ def _strict(db: Db, level: str, ref: str, body: Callable[[Any, int], Any], **opt
         return int(body(conn, len(runs)))
 
     with db.engine.connect() as conn:
+        conn = conn.execution_options(isolation_level=level)
+        if joined:
+            conn.begin()
         try:
-            return unit(conn.execution_options(isolation_level=level), ref), len(runs)
+            return unit(conn, ref), len(runs)
         except Exception as exc:
             return exc, len(runs)
+        finally:
+            if joined:
+                conn.commit()
 
 
 def _bump_elsewhere(db: Db, by: int) -> None:
@@ -531,9 +545,11 @@ def _wait_for_lock_wait(db: Db, table: str) -> None:
     raise AssertionError("the other transaction never waited")
 
 
-def test_deadlock_caught_inside_the_function_is_not_committed(maria_db: Db) -> None:
+@pytest.mark.parametrize("joined", [False, True])
+def test_deadlock_caught_inside_the_function_is_not_committed(maria_db: Db, joined: bool) -> None:
     """The function swallows a deadlock (which rolled its whole transaction back, claim included) and
-    writes again: that write is undone and the owned unit runs again instead of committing keyless."""
+    writes again: that write is undone; an owned unit runs again instead of committing keyless, a
+    joined one raises TransactionAborted and the caller's commit commits nothing of it."""
     import threading
 
     db = maria_db
@@ -579,14 +595,20 @@ def test_deadlock_caught_inside_the_function_is_not_committed(maria_db: Db) -> N
         return run
 
     try:
-        result, runs = _strict(db, "REPEATABLE READ", "dl-1", async_body if db.is_async else sync_body)
+        result, runs = _strict(
+            db, "REPEATABLE READ", "dl-1", async_body if db.is_async else sync_body, joined=joined
+        )
     finally:
         thread.join()
     assert seen and "1213" in seen[0], seen
-    assert (result, runs) == (2, 2)
     assert "after-deadlock" not in _refs(db)
-    (row,) = db.key_rows()
-    assert row.status == "completed"
+    if joined:
+        assert isinstance(result, TransactionAborted), result
+        assert (runs, db.key_rows()) == (1, [])
+    else:
+        assert (result, runs) == (2, 2)
+        (row,) = db.key_rows()
+        assert row.status == "completed"
 
 
 # ---------------------------------------------------------------------------------------------
