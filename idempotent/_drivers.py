@@ -351,11 +351,14 @@ class _Renewer:
 _renewer = _Renewer()
 
 
-def _rollback_driver(conn: sa.Connection) -> None:
-    """Roll back the driver connection too when SQLAlchemy sees no transaction: after a COMMIT that
-    failed before it reached the database (or was cancelled), SQLAlchemy has ended its transaction
-    while the driver's is still open, and the caller's next commit would commit it."""
-    if not conn.in_transaction() and not conn.closed and not conn.invalidated:
+def _rollback_connection(conn: sa.Connection) -> None:
+    """Roll back a Connection, and its driver connection too when SQLAlchemy's transaction was no
+    longer active: after a COMMIT that failed before it reached the database (or was cancelled),
+    SQLAlchemy has ended its transaction while the driver's may still be open, and the caller's
+    next commit would commit it."""
+    txn = conn.get_transaction()
+    conn.rollback()
+    if (txn is None or not txn.is_active) and not conn.closed and not conn.invalidated:
         conn.connection.rollback()
 
 
@@ -453,9 +456,10 @@ def run_sync(
                 handle.obj.commit()  # type: ignore[union-attr]
                 conn = None
             elif kind is core.Rollback:
-                handle.obj.rollback()  # type: ignore[union-attr]
-                if not handle.is_session:  # type: ignore[union-attr]
-                    _rollback_driver(handle.obj)  # type: ignore[union-attr, arg-type]
+                if handle.is_session:  # type: ignore[union-attr]
+                    handle.obj.rollback()  # type: ignore[union-attr]
+                else:
+                    _rollback_connection(handle.obj)  # type: ignore[union-attr, arg-type]
                 conn = None
             elif kind is core.EndUnwritten:
                 token = op.token  # type: ignore[attr-defined]
@@ -691,9 +695,10 @@ async def _perform_async(
         await obj.commit()
         return None
     if kind is core.Rollback:
-        await obj.rollback()
-        if handle is not None and not handle.is_session:
-            await obj.run_sync(_rollback_driver)
+        if handle is None or handle.is_session:
+            await obj.rollback()
+        else:
+            await obj.run_sync(_rollback_connection)
         return None
     if kind is core.EndUnwritten:
         token = op.token  # type: ignore[attr-defined]
