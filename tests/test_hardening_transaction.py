@@ -311,60 +311,43 @@ def test_autocommit_handle_is_refused(db: Db) -> None:
     assert (db.count(), db.key_rows()) == (0, [])
 
 
-def test_autocommit_engine_is_refused(db: Db) -> None:
-    """An engine created with isolation_level='AUTOCOMMIT' is refused the same way."""
-    place = _place(db, "tests.h.autocommit-engine")
+@pytest.mark.parametrize(
+    ("kind", "message"), [("autocommit-engine", "AUTOCOMMIT"), ("binds", "binds= to 2 engines")]
+)
+def test_session_that_cannot_be_atomic_is_refused(db: Db, kind: str, message: str) -> None:
+    """A Session on an engine created with isolation_level='AUTOCOMMIT', or with ``binds=`` spanning
+    two engines (the key and the write would commit separately): ConfigurationError, nothing written."""
+    place = _place(db, f"tests.h.refused-{kind}")
     if db.is_async:
         from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-        engine = create_async_engine(db.async_url, isolation_level="AUTOCOMMIT")
-
-        async def arun() -> Any:
-            try:
-                async with AsyncSession(engine) as session:
-                    return await place(session, "ae-1")
-            finally:
-                await engine.dispose()
-
-        with pytest.raises(ConfigurationError, match="AUTOCOMMIT"):
-            db.run(arun())
+        make_engine: Any = create_async_engine
+        url, make_session, ours = db.async_url, AsyncSession, db.async_engine
     else:
-        engine = sa.create_engine(db.url, isolation_level="AUTOCOMMIT")
+        make_engine, url, make_session, ours = sa.create_engine, db.url, Session, db.engine
+    if kind == "binds":
+        other = make_engine(url)
+        options: dict[str, Any] = {"bind": ours, "binds": {db.orders: other}}
+    else:
+        other = make_engine(url, isolation_level="AUTOCOMMIT")
+        options = {"bind": other}
+
+    async def arun() -> Any:
         try:
-            with Session(engine) as session, pytest.raises(ConfigurationError, match="AUTOCOMMIT"):
-                place(session, "ae-1")
+            async with make_session(**options) as session:
+                return await place(session, "x-1")
         finally:
-            engine.dispose()
-    assert (db.count(), db.key_rows()) == (0, [])
+            await other.dispose()
 
-
-def test_session_with_binds_to_several_engines_is_refused(db: Db) -> None:
-    """``Session(binds=...)`` spanning two engines would commit the key and the write separately."""
-    place = _place(db, "tests.h.binds")
-    if db.is_async:
-        from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
-
-        other = create_async_engine(db.async_url)
-
-        async def arun() -> Any:
-            try:
-                async with AsyncSession(bind=db.async_engine, binds={db.orders: other}) as session:
-                    return await place(session, "b-1")
-            finally:
-                await other.dispose()
-
-        with pytest.raises(ConfigurationError, match="binds"):
-            db.run(arun())
-    else:
-        other = sa.create_engine(db.url)
+    def run() -> Any:
         try:
-            with (
-                Session(bind=db.engine, binds={db.orders: other}) as session,
-                pytest.raises(ConfigurationError, match="binds"),
-            ):
-                place(session, "b-1")
+            with make_session(**options) as session:
+                return place(session, "x-1")
         finally:
             other.dispose()
+
+    with pytest.raises(ConfigurationError, match=message):
+        db.run(arun()) if db.is_async else run()
     assert (db.count(), db.key_rows()) == (0, [])
 
 
