@@ -312,7 +312,9 @@ def test_autocommit_handle_is_refused(db: Db) -> None:
 
 
 @pytest.mark.parametrize(
-    ("kind", "message"), [("autocommit-engine", "AUTOCOMMIT"), ("binds", "binds= to 2 engines")]
+    ("kind", "message"),
+    [("autocommit-engine", "AUTOCOMMIT"), ("binds", "binds= to 2 engines")],
+    ids=["autocommit-engine", "binds"],
 )
 def test_session_that_cannot_be_atomic_is_refused(db: Db, kind: str, message: str) -> None:
     """A Session on an engine created with isolation_level='AUTOCOMMIT', or with ``binds=`` spanning
