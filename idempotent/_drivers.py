@@ -275,6 +275,7 @@ class _SyncRenewal:
         """Stop renewing; True while the lease was never found lost."""
         with self.lock:
             self.stopped = True
+            self.plan.extra.pop("renew_gate", None)  # it holds the caller's session: let it go now
         return not self.lost
 
 
@@ -300,7 +301,8 @@ class _Renewer:
         the renewal up within one period, well before it is due."""
         self._pending.append(renewal)
         thread = self._thread
-        if renewal.interval < self._period or thread is None or not thread.is_alive():
+        crowded = len(self._pending) > _PENDING_MAX  # let the thread drop the finished ones
+        if crowded or renewal.interval < self._period or thread is None or not thread.is_alive():
             with self._cond:
                 self._period = min(self._period, renewal.interval)
                 if self._thread is None or not self._thread.is_alive():
@@ -349,6 +351,8 @@ class _Renewer:
 
 
 _renewer = _Renewer()
+#: Watched renewals waiting for the renewer thread beyond which it is woken to sort them out.
+_PENDING_MAX = 1000
 
 
 def _rollback_connection(conn: sa.Connection) -> None:
