@@ -187,10 +187,11 @@ class JsonCodec:
         except RecursionError:
             raise SerializationError("cannot store the result: it refers to itself") from None
         text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError:  # a str with a lone surrogate: JSON's \u escapes carry it intact
-            text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a str with a lone surrogate: JSON's \u escapes carry it intact
+                text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
         return text
 
     # -- decoding -------------------------------------------------------------------------------
@@ -281,7 +282,7 @@ def encode_checked(serializer: Serializer, value: Any, hint: Any, max_bytes: int
     """Encode ``value``; refuse results over ``max_bytes`` (never store a truncated row)."""
     text = serializer.dumps(value, hint)
     try:
-        size = len(text.encode("utf-8"))
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise SerializationError(
             f"serializer {serializer.name!r} encoded the result as text with a lone surrogate at "
