@@ -310,7 +310,10 @@ def _drive_plain_sync(steps: core.Steps[Any], plan: core.Plan[Any]) -> Any:
             return stop.value
         value, error = None, None
         try:
-            value = _exec_own_sync(plan, op)  # type: ignore[arg-type]
+            if type(op) is core.Ask:
+                value = op.target.ask(op.name, op.args, op.kwargs)
+            else:
+                value = _exec_own_sync(plan, op)  # type: ignore[arg-type]
         except Exception as exc:
             error = exc
 
@@ -338,7 +341,9 @@ def run_sync(
         value, error = None, None
         try:
             kind = type(op)
-            if kind is core.Exec:
+            if kind is core.Ask:
+                value = op.target.ask(op.name, op.args, op.kwargs)  # type: ignore[attr-defined]
+            elif kind is core.Exec:
                 if op.own:  # type: ignore[attr-defined]
                     value = _exec_own_sync(plan, op)  # type: ignore[arg-type]
                 else:
@@ -436,7 +441,10 @@ async def _drive_plain_async(steps: core.Steps[Any], plan: core.Plan[Any]) -> An
             return stop.value
         value, error = None, None
         try:
-            value = await _exec_own_async(plan, op)  # type: ignore[arg-type]
+            if type(op) is core.Ask:
+                value = await op.target.ask_async(op.name, op.args, op.kwargs)
+            else:
+                value = await _exec_own_async(plan, op)  # type: ignore[arg-type]
         except Exception as exc:
             error = exc
 
@@ -542,6 +550,8 @@ async def _perform_async(
     plan: core.Plan[Any], op: core.Op, handle: AsyncHandle | None, obj: Any, call: Any, group: Any
 ) -> Any:
     kind = type(op)
+    if kind is core.Ask:
+        return await op.target.ask_async(op.name, op.args, op.kwargs)  # type: ignore[attr-defined]
     if kind is core.Exec:
         if op.own:  # type: ignore[attr-defined]
             return await _exec_own_async(plan, op)  # type: ignore[arg-type]

@@ -12,32 +12,38 @@ write the function makes (only the SQL store is). Use it in unit tests of your o
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
-from typing import Any
 
-from idempotent.core import ClaimRequest, Existing, Record, Status, Steps
+from idempotent.core import ClaimRequest, Existing, Record, Status
 
 __all__ = ["MemoryStore"]
 
+_IN_PROGRESS = Status.IN_PROGRESS.value
+
 
 class MemoryStore:
-    """A thread-safe dict of records; ``clock_offset`` (seconds) moves its clock forward."""
+    """A thread-safe dict of records; ``clock_offset`` (seconds) moves its clock forward.
 
-    atomic = False
-    engine = None
+    It implements the lease-store protocol (:class:`idempotent.stores.LeaseStore` and
+    :class:`~idempotent.stores.AsyncLeaseStore`) and, being a test double, also accepts
+    transaction mode (``allows_transaction_mode``).
+    """
+
+    allows_transaction_mode = True
 
     def __init__(self, *, clock_offset: float = 0.0) -> None:
         self.clock_offset = clock_offset
         self.records: dict[tuple[str, str], Record] = {}
         self._lock = threading.Lock()
 
+    def __repr__(self) -> str:
+        return f"MemoryStore({len(self.records)} records)"
+
     def now(self) -> int:
         """The store's clock in epoch milliseconds."""
         return int(time.time() * 1000) + round(self.clock_offset * 1000)
-
-    def for_dialect(self, dialect: Any) -> MemoryStore:
-        return self
 
     def get(self, scope: str, key: str) -> Record | None:
         """The record for ``(scope, key)``, or None."""
@@ -49,76 +55,88 @@ class MemoryStore:
         with self._lock:
             self.records.clear()
 
-    def _new(self, request: ClaimRequest, now: int) -> Record:
-        return Record(
-            request.scope,
-            request.key,
-            request.fingerprint,
-            Status.IN_PROGRESS.value,
-            request.owner,
-            now + request.lease_ms,
-            now,
-            now + request.ttl_ms,
-        )
-
-    def claim(self, request: ClaimRequest) -> Steps[Existing | None]:
+    # -- LeaseStore -------------------------------------------------------------------------------
+    def claim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
+        """Store a new in-progress record unless one is there (or is no longer ``replacing``)."""
         now = self.now()
+        ident = (request.scope, request.key)
         with self._lock:
-            found = self.records.get((request.scope, request.key))
-            if found is None:
-                self.records[(request.scope, request.key)] = self._new(request, now)
-                return None
-        return Existing(found, now)
-        yield  # a generator that never yields: no I/O
-
-    def takeover(self, request: ClaimRequest, seen: Record) -> Steps[bool]:
-        now = self.now()
-        with self._lock:
-            current = self.records.get((request.scope, request.key))
-            stale = (
-                current is not None
-                and current.owner == seen.owner
-                and (
-                    current.expires_at <= now
-                    or (current.status == Status.IN_PROGRESS.value and current.locked_until <= now)
-                )
-            )
-            if stale:
-                self.records[(request.scope, request.key)] = self._new(request, now)
-        return stale
-        yield
-
-    def _update(self, request: ClaimRequest, **changes: Any) -> bool:
-        with self._lock:
-            current = self.records.get((request.scope, request.key))
-            if (
-                current is None
-                or current.owner != request.owner
-                or current.status != Status.IN_PROGRESS.value
+            found = self.records.get(ident)
+            if found is not None and not (
+                replacing is not None
+                and (found.owner, found.status, found.locked_until)
+                == (replacing.owner, replacing.status, replacing.locked_until)
             ):
+                return Existing(found, now)
+            self.records[ident] = Record(
+                request.scope, request.key, request.fingerprint, _IN_PROGRESS, request.owner,
+                now + request.lease_ms, now, now + request.ttl_ms,
+            )  # fmt: skip
+            return None
+
+    def _update(self, request: ClaimRequest, **changes: object) -> bool:
+        ident = (request.scope, request.key)
+        with self._lock:
+            current = self.records.get(ident)
+            if current is None or current.owner != request.owner or current.status != _IN_PROGRESS:
                 return False
             if changes.pop("delete", False):
-                del self.records[(request.scope, request.key)]
+                del self.records[ident]
             else:
-                fields = {name: getattr(current, name) for name in current.__dataclass_fields__}
-                fields.update(changes)
-                self.records[(request.scope, request.key)] = Record(**fields)
+                self.records[ident] = dataclasses.replace(current, **changes)  # type: ignore[arg-type]
             return True
 
-    def complete(self, request: ClaimRequest, codec: str, text: str, *, own: bool) -> Steps[bool]:
-        return self._update(request, status=Status.COMPLETED.value, result_codec=codec, result=text)
-        yield
-
-    def fail(self, request: ClaimRequest, error_type: str, text: str, *, own: bool) -> Steps[bool]:
-        return self._update(
-            request, status=Status.FAILED.value, result_codec="json", result=text, error_type=error_type
-        )
-        yield
-
-    def release(self, request: ClaimRequest, *, own: bool) -> Steps[bool]:
-        return self._update(request, delete=True)
-        yield
-
-    def renew(self, request: ClaimRequest) -> Steps[bool]:
+    def renew(self, request: ClaimRequest) -> bool:
+        """Push the lease of ``request.owner``'s claim."""
         return self._update(request, locked_until=self.now() + request.lease_ms)
-        yield
+
+    def complete(
+        self,
+        request: ClaimRequest,
+        *,
+        status: str,
+        codec: str | None,
+        result: str | None,
+        error_type: str | None = None,
+    ) -> bool:
+        """Store the outcome of ``request.owner``'s claim."""
+        return self._update(request, status=status, result_codec=codec, result=result, error_type=error_type)
+
+    def release(self, request: ClaimRequest) -> bool:
+        """Delete ``request.owner``'s claim."""
+        return self._update(request, delete=True)
+
+    def read(self, scope: str, key: str) -> Existing | None:
+        """The record and the store's clock."""
+        now = self.now()
+        found = self.get(scope, key)
+        return None if found is None else Existing(found, now)
+
+    # -- AsyncLeaseStore (no I/O: the same methods) -------------------------------------------------
+    async def aclaim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
+        """:meth:`claim`."""
+        return self.claim(request, replacing)
+
+    async def arenew(self, request: ClaimRequest) -> bool:
+        """:meth:`renew`."""
+        return self.renew(request)
+
+    async def acomplete(
+        self,
+        request: ClaimRequest,
+        *,
+        status: str,
+        codec: str | None,
+        result: str | None,
+        error_type: str | None = None,
+    ) -> bool:
+        """:meth:`complete`."""
+        return self.complete(request, status=status, codec=codec, result=result, error_type=error_type)
+
+    async def arelease(self, request: ClaimRequest) -> bool:
+        """:meth:`release`."""
+        return self.release(request)
+
+    async def aread(self, scope: str, key: str) -> Existing | None:
+        """:meth:`read`."""
+        return self.read(scope, key)
