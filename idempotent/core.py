@@ -97,8 +97,13 @@ class Decision:
 
 
 def decide(record: Record, fingerprint: str | None, now: int) -> Decision:
-    """Decide what a call with ``fingerprint`` does, given the ``record`` already stored at ``now`` (ms)."""
-    if record.expires_at <= now:
+    """Decide what a call with ``fingerprint`` does, given the ``record`` already stored at ``now`` (ms).
+
+    A live lease wins over expiry: a call still running (in progress, lease not ended) is never
+    taken over because its ``ttl`` passed; its row expires only once it is finished or abandoned.
+    """
+    live = record.status == Status.IN_PROGRESS and record.locked_until > now
+    if record.expires_at <= now and not live:
         return Decision(Outcome.TAKEOVER)
     if fingerprint is not None and record.fingerprint is not None and record.fingerprint != fingerprint:
         return Decision(Outcome.MISMATCH)

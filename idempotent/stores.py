@@ -222,9 +222,10 @@ class SQLLeaseMethods:
         plan: Any, status: str, codec: str | None, result: str | None, error_type: str | None
     ) -> Steps[bool]:
         bound, request = plan.store, plan.request
+        # (None passes through as NULL: a result without codec or text stores neither.)
         if status == _FAILED:
-            return (yield from bound.fail(request, error_type or "", result or "", own=True))  # type: ignore[no-any-return]
-        return (yield from bound.complete(request, codec or "", result or "", own=True))  # type: ignore[no-any-return]
+            return (yield from bound.fail(request, error_type, result, own=True))  # type: ignore[no-any-return]
+        return (yield from bound.complete(request, codec, result, own=True))  # type: ignore[no-any-return]
 
     @staticmethod
     def _steps_release(plan: Any) -> Steps[bool]:

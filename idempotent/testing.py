@@ -15,10 +15,14 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from idempotent.core import ClaimRequest, Existing, Record, Status
 
-__all__ = ["MemoryStore"]
+if TYPE_CHECKING:
+    from idempotent._conformance import StoreConformance
+
+__all__ = ["MemoryStore", "StoreConformance"]
 
 _IN_PROGRESS = Status.IN_PROGRESS.value
 
@@ -140,3 +144,12 @@ class MemoryStore:
     async def aread(self, scope: str, key: str) -> Existing | None:
         """:meth:`read`."""
         return self.read(scope, key)
+
+
+def __getattr__(name: str) -> object:
+    # StoreConformance needs pytest, which the library itself does not: imported on first use.
+    if name == "StoreConformance":
+        from idempotent._conformance import StoreConformance  # noqa: PLC0415
+
+        return StoreConformance
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
