@@ -7,13 +7,14 @@ anything: the decisions live in :mod:`idempotent.core`.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import heapq
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -249,7 +250,8 @@ class _Renewer:
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="idempotent-lease", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._due[0][2] is renewal:  # due first: the thread must wait less than it does
+                self._cond.notify()
 
     def _next(self) -> _SyncRenewal:
         with self._cond:
@@ -449,6 +451,38 @@ async def _drive_plain_async(steps: core.Steps[Any], plan: core.Plan[Any]) -> An
             error = exc
 
 
+def _renew_interval(plan: core.Plan[Any]) -> float:
+    return max(plan.lease / 3.0, 0.01)
+
+
+class _LazyStarter:
+    """Starts a renewal task only once its first renewal is due (asyncio).
+
+    Most calls end well within ``lease / 3``: they then cost one timer, instead of a task group
+    and a task started and cancelled around every call.
+    """
+
+    __slots__ = ("delay", "handles", "loop", "tasks")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay: float) -> None:
+        self.loop = loop
+        self.delay = delay
+        self.handles: list[asyncio.TimerHandle] = []
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def start_soon(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.handles.append(self.loop.call_later(self.delay, self._start, run))
+
+    def _start(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+        self.tasks.append(self.loop.create_task(run()))
+
+    def cancel(self) -> None:
+        for handle in self.handles:
+            handle.cancel()
+        for task in self.tasks:
+            task.cancel()
+
+
 class _AsyncRenewal:
     def __init__(self, plan: core.Plan[Any]) -> None:
         self.plan = plan
@@ -456,14 +490,17 @@ class _AsyncRenewal:
         self.lost = False
         self.started = False
         self.done = anyio.Event()
+        self.created = time.monotonic()
 
     async def run(self) -> None:
         self.started = True
-        interval = max(self.plan.lease / 3.0, 0.01)
+        interval = _renew_interval(self.plan)
+        due = self.created + interval  # (a task started late by _LazyStarter renews at once)
         try:
             while True:
-                with anyio.move_on_after(interval):
+                with anyio.move_on_after(max(0.0, due - time.monotonic())):
                     await self.stop.wait()
+                due = time.monotonic() + interval
                 if self.stop.is_set():
                     return
                 try:
@@ -485,6 +522,16 @@ async def run_async(
     """Perform the operations of ``flow`` with awaited I/O; cleanup after an error is shielded."""
     if not plan.extra.get("renew"):
         return await _run_async(plan, flow, handle, call, None)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio): a task group
+        loop = None
+    if loop is not None:
+        starter = _LazyStarter(loop, _renew_interval(plan))
+        try:
+            return await _run_async(plan, flow, handle, call, starter)
+        finally:
+            starter.cancel()
     result: Any = None
     failure: BaseException | None = None
     async with anyio.create_task_group() as group:

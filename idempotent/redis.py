@@ -44,7 +44,6 @@ from idempotent.stores import record_key
 __all__ = ["RedisStore"]
 
 _NOW = """
-if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
 local k = KEYS[1]
@@ -56,15 +55,21 @@ _CLAIM = (
     _NOW
     + """
 local cur = redis.call('HMGET', k, 'fp', 'st', 'ow', 'lu', 'ca', 'ea', 'rc', 'r', 'et')
-if cur[3] and not (ARGV[7] == '1' and cur[3] == ARGV[8] and cur[2] == ARGV[9] and cur[4] == ARGV[10]) then
-  return {0, now, cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], cur[9]}
+if cur[3] then
+  if not (ARGV[7] == '1' and cur[3] == ARGV[8] and cur[2] == ARGV[9] and cur[4] == ARGV[10]) then
+    return {0, now, cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], cur[9]}
+  end
+  redis.call('DEL', k)
 end
 local lu = now + tonumber(ARGV[3])
 local ea = now + tonumber(ARGV[4])
-redis.call('DEL', k)
-redis.call('HSET', k, 'st', 'in_progress', 'ow', ARGV[2], 'lu', string.format('%d', lu),
-  'ca', string.format('%d', now), 'ea', string.format('%d', ea))
-if ARGV[5] == '1' then redis.call('HSET', k, 'fp', ARGV[6]) end
+if ARGV[5] == '1' then
+  redis.call('HSET', k, 'st', 'in_progress', 'ow', ARGV[2], 'lu', string.format('%d', lu),
+    'ca', string.format('%d', now), 'ea', string.format('%d', ea), 'fp', ARGV[6])
+else
+  redis.call('HSET', k, 'st', 'in_progress', 'ow', ARGV[2], 'lu', string.format('%d', lu),
+    'ca', string.format('%d', now), 'ea', string.format('%d', ea))
+end
 redis.call('PEXPIRE', k, math.max(1, math.max(lu, ea) - now))
 return {1, now}
 """
@@ -91,14 +96,24 @@ local cur = redis.call('HMGET', k, 'ow', 'st', 'ea')
 if cur[1] ~= ARGV[2] then return 0 end
 if cur[2] == ARGV[3] then return 1 end
 if cur[2] ~= 'in_progress' then return 0 end
-redis.call('HSET', k, 'st', ARGV[3])
+local left = tonumber(cur[3]) - now
+if left <= 0 then
+  redis.call('DEL', k)
+  return 1
+end
+local set, gone = {'st', ARGV[3]}, {}
 local names = {'rc', 'r', 'et'}
 for i = 1, 3 do
-  if ARGV[2 + 2 * i] == '1' then redis.call('HSET', k, names[i], ARGV[3 + 2 * i])
-  else redis.call('HDEL', k, names[i]) end
+  if ARGV[2 + 2 * i] == '1' then
+    set[#set + 1] = names[i]
+    set[#set + 1] = ARGV[3 + 2 * i]
+  else
+    gone[#gone + 1] = names[i]
+  end
 end
-local left = tonumber(cur[3]) - now
-if left > 0 then redis.call('PEXPIRE', k, left) else redis.call('DEL', k) end
+redis.call('HSET', k, unpack(set))
+if #gone > 0 then redis.call('HDEL', k, unpack(gone)) end
+redis.call('PEXPIRE', k, left)
 return 1
 """
 )
