@@ -181,6 +181,9 @@ class RedisStore:
     clock, so tests move time forward without sleeping.
     """
 
+    #: Not atomic with the caller's database writes: lease mode only.
+    atomic = False
+
     def __init__(
         self,
         client: Any = None,

@@ -345,6 +345,9 @@ class GetSetStore:
     protocol where a duplicate run costs money.
     """
 
+    #: Not atomic with the caller's database writes: lease mode only.
+    atomic = False
+
     def __init__(self, inner: Any, *, clock_offset: float = 0.0) -> None:
         if not _has_get_set(inner):
             raise ConfigurationError(f"GetSetStore needs an object with get() and set(), not {inner!r}")

@@ -35,6 +35,9 @@ class MemoryStore:
     transaction mode (``allows_transaction_mode``).
     """
 
+    #: Not atomic with the caller's database writes (only the SQL store is).
+    atomic = False
+    engine = None
     allows_transaction_mode = True
 
     def __init__(self, *, clock_offset: float = 0.0) -> None:
