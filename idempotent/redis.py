@@ -39,7 +39,7 @@ import anyio
 
 from idempotent.core import ClaimRequest, Existing, Record
 from idempotent.errors import ConfigurationError
-from idempotent.stores import record_key
+from idempotent.stores import LeaseMethods, record_key
 
 __all__ = ["RedisStore"]
 
@@ -169,7 +169,7 @@ def _optional(value: str | None) -> tuple[str, bytes]:
     return ("0", b"") if value is None else ("1", _raw(value))
 
 
-class RedisStore:
+class RedisStore(LeaseMethods):
     """Idempotency keys in Redis; implements the sync and async lease-store protocols.
 
     ``client`` is a ``redis.Redis`` (for plain functions, Celery tasks, WSGI) or a
@@ -262,7 +262,36 @@ class RedisStore:
             await client.script_load(script.source)
             return await client.evalsha(script.sha, 1, key, self._offset_ms, *args)
 
-    # -- arguments and answers, shared by the sync and async methods --------------------------------
+    # -- LeaseMethods hooks: one script per step; arguments and answers shared by both sides -------
+    def _script(self, name: str, args: tuple[Any, ...]) -> tuple[_Script, bytes, tuple[Any, ...]]:
+        """The script, Redis key and script arguments of one protocol step."""
+        if name == "read":
+            return READ, self.redis_key(*args), ()
+        request = args[0]
+        key = self.redis_key(request.scope, request.key)
+        owner = _raw(request.owner)
+        if name == "claim":
+            return CLAIM, key, self._claim_args(request, args[1])
+        if name == "renew":
+            return RENEW, key, (owner, request.lease_ms)
+        if name == "release":
+            return RELEASE, key, (owner,)
+        status, codec, result, error_type = args[1:]
+        return COMPLETE, key, (owner, status, *_optional(codec), *_optional(result), *_optional(error_type))
+
+    def _answer(self, name: str, args: tuple[Any, ...], reply: Any) -> Any:
+        if name == "claim":
+            return self._record(args[0].scope, args[0].key, reply)
+        if name == "read":
+            return self._record(args[0], args[1], reply)
+        return bool(reply)
+
+    def _step(self, name: str, args: tuple[Any, ...]) -> Any:
+        return self._answer(name, args, self._eval(*self._script(name, args)))
+
+    async def _astep(self, name: str, args: tuple[Any, ...]) -> Any:
+        return self._answer(name, args, await self._aeval(*self._script(name, args)))
+
     def _claim_args(self, request: ClaimRequest, replacing: Record | None) -> tuple[Any, ...]:
         has_fp, fp = _optional(request.fingerprint)
         seen: tuple[Any, ...] = ("0", b"", b"", b"")
@@ -280,80 +309,3 @@ class RedisStore:
             _text(rc), _text(r), _text(et),
         )  # fmt: skip
         return Existing(record, int(reply[1]))
-
-    @staticmethod
-    def _complete_args(
-        request: ClaimRequest, status: str, codec: str | None, result: str | None, error_type: str | None
-    ) -> tuple[Any, ...]:
-        return (_raw(request.owner), status, *_optional(codec), *_optional(result), *_optional(error_type))
-
-    # -- LeaseStore ----------------------------------------------------------------------------------
-    def claim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
-        """Claim ``request``'s key (None), or return the record found and the server's clock."""
-        reply = self._eval(
-            CLAIM, self.redis_key(request.scope, request.key), self._claim_args(request, replacing)
-        )
-        return self._record(request.scope, request.key, reply)
-
-    def renew(self, request: ClaimRequest) -> bool:
-        """Push the lease while ``request.owner`` holds the key."""
-        key = self.redis_key(request.scope, request.key)
-        return bool(self._eval(RENEW, key, (_raw(request.owner), request.lease_ms)))
-
-    def complete(
-        self,
-        request: ClaimRequest,
-        *,
-        status: str,
-        codec: str | None,
-        result: str | None,
-        error_type: str | None = None,
-    ) -> bool:
-        """Store the outcome while ``request.owner`` holds the key."""
-        key = self.redis_key(request.scope, request.key)
-        return bool(
-            self._eval(COMPLETE, key, self._complete_args(request, status, codec, result, error_type))
-        )
-
-    def release(self, request: ClaimRequest) -> bool:
-        """Delete ``request.owner``'s claim."""
-        return bool(self._eval(RELEASE, self.redis_key(request.scope, request.key), (_raw(request.owner),)))
-
-    def read(self, scope: str, key: str) -> Existing | None:
-        """The stored record and the server's clock, or None."""
-        return self._record(scope, key, self._eval(READ, self.redis_key(scope, key), ()))
-
-    # -- AsyncLeaseStore -----------------------------------------------------------------------------
-    async def aclaim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
-        """:meth:`claim` on the async client."""
-        key = self.redis_key(request.scope, request.key)
-        reply = await self._aeval(CLAIM, key, self._claim_args(request, replacing))
-        return self._record(request.scope, request.key, reply)
-
-    async def arenew(self, request: ClaimRequest) -> bool:
-        """:meth:`renew` on the async client."""
-        key = self.redis_key(request.scope, request.key)
-        return bool(await self._aeval(RENEW, key, (_raw(request.owner), request.lease_ms)))
-
-    async def acomplete(
-        self,
-        request: ClaimRequest,
-        *,
-        status: str,
-        codec: str | None,
-        result: str | None,
-        error_type: str | None = None,
-    ) -> bool:
-        """:meth:`complete` on the async client."""
-        key = self.redis_key(request.scope, request.key)
-        args = self._complete_args(request, status, codec, result, error_type)
-        return bool(await self._aeval(COMPLETE, key, args))
-
-    async def arelease(self, request: ClaimRequest) -> bool:
-        """:meth:`release` on the async client."""
-        key = self.redis_key(request.scope, request.key)
-        return bool(await self._aeval(RELEASE, key, (_raw(request.owner),)))
-
-    async def aread(self, scope: str, key: str) -> Existing | None:
-        """:meth:`read` on the async client."""
-        return self._record(scope, key, await self._aeval(READ, self.redis_key(scope, key), ()))

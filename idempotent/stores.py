@@ -45,6 +45,7 @@ __all__ = [
     "ClaimRequest",
     "Existing",
     "GetSetStore",
+    "LeaseMethods",
     "LeaseStore",
     "Record",
     "Status",
@@ -64,6 +65,82 @@ def record_key(scope: str, key: str) -> str:
     (``"a:b" + "c"`` and ``"a" + "b:c"`` differ): ``"12:orders.place:o-1"``.
     """
     return f"{len(scope)}:{scope}:{key}"
+
+
+# ---------------------------------------------------------------------------------------------
+# The ten protocol methods, written once over two hooks.
+# ---------------------------------------------------------------------------------------------
+class LeaseMethods:
+    """:class:`LeaseStore` and :class:`AsyncLeaseStore` written once, over two hooks.
+
+    A store subclasses it and implements ``_step(name, args)`` (blocking) and
+    ``_astep(name, args)`` (async): ``name`` is ``"claim"``, ``"renew"``, ``"complete"``,
+    ``"release"`` or ``"read"``, and ``args`` the method's arguments in order (``complete``:
+    ``request, status, codec, result, error_type``). The library's stores do; a store of your own
+    may too, or implement the methods directly.
+    """
+
+    def _step(self, name: str, args: tuple[Any, ...]) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    async def _astep(self, name: str, args: tuple[Any, ...]) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def claim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
+        """Claim ``request``'s key (None), or return the stored record and the store's clock."""
+        return self._step("claim", (request, replacing))  # type: ignore[no-any-return]
+
+    def renew(self, request: ClaimRequest) -> bool:
+        """Push the lease while ``request.owner`` holds the key in progress."""
+        return bool(self._step("renew", (request,)))
+
+    def complete(
+        self,
+        request: ClaimRequest,
+        *,
+        status: str,
+        codec: str | None,
+        result: str | None,
+        error_type: str | None = None,
+    ) -> bool:
+        """Store the outcome while ``request.owner`` holds the key in progress."""
+        return bool(self._step("complete", (request, status, codec, result, error_type)))
+
+    def release(self, request: ClaimRequest) -> bool:
+        """Delete the record while ``request.owner`` holds it in progress."""
+        return bool(self._step("release", (request,)))
+
+    def read(self, scope: str, key: str) -> Existing | None:
+        """The stored record and the store's clock, or None."""
+        return self._step("read", (scope, key))  # type: ignore[no-any-return]
+
+    async def aclaim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
+        """:meth:`claim`, awaited."""
+        return await self._astep("claim", (request, replacing))  # type: ignore[no-any-return]
+
+    async def arenew(self, request: ClaimRequest) -> bool:
+        """:meth:`renew`, awaited."""
+        return bool(await self._astep("renew", (request,)))
+
+    async def acomplete(
+        self,
+        request: ClaimRequest,
+        *,
+        status: str,
+        codec: str | None,
+        result: str | None,
+        error_type: str | None = None,
+    ) -> bool:
+        """:meth:`complete`, awaited."""
+        return bool(await self._astep("complete", (request, status, codec, result, error_type)))
+
+    async def arelease(self, request: ClaimRequest) -> bool:
+        """:meth:`release`, awaited."""
+        return bool(await self._astep("release", (request,)))
+
+    async def aread(self, scope: str, key: str) -> Existing | None:
+        """:meth:`read`, awaited."""
+        return await self._astep("read", (scope, key))  # type: ignore[no-any-return]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +249,7 @@ def resolve(store: Any, mode: str, function: str) -> Any:
 # ---------------------------------------------------------------------------------------------
 # The SQL store's lease-store methods: its own statements, each in a short committed transaction.
 # ---------------------------------------------------------------------------------------------
-class SQLLeaseMethods:
+class SQLLeaseMethods(LeaseMethods):
     """:class:`LeaseStore` and :class:`AsyncLeaseStore` for ``SQLStore``, on its ``engine``.
 
     Each step runs the statements lease mode runs, through the same driver code; a blocking
@@ -235,77 +312,29 @@ class SQLLeaseMethods:
     def _steps_read(plan: Any) -> Steps[Existing | None]:
         return (yield from plan.store.read(plan.request))  # type: ignore[no-any-return]
 
-    def _run(self, name: str, request: ClaimRequest, *args: Any) -> Any:
+    @staticmethod
+    def _split(name: str, args: tuple[Any, ...]) -> tuple[ClaimRequest, tuple[Any, ...]]:
+        if name == "read":
+            return _reader(*args), ()
+        return args[0], args[1:]
+
+    def _step(self, name: str, args: tuple[Any, ...]) -> Any:
         from idempotent import _drivers  # noqa: PLC0415
 
         if not _is_sync_engine(self.engine):
             raise ConfigurationError(
                 f"{self!r} has an AsyncEngine: call its async methods (aclaim, ...) or give it a sync engine"
             )
-        plan, steps = self._lease_steps(name, request, *args)
+        request, rest = self._split(name, args)
+        plan, steps = self._lease_steps(name, request, *rest)
         return _drivers._drive_plain_sync(steps, plan)
 
-    async def _arun(self, name: str, request: ClaimRequest, *args: Any) -> Any:
+    async def _astep(self, name: str, args: tuple[Any, ...]) -> Any:
         from idempotent import _drivers  # noqa: PLC0415
 
-        plan, steps = self._lease_steps(name, request, *args)
+        request, rest = self._split(name, args)
+        plan, steps = self._lease_steps(name, request, *rest)
         return await _drivers._drive_plain_async(steps, plan)
-
-    def claim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
-        """:meth:`LeaseStore.claim` on the engine."""
-        return self._run("claim", request, replacing)  # type: ignore[no-any-return]
-
-    def renew(self, request: ClaimRequest) -> bool:
-        """:meth:`LeaseStore.renew` on the engine."""
-        return bool(self._run("renew", request))
-
-    def complete(
-        self,
-        request: ClaimRequest,
-        *,
-        status: str,
-        codec: str | None,
-        result: str | None,
-        error_type: str | None = None,
-    ) -> bool:
-        """:meth:`LeaseStore.complete` on the engine."""
-        return bool(self._run("complete", request, status, codec, result, error_type))
-
-    def release(self, request: ClaimRequest) -> bool:
-        """:meth:`LeaseStore.release` on the engine."""
-        return bool(self._run("release", request))
-
-    def read(self, scope: str, key: str) -> Existing | None:
-        """:meth:`LeaseStore.read` on the engine."""
-        return self._run("read", _reader(scope, key))  # type: ignore[no-any-return]
-
-    async def aclaim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
-        """:meth:`AsyncLeaseStore.aclaim` on the engine."""
-        return await self._arun("claim", request, replacing)  # type: ignore[no-any-return]
-
-    async def arenew(self, request: ClaimRequest) -> bool:
-        """:meth:`AsyncLeaseStore.arenew` on the engine."""
-        return bool(await self._arun("renew", request))
-
-    async def acomplete(
-        self,
-        request: ClaimRequest,
-        *,
-        status: str,
-        codec: str | None,
-        result: str | None,
-        error_type: str | None = None,
-    ) -> bool:
-        """:meth:`AsyncLeaseStore.acomplete` on the engine."""
-        return bool(await self._arun("complete", request, status, codec, result, error_type))
-
-    async def arelease(self, request: ClaimRequest) -> bool:
-        """:meth:`AsyncLeaseStore.arelease` on the engine."""
-        return bool(await self._arun("release", request))
-
-    async def aread(self, scope: str, key: str) -> Existing | None:
-        """:meth:`AsyncLeaseStore.aread` on the engine."""
-        return await self._arun("read", _reader(scope, key))  # type: ignore[no-any-return]
 
 
 def _is_sync_engine(engine: Any) -> bool:
@@ -328,7 +357,7 @@ _GONE = '{"gone":true}'  # what release() leaves when the store cannot delete
 _Step = tuple[Any, ...]
 
 
-class GetSetStore:
+class GetSetStore(LeaseMethods):
     """A store with only ``get(key)`` and ``set(key, value, ttl)`` used as a lease store. Weaker.
 
     ``inner`` is any object with ``get(key) -> value | None`` and ``set(key, value, ttl)`` (sync
@@ -463,64 +492,27 @@ class GetSetStore:
             if inspect.isawaitable(answer):
                 answer = await answer
 
-    # -- LeaseStore / AsyncLeaseStore -------------------------------------------------------------
-    def claim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
-        """:meth:`LeaseStore.claim` (not atomic: see the class docstring)."""
-        return self._drive(self._op_claim(request, replacing))  # type: ignore[no-any-return]
+    # -- LeaseMethods hooks ------------------------------------------------------------------------
+    def _op(self, name: str, args: tuple[Any, ...]) -> Generator[_Step, Any, Any]:
+        if name == "claim":
+            return self._op_claim(*args)
+        if name == "read":
+            return self._op_read(*args)
+        request = args[0]
+        if name == "renew":
+            return self._op_owned(request, lease_ms=request.lease_ms)
+        if name == "release":
+            return self._op_owned(request, delete=True)
+        status, codec, result, error_type = args[1:]
+        return self._op_owned(
+            request, status=status, result_codec=codec, result=result, error_type=error_type
+        )
 
-    def renew(self, request: ClaimRequest) -> bool:
-        """:meth:`LeaseStore.renew`."""
-        return bool(self._drive(self._op_owned(request, lease_ms=request.lease_ms)))
+    def _step(self, name: str, args: tuple[Any, ...]) -> Any:
+        return self._drive(self._op(name, args))
 
-    def complete(
-        self,
-        request: ClaimRequest,
-        *,
-        status: str,
-        codec: str | None,
-        result: str | None,
-        error_type: str | None = None,
-    ) -> bool:
-        """:meth:`LeaseStore.complete`."""
-        changes = {"status": status, "result_codec": codec, "result": result, "error_type": error_type}
-        return bool(self._drive(self._op_owned(request, **changes)))
-
-    def release(self, request: ClaimRequest) -> bool:
-        """:meth:`LeaseStore.release`."""
-        return bool(self._drive(self._op_owned(request, delete=True)))
-
-    def read(self, scope: str, key: str) -> Existing | None:
-        """:meth:`LeaseStore.read`."""
-        return self._drive(self._op_read(scope, key))  # type: ignore[no-any-return]
-
-    async def aclaim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
-        """:meth:`AsyncLeaseStore.aclaim` (not atomic: see the class docstring)."""
-        return await self._adrive(self._op_claim(request, replacing))  # type: ignore[no-any-return]
-
-    async def arenew(self, request: ClaimRequest) -> bool:
-        """:meth:`AsyncLeaseStore.arenew`."""
-        return bool(await self._adrive(self._op_owned(request, lease_ms=request.lease_ms)))
-
-    async def acomplete(
-        self,
-        request: ClaimRequest,
-        *,
-        status: str,
-        codec: str | None,
-        result: str | None,
-        error_type: str | None = None,
-    ) -> bool:
-        """:meth:`AsyncLeaseStore.acomplete`."""
-        changes = {"status": status, "result_codec": codec, "result": result, "error_type": error_type}
-        return bool(await self._adrive(self._op_owned(request, **changes)))
-
-    async def arelease(self, request: ClaimRequest) -> bool:
-        """:meth:`AsyncLeaseStore.arelease`."""
-        return bool(await self._adrive(self._op_owned(request, delete=True)))
-
-    async def aread(self, scope: str, key: str) -> Existing | None:
-        """:meth:`AsyncLeaseStore.aread`."""
-        return await self._adrive(self._op_read(scope, key))  # type: ignore[no-any-return]
+    async def _astep(self, name: str, args: tuple[Any, ...]) -> Any:
+        return await self._adrive(self._op(name, args))
 
 
 def _same_claim(current: Record, seen: Record) -> bool:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from idempotent.core import ClaimRequest, Existing, Record, Status
+from idempotent.stores import LeaseMethods
 
 if TYPE_CHECKING:
     from idempotent._conformance import StoreConformance
@@ -27,7 +28,7 @@ __all__ = ["MemoryStore", "StoreConformance"]
 _IN_PROGRESS = Status.IN_PROGRESS.value
 
 
-class MemoryStore:
+class MemoryStore(LeaseMethods):
     """A thread-safe dict of records; ``clock_offset`` (seconds) moves its clock forward.
 
     It implements the lease-store protocol (:class:`idempotent.stores.LeaseStore` and
@@ -62,8 +63,14 @@ class MemoryStore:
         with self._lock:
             self.records.clear()
 
-    # -- LeaseStore -------------------------------------------------------------------------------
-    def claim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
+    # -- the lease-store steps (LeaseMethods hooks) ------------------------------------------------
+    def _step(self, name: str, args: tuple[Any, ...]) -> Any:
+        return getattr(self, "_" + name)(*args)
+
+    async def _astep(self, name: str, args: tuple[Any, ...]) -> Any:
+        return self._step(name, args)  # no I/O
+
+    def _claim(self, request: ClaimRequest, replacing: Record | None) -> Existing | None:
         """Store a new in-progress record unless one is there (or is no longer ``replacing``)."""
         now = self.now()
         ident = (request.scope, request.key)
@@ -93,60 +100,26 @@ class MemoryStore:
                 self.records[ident] = dataclasses.replace(current, **changes)  # type: ignore[arg-type]
             return True
 
-    def renew(self, request: ClaimRequest) -> bool:
-        """Push the lease of ``request.owner``'s claim."""
+    def _renew(self, request: ClaimRequest) -> bool:
         return self._update(request, locked_until=self.now() + request.lease_ms)
 
-    def complete(
+    def _complete(
         self,
         request: ClaimRequest,
-        *,
         status: str,
         codec: str | None,
         result: str | None,
-        error_type: str | None = None,
+        error_type: str | None,
     ) -> bool:
-        """Store the outcome of ``request.owner``'s claim."""
         return self._update(request, status=status, result_codec=codec, result=result, error_type=error_type)
 
-    def release(self, request: ClaimRequest) -> bool:
-        """Delete ``request.owner``'s claim."""
+    def _release(self, request: ClaimRequest) -> bool:
         return self._update(request, delete=True)
 
-    def read(self, scope: str, key: str) -> Existing | None:
-        """The record and the store's clock."""
+    def _read(self, scope: str, key: str) -> Existing | None:
         now = self.now()
         found = self.get(scope, key)
         return None if found is None else Existing(found, now)
-
-    # -- AsyncLeaseStore (no I/O: the same methods) -------------------------------------------------
-    async def aclaim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
-        """:meth:`claim`."""
-        return self.claim(request, replacing)
-
-    async def arenew(self, request: ClaimRequest) -> bool:
-        """:meth:`renew`."""
-        return self.renew(request)
-
-    async def acomplete(
-        self,
-        request: ClaimRequest,
-        *,
-        status: str,
-        codec: str | None,
-        result: str | None,
-        error_type: str | None = None,
-    ) -> bool:
-        """:meth:`complete`."""
-        return self.complete(request, status=status, codec=codec, result=result, error_type=error_type)
-
-    async def arelease(self, request: ClaimRequest) -> bool:
-        """:meth:`release`."""
-        return self.release(request)
-
-    async def aread(self, scope: str, key: str) -> Existing | None:
-        """:meth:`read`."""
-        return self.read(scope, key)
 
 
 def __getattr__(name: str) -> object:
