@@ -216,6 +216,17 @@ class StoreConformance:
             raise errors[0]
         return results
 
+    def _lease_ended(self, api: _Api, store: Any, scope: str) -> tuple[ClaimRequest, ClaimRequest, Existing]:
+        """An owner's claim whose lease has ended, and what a new caller's claim finds."""
+        old = self.request(scope, lease=10)
+        assert api.claim(old) is None
+        self.advance(store, 11)
+        new = self.request(scope)
+        found = api.claim(new)
+        assert found is not None
+        assert found.record.owner == old.owner
+        return old, new, found
+
     # -- claim ---------------------------------------------------------------------------------------
     def test_claim_stores_an_in_progress_record(self, api: _Api) -> None:
         """A claim of a new key stores an in-progress record with the owner, fingerprint and times
@@ -276,12 +287,7 @@ class StoreConformance:
         """After the lease ends a caller takes the key over by replacing the record it saw;
         the record is then the new owner's."""
         scope = self.scope()
-        old = self.request(scope, lease=10)
-        assert api.claim(old) is None
-        self.advance(store, 11)
-        new = self.request(scope)
-        found = api.claim(new)
-        assert found is not None and found.record.owner == old.owner
+        _, new, found = self._lease_ended(api, store, scope)
         assert decide(found.record, "v1:conformance", found.now).outcome is Outcome.TAKEOVER
         assert api.claim(new, found.record) is None
         seen = api.read(scope, "k")
@@ -317,12 +323,8 @@ class StoreConformance:
     def test_stale_owner_is_fenced(self, api: _Api, store: Any) -> None:
         """Once its key was taken over, the old owner can no longer renew, complete or release it."""
         scope = self.scope()
-        old = self.request(scope, lease=10)
-        assert api.claim(old) is None
-        self.advance(store, 11)
-        new = self.request(scope)
-        found = api.claim(new)
-        assert found is not None and api.claim(new, found.record) is None
+        old, new, found = self._lease_ended(api, store, scope)
+        assert api.claim(new, found.record) is None
         assert not api.renew(old)
         assert not api.complete(old, status=_COMPLETED, codec="json", result='"late"')
         assert not api.release(old)
