@@ -244,3 +244,52 @@ def test_bad_client_is_named() -> None:
         RedisStore("redis://localhost")  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="needs a client"):
         RedisStore()
+
+
+def test_client_with_decoded_responses(redis_prefix: str) -> None:
+    """A client made with decode_responses=True works too: records and results come back as text."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    store = RedisStore(client, prefix=redis_prefix)
+    runs: list[str] = []
+
+    @idempotent(key_from="key", scope="tests.redis.decoded", mode="lease", store=store)
+    def work(key: str) -> dict[str, str]:
+        runs.append(key)
+        return {"text": "é€😀"}
+
+    assert work("k") == work("k") == {"text": "é€😀"}
+    assert runs == ["k"]
+    client.close()
+
+
+def test_cancelled_async_call_releases_its_key(redis_prefix: str) -> None:
+    """An async call cancelled inside the function releases its claim (in a shielded step), so a
+    retry runs at once."""
+    runs: list[str] = []
+
+    async def scenario() -> Any:
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        store = RedisStore(client, prefix=redis_prefix)
+        inside, never = asyncio.Event(), asyncio.Event()
+
+        @idempotent(key_from="key", scope="tests.redis.cancel", mode="lease", wait=0, store=store)
+        async def work(key: str, block: bool) -> str:
+            runs.append(key)
+            inside.set()
+            if block:
+                await never.wait()
+            return "done"
+
+        task = asyncio.create_task(work("k", True))
+        await inside.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        try:
+            assert await store.aread("tests.redis.cancel", "k") is None
+            return await work("k", False)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == "done"
+    assert runs == ["k", "k"]
