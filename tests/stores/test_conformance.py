@@ -125,3 +125,22 @@ class TestGetSetStore(StoreConformance):
     def store(self, conformance_mode: str) -> GetSetStore:
         """A GetSetStore over a dict, sync or async."""
         return GetSetStore(DictGetSet() if conformance_mode == "sync" else AsyncGetSet())
+
+
+def test_every_store_implements_both_protocols(redis_prefix: str) -> None:
+    """The SQL, memory, Redis and get/set stores are instances of LeaseStore and AsyncLeaseStore."""
+    import redis
+
+    from idempotent.redis import RedisStore
+    from idempotent.stores import AsyncLeaseStore, LeaseStore
+
+    stores = [
+        SQLStore(sa.create_engine("sqlite://")),
+        MemoryStore(),
+        RedisStore(redis.Redis.from_url(REDIS_URL), prefix=redis_prefix),
+        GetSetStore(DictGetSet()),
+    ]
+    for store in stores:
+        assert isinstance(store, LeaseStore), store
+        assert isinstance(store, AsyncLeaseStore), store
+    assert not isinstance(DictGetSet(), LeaseStore)
