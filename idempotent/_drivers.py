@@ -14,7 +14,7 @@ import itertools
 import logging
 import threading
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -470,10 +470,10 @@ class _LazyStarter:
         self.handles: list[asyncio.TimerHandle] = []
         self.tasks: list[asyncio.Task[None]] = []
 
-    def start_soon(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def start_soon(self, run: Callable[[], Any]) -> None:
         self.handles.append(self.loop.call_later(self.delay, self._start, run))
 
-    def _start(self, run: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    def _start(self, run: Callable[[], Any]) -> None:
         self.tasks.append(self.loop.create_task(run()))
 
     def cancel(self) -> None:

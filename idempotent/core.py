@@ -530,16 +530,30 @@ def _claim(plan: Plan[Any], deadline: float) -> Steps[tuple[Existing | None, Dec
 
     Returns ``(None, _)`` when the call owns the key now, else the record and the decision.
     """
-    request = plan.request
-    found = yield from plan.store.claim(_with_wait(request, max(0, int(_remaining(deadline) * 1000))))
-    if found is None or (found.record.owner == request.owner and found.record.status == Status.IN_PROGRESS):
-        return None, _CLAIMED  # (our own claim: a claim sent again after its reply was lost)
+    request = _with_wait(plan.request, max(0, int(_remaining(deadline) * 1000)))
+    found = yield from plan.store.claim(request)
+    if found is None or _ours(found, request):
+        return None, _CLAIMED
     decision = decide(found.record, request.fingerprint, found.now)
     if decision.outcome is Outcome.TAKEOVER:
+        # The takeover waits at most ``wait`` for a row another caller is taking over right now.
         if (yield from plan.store.takeover(request, found.record)):
             return None, _CLAIMED
-        decision = Decision(Outcome.WAIT, retry_after=0.0)
+        # Someone else took it over first, and may have finished while we waited: look again
+        # (even with no wait left), so a result committed meanwhile is replayed, not refused.
+        found = yield from plan.store.claim(_with_wait(request, 0))
+        if found is None:
+            return None, _CLAIMED
+        decision = decide(found.record, request.fingerprint, found.now)
+        if decision.outcome is Outcome.TAKEOVER:
+            decision = Decision(Outcome.WAIT, retry_after=0.0)
     return found, decision
+
+
+def _ours(found: Existing, request: ClaimRequest) -> bool:
+    """True for our own claim: a claim statement sent again after its connection dropped may find
+    the row its first attempt committed (the owner token is random per call)."""
+    return found.record.owner == request.owner and found.record.status == Status.IN_PROGRESS
 
 
 def _settle(plan: Plan[Any], found: Existing, decision: Decision) -> Any:
