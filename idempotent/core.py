@@ -764,24 +764,44 @@ def lease_flow(plan: Plan[T]) -> Steps[T]:
         yield StopRenewal()
         if plan.store_errors and isinstance(exc, plan.store_errors):
             error_type, text = _encode_error(exc)
-            yield from store.fail(request, error_type, text, own=True)
-            hooks.emit(Event.EXECUTED, plan, detail="failed")
-        else:
-            yield from store.release(request, own=True)
+            if (yield from _clean_up(plan, exc, store.fail(request, error_type, text, own=True), "record")):
+                hooks.emit(Event.EXECUTED, plan, detail="failed")
+        elif (yield from _clean_up(plan, exc, store.release(request, own=True), "release")):
             hooks.emit(Event.RELEASED, plan)
         raise
     yield StopRenewal()
     try:
         text = encode_checked(plan.serializer, result, plan.return_hint, plan.max_bytes)
-    except BaseException:
-        yield from store.release(request, own=True)
-        hooks.emit(Event.RELEASED, plan)
+    except BaseException as exc:
+        if (yield from _clean_up(plan, exc, store.release(request, own=True), "release")):
+            hooks.emit(Event.RELEASED, plan)
         raise
     if not (yield from store.complete(request, plan.serializer.name, text, own=True)):
         hooks.emit(Event.CONFLICT, plan, detail="fenced")
         return (yield from _fenced_outcome(plan, deadline))
     hooks.emit(Event.EXECUTED, plan)
     return result  # type: ignore[no-any-return]
+
+
+def _clean_up(plan: Plan[Any], error: BaseException, steps: Steps[Any], verb: str) -> Steps[bool]:
+    """Run a clean-up after the function raised ``error``; False when it failed.
+
+    A clean-up failure never replaces the function's own exception: it is logged and attached
+    to ``error`` as a note. The claim then stays until its lease ends, when it is taken over.
+    """
+    try:
+        yield from steps
+    except Exception as problem:
+        message = (
+            f"idempotent could not {verb} the claim of {plan.function} key {plan.request.key!r} after it "
+            f"failed ({type(problem).__name__}: {problem}); the key is taken over once its lease ends"
+        )
+        logging.getLogger("idempotent").warning(message, exc_info=True)
+        add_note = getattr(error, "add_note", None)  # Python 3.11+
+        if add_note is not None:
+            add_note(message)
+        return False
+    return True
 
 
 def _fenced_outcome(plan: Plan[T], deadline: float) -> Steps[T]:

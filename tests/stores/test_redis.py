@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -22,8 +23,8 @@ from idempotent import InProgress, configure, idempotent
 from idempotent.core import ClaimRequest
 from idempotent.errors import ConfigurationError
 from idempotent.redis import CLAIM, RedisStore, _Script
+from tests.proxy import Proxy
 from tests.services import REDIS_URL
-from tests.tcp_proxy import TcpProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 CALLERS = 50
@@ -125,16 +126,15 @@ def test_killed_client_is_taken_over_after_its_lease(store: RedisStore, redis_pr
 
 
 @pytest.fixture
-def proxy() -> Iterator[TcpProxy]:
+def proxy() -> Iterator[Proxy]:
     """A cutting proxy in front of the Redis server."""
-    host, port = REDIS_URL.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
-    running = TcpProxy(host, int(port))
-    yield running
-    running.close()
+    address = urlsplit(REDIS_URL)
+    with Proxy(address.hostname or "127.0.0.1", address.port or 6379) as running:
+        yield running
 
 
 @pytest.mark.parametrize("cut", ["request", "reply"])
-def test_connection_cut_during_a_claim(proxy: TcpProxy, redis_prefix: str, cut: str) -> None:
+def test_connection_cut_during_a_claim(proxy: Proxy, redis_prefix: str, cut: str) -> None:
     """A connection cut while the claim is on the wire (before Redis saw it, or after Redis
     claimed but before the reply arrived): the client reconnects, sends the claim again, and
     the function still runs exactly once."""
