@@ -16,6 +16,7 @@ from idempotent.schema import make_table
 from idempotent.stores import GetSetStore
 from idempotent.testing import MemoryStore, StoreConformance
 from tests.services import DATABASES, REDIS_URL, database_urls
+from tests.stores.doubles import CachedResponses, DictGetSet
 
 
 class TestMemoryStore(StoreConformance):
@@ -89,36 +90,6 @@ class TestRedisStore(StoreConformance):
         await store.async_client.aclose()
 
 
-class DictGetSet:
-    """A get/set store like other middleware's in-memory one (no atomic step)."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    def get(self, key: str) -> Any:
-        return self.data.get(key)
-
-    def set(self, key: str, value: Any, ttl: int) -> None:
-        self.data[key] = value
-
-    def delete(self, key: str) -> None:
-        self.data.pop(key, None)
-
-
-class AsyncGetSet:
-    """The async get/set interface of other middleware: ``set(key, value, *, ttl_seconds)``, no delete."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    async def get(self, key: str) -> Any:
-        return self.data.get(key)
-
-    async def set(self, key: str, value: Any, *, ttl_seconds: int) -> None:
-        assert ttl_seconds >= 1
-        self.data[key] = value
-
-
 class TestGetSetStore(StoreConformance):
     """GetSetStore over sync and async get/set stores: everything but atomicity."""
 
@@ -127,7 +98,7 @@ class TestGetSetStore(StoreConformance):
     @pytest.fixture
     def store(self, conformance_mode: str) -> GetSetStore:
         """A GetSetStore over a dict, sync or async."""
-        return GetSetStore(DictGetSet() if conformance_mode == "sync" else AsyncGetSet())
+        return GetSetStore(DictGetSet() if conformance_mode == "sync" else CachedResponses())
 
 
 def test_every_store_implements_both_protocols(redis_prefix: str) -> None:

@@ -12,21 +12,7 @@ import pytest
 from idempotent import InProgress, idempotent
 from idempotent.errors import ConfigurationError, IdempotencyWarning
 from idempotent.stores import GetSetStore, record_key
-
-
-class CachedResponses:
-    """An async get/set store shaped like other middleware's: ``set(key, value, *, ttl_seconds)``."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-        self.ttls: dict[str, int] = {}
-
-    async def get(self, key: str) -> Any:
-        return self.data.get(key)
-
-    async def set(self, key: str, value: Any, *, ttl_seconds: int) -> None:
-        self.data[key] = value
-        self.ttls[key] = ttl_seconds
+from tests.stores.doubles import CachedResponses
 
 
 def test_a_get_set_store_is_wrapped_with_a_warning() -> None:

@@ -14,6 +14,7 @@ from idempotent.errors import IdempotencyWarning
 from idempotent.redis import RedisStore
 from idempotent.stores import GetSetStore
 from tests.services import REDIS_URL
+from tests.stores.doubles import CachedResponses
 
 pytest.importorskip("starlette")
 pytest.importorskip("idempotent.contrib.asgi")
@@ -35,19 +36,6 @@ def _app(runs: list[int], store: Any) -> Any:
         return JSONResponse({"order": len(runs)}, status_code=201)
 
     return IdempotencyMiddleware(Starlette(routes=[Route("/orders", create, methods=["POST"])]), store=store)
-
-
-class CachedResponses:
-    """A get/set store shaped like other middleware's (async, ``ttl_seconds=``)."""
-
-    def __init__(self) -> None:
-        self.data: dict[str, Any] = {}
-
-    async def get(self, key: str) -> Any:
-        return self.data.get(key)
-
-    async def set(self, key: str, value: Any, *, ttl_seconds: int) -> None:
-        self.data[key] = value
 
 
 def test_asgi_middleware_on_redis(redis_prefix: str) -> None:
