@@ -111,7 +111,17 @@ class MemoryStore(LeaseMethods):
         result: str | None,
         error_type: str | None,
     ) -> bool:
-        return self._update(request, status=status, result_codec=codec, result=result, error_type=error_type)
+        current = self.get(request.scope, request.key)
+        # A stored outcome is kept at least ``wait`` (as in the SQL store), so waiters see it.
+        expires_at = max(current.expires_at, self.now() + request.wait_ms) if current else 0
+        return self._update(
+            request,
+            status=status,
+            result_codec=codec,
+            result=result,
+            error_type=error_type,
+            expires_at=expires_at,
+        )
 
     def _release(self, request: ClaimRequest) -> bool:
         return self._update(request, delete=True)
