@@ -420,6 +420,19 @@ class StoreConformance:
         assert seen is not None and seen.record.owner == new.owner
         assert (seen.record.status, seen.record.result) == (_IN_PROGRESS, None)
 
+    def test_outcome_is_kept_at_least_the_wait(self, api: _Api, store: Any) -> None:
+        """A call that outlived its ttl still stores its outcome, kept at least the caller's
+        ``wait`` (5 s here) from then on, so a duplicate that waited for it replays it."""
+        scope = self.scope()
+        owner = self.request(scope, ttl=1, lease=30)
+        assert api.claim(owner) is None
+        self.advance(store, 2)
+        assert api.complete(owner, status=_COMPLETED, codec="json", result="1")
+        self.advance(store, 3)
+        found = api.claim(self.request(scope))
+        assert found is not None
+        assert decide(found.record, "v1:conformance", found.now).outcome is Outcome.REPLAY
+
     def test_release_on_failure(self, api: _Api) -> None:
         """Releasing deletes the owner's claim, so the next caller claims at once; nobody else
         can release it."""

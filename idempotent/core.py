@@ -363,8 +363,9 @@ class LeaseStore(Protocol):
     - :meth:`renew`, :meth:`complete` and :meth:`release` act only while ``request.owner``
       holds the record in progress, and answer whether they did. ``renew`` sets
       ``locked_until = now + lease_ms``; ``complete`` sets the status (``completed`` or
-      ``failed``), ``result_codec``, ``result`` and ``error_type``; ``release`` deletes the
-      record.
+      ``failed``), ``result_codec``, ``result`` and ``error_type``, and keeps the record at
+      least ``request.wait_ms`` (``expires_at = max(expires_at, now + wait_ms)``), so that a
+      duplicate that waited for it replays it; ``release`` deletes the record.
     - :meth:`read` returns the stored record and ``now`` without changing anything.
 
     A record may vanish by itself once its ``expires_at`` and, while in progress, its

@@ -88,7 +88,8 @@ return 1
 """
 )
 
-#: ARGV: clock offset, owner, status, then flag and value of result_codec, result, error_type.
+#: ARGV: clock offset, owner, status, then flag and value of result_codec, result, error_type,
+#: then how long the outcome is kept at least (ms: the caller's wait, so that waiters see it).
 _COMPLETE = (
     _NOW
     + """
@@ -96,12 +97,13 @@ local cur = redis.call('HMGET', k, 'ow', 'st', 'ea')
 if cur[1] ~= ARGV[2] then return 0 end
 if cur[2] == ARGV[3] then return 1 end
 if cur[2] ~= 'in_progress' then return 0 end
-local left = tonumber(cur[3]) - now
+local ea = math.max(tonumber(cur[3]), now + tonumber(ARGV[10]))
+local left = ea - now
 if left <= 0 then
   redis.call('DEL', k)
   return 1
 end
-local set, gone = {'st', ARGV[3]}, {}
+local set, gone = {'st', ARGV[3], 'ea', string.format('%d', ea)}, {}
 local names = {'rc', 'r', 'et'}
 for i = 1, 3 do
   if ARGV[2 + 2 * i] == '1' then
@@ -277,7 +279,8 @@ class RedisStore(LeaseMethods):
         if name == "release":
             return RELEASE, key, (owner,)
         status, codec, result, error_type = args[1:]
-        return COMPLETE, key, (owner, status, *_optional(codec), *_optional(result), *_optional(error_type))
+        outcome = (*_optional(codec), *_optional(result), *_optional(error_type))
+        return COMPLETE, key, (owner, status, *outcome, request.wait_ms)
 
     def _answer(self, name: str, args: tuple[Any, ...], reply: Any) -> Any:
         if name == "claim":

@@ -444,6 +444,8 @@ class GetSetStore(LeaseMethods):
             return True
         if "lease_ms" in changes:
             changes = {"locked_until": now + changes.pop("lease_ms")}
+        else:  # an outcome is kept at least the caller's wait, so that waiters see it
+            changes["expires_at"] = max(current.expires_at, now + request.wait_ms)
         yield self._put(key, dataclasses.replace(current, **changes), now)
         return True
 
