@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from typing_extensions import ParamSpec
 
-from idempotent import _drivers, core
+from idempotent import _drivers, core, stores
 from idempotent._sql import SQLStore
 from idempotent.codec import DEFAULT_MAX_BYTES, JsonCodec, Serializer
 from idempotent.errors import ConfigurationError, IdempotencyWarning, MissingKey
@@ -245,6 +245,10 @@ class _Spec:
         self.serializer = serializer
         self.commit = commit
         self.required = required
+        if store is not None:  # a store that cannot serve this mode fails at decoration
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", IdempotencyWarning)  # warned once, at the first call
+                stores.resolve(store, mode, self.name)
         self.store = store
         self.max_result_bytes = None if max_result_bytes is None else _max_bytes(max_result_bytes)
         self.hooks = tuple(hooks)
@@ -355,7 +359,9 @@ class _Spec:
             wait = self.wait if self.wait is not None else defaults.wait
             settings = self._settings = _Settings(
                 defaults=defaults,
-                store=self.store if self.store is not None else defaults.store,
+                store=stores.resolve(
+                    self.store if self.store is not None else defaults.store, self.mode, self.name
+                ),
                 ttl_ms=int(ttl * 1000),
                 lease_ms=int(lease * 1000),
                 wait_ms=int(wait * 1000),
