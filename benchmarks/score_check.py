@@ -1,0 +1,94 @@
+"""Score `idempotent check` against hand-made labels of public projects.
+
+Each file in ``benchmarks/check_labels/`` names a public repository, the commit that was read,
+and every state-changing handler (``path:Qualname`` -> HTTP methods) found by reading its code.
+Checkouts are not part of this repository: put one directory per project (named like the
+label file) under a directory of your choice and point this script at it::
+
+    python benchmarks/score_check.py /tmp/checkouts            # every project found there
+    python benchmarks/score_check.py /tmp/checkouts --json score.json --show
+
+For each project it prints recall, precision, the number of files and files per second, and
+with ``--show`` the missed handlers and the findings that are not labelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+from idempotent.check.config import DEFAULT_METHODS, CheckConfig
+from idempotent.check.runner import check
+
+LABELS = Path(__file__).with_name("check_labels")
+
+
+def score(checkout: Path, labels: dict[str, list[str]]) -> dict[str, object]:
+    """Run the checker on one checkout and compare its IDEM001 findings with the labels."""
+    expected = {h for h, methods in labels.items() if set(methods) & DEFAULT_METHODS}
+    started = time.perf_counter()
+    report = check(["."], CheckConfig(), cwd=checkout)
+    elapsed = time.perf_counter() - started
+    found = {f"{f.path}:{f.handler}" for f in report.findings if f.code == "IDEM001"}
+    hits = found & expected
+    return {
+        "files": report.files,
+        "seconds": round(elapsed, 3),
+        "files_per_second": round(report.files / elapsed, 1) if elapsed else 0.0,
+        "labelled": len(expected),
+        "found": len(found),
+        "recall": round(len(hits) / len(expected), 4) if expected else 1.0,
+        "precision": round(len(hits) / len(found), 4) if found else 1.0,
+        "missed": sorted(expected - found),
+        "unexpected": sorted(found - expected),
+        "skipped_files": len(report.warnings),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Score every labelled project whose checkout is present; exit 1 if none is."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkouts", type=Path, help="directory holding one checkout per project")
+    parser.add_argument("--labels", type=Path, default=LABELS)
+    parser.add_argument("--json", type=Path, help="also write the scores to this file")
+    parser.add_argument("--show", action="store_true", help="list missed and unexpected handlers")
+    args = parser.parse_args(argv)
+    results: dict[str, dict[str, object]] = {}
+    for label_file in sorted(args.labels.glob("*.json")):
+        data = json.loads(label_file.read_text(encoding="utf-8"))
+        checkout = args.checkouts / data["project"]
+        if not checkout.is_dir():
+            print(f"skip {data['project']}: no checkout at {checkout}", file=sys.stderr)
+            continue
+        result = score(checkout, data["handlers"])
+        result["commit"] = data["commit"]
+        results[data["project"]] = result
+    if not results:
+        print("no checkout found; see the docstring", file=sys.stderr)
+        return 1
+    header = f"{'project':30} {'files':>6} {'labelled':>8} {'found':>6} {'recall':>7} {'precision':>9} {'files/s':>8}"
+    print(header)
+    print("-" * len(header))
+    for name, r in results.items():
+        print(
+            f"{name:30} {r['files']:>6} {r['labelled']:>8} {r['found']:>6} {r['recall']:>7.3f} "
+            f"{r['precision']:>9.3f} {r['files_per_second']:>8.0f}"
+        )
+        if args.show:
+            for handler in r["missed"]:  # type: ignore[attr-defined]
+                print(f"    missed      {handler}")
+            for handler in r["unexpected"]:  # type: ignore[attr-defined]
+                print(f"    unexpected  {handler}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory of this process: {peak:.0f} MiB")
+    if args.json is not None:
+        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
