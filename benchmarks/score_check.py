@@ -51,7 +51,9 @@ def score(checkout: Path, labels: dict[str, list[str]]) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     """Score every labelled project whose checkout is present; exit 1 if none is."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("checkouts", type=Path, help="directory holding one checkout per project")
     parser.add_argument("--labels", type=Path, default=LABELS)
     parser.add_argument("--json", type=Path, help="also write the scores to this file")
@@ -70,13 +72,14 @@ def main(argv: list[str] | None = None) -> int:
     if not results:
         print("no checkout found; see the docstring", file=sys.stderr)
         return 1
-    header = f"{'project':30} {'files':>6} {'labelled':>8} {'found':>6} {'recall':>7} {'precision':>9} {'files/s':>8}"
+    columns = ("files", "labelled", "found", "recall", "precision", "files/s")
+    header = f"{'project':30} " + " ".join(f"{c:>9}" for c in columns)
     print(header)
     print("-" * len(header))
     for name, r in results.items():
         print(
-            f"{name:30} {r['files']:>6} {r['labelled']:>8} {r['found']:>6} {r['recall']:>7.3f} "
-            f"{r['precision']:>9.3f} {r['files_per_second']:>8.0f}"
+            f"{name:30} {r['files']:>9} {r['labelled']:>9} {r['found']:>9} {r['recall']:>9.3f} "
+            f"{r['precision']:>9.3f} {r['files_per_second']:>9.0f}"
         )
         if args.show:
             for handler in r["missed"]:  # type: ignore[attr-defined]

@@ -117,6 +117,7 @@ class Decorator:
     name_kw: str | None
     inner: tuple[str, ...]  # dotted names passed as arguments (``method_decorator(idempotent(...))``)
     deps: tuple[str, ...]  # ``dependencies=[Depends(x)]``
+    str_args: tuple[str, ...] = ()  # every positional argument, when all are strings (``cors("POST")``)
 
 
 @dataclass(slots=True)
@@ -149,6 +150,7 @@ class Body:
     method_compares: frozenset[str] = frozenset()
     reads_body: bool = False
     depends: tuple[str, ...] = ()
+    request_calls: tuple[str, ...] = ()  # functions called with the request: ``form(request, ...)``
 
 
 @dataclass(slots=True)
@@ -228,6 +230,7 @@ class ModuleFacts:
                     method_compares=frozenset(scan.compares),
                     reads_body=scan.reads_body,
                     depends=tuple(scan.depends),
+                    request_calls=tuple(scan.request_calls),
                 )
         return function.body
 
@@ -357,6 +360,7 @@ class _BodyScan:
         self.compares: set[str] = set()
         self.reads_body = False
         self.depends: list[str] = []
+        self.request_calls: list[str] = []
         for arg in (*args.posonlyargs, *args.args, *args.kwonlyargs):
             if arg.annotation is not None:
                 self._scan(arg.annotation, depends=True)
@@ -392,6 +396,12 @@ class _BodyScan:
                         self.depends.append(target)
                 else:
                     self._call(node)
+                    if self.request and any(
+                        isinstance(a, ast.Name) and a.id == self.request for a in node.args
+                    ):
+                        name = dotted(node.func)
+                        if name is not None and name not in self.request_calls:
+                            self.request_calls.append(name)
             elif isinstance(node, ast.Compare) and self.request:
                 operands = [node.left, *node.comparators]
                 if any(_is_method_attribute(op, self.request) for op in operands):
@@ -781,6 +791,7 @@ class _Collector:
             attr = func.attr
             receiver = dotted(func.value)
         first_str = first_list = methods_kw = name_kw = None
+        str_args: tuple[str, ...] = ()
         inner: list[str] = []
         deps: list[str] = []
         if call is not None:
@@ -790,6 +801,9 @@ class _Collector:
                     first_str = first.value
                 else:
                     first_list = _strings(first)
+                texts = [a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                if len(texts) == len(call.args):
+                    str_args = tuple(texts)
             methods_kw = _strings(_keyword(call, "methods"))
             name_value = _keyword(call, "name")
             if isinstance(name_value, ast.Constant) and isinstance(name_value.value, str):
@@ -823,6 +837,7 @@ class _Collector:
             name_kw=name_kw,
             inner=tuple(inner),
             deps=tuple(deps),
+            str_args=str_args,
         )
 
     def function(

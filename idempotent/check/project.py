@@ -42,6 +42,11 @@ __all__ = ["Project", "Verdict"]
 _MAX_DEPTH = 24
 _REGISTRAR_ATTRIBUTES = frozenset({"router", "wsgi_app", "asgi_app", "app"})
 _DJANGO_ROOTS = frozenset({"django", "rest_framework"})
+_REQUEST_NAMES = frozenset({"request", "req"})
+_HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", *STATE_CHANGING})
+_VIEW_METHOD_NAMES = frozenset({"get", "post", "put", "patch", "delete", "create", "update", "dispatch"})
+#: How many calls deep a view's request is followed into helper functions.
+_MAX_CALL_DEPTH = 3
 #: Methods of class-based views that run for every request, whatever its method.
 _PER_REQUEST = ("dispatch", "setup", "initial", "initialize_request")
 #: The framework a call registration belongs to when its router object is not known.
@@ -156,6 +161,8 @@ class Project:
         self._covered: set[Resolved] = set()
         self.django_covered = False
         self._aliases: dict[Resolved, Resolved] = {}
+        self._routing: bool | None = None
+        self._callers: set[Obj] | None = None
         self._alias_parameters()
         self._link()
 
@@ -540,10 +547,36 @@ class Project:
         if (
             api_view is None
             and not paths
-            and (not (module.roots & _DJANGO_ROOTS) or function.params[0] not in {"request", "req"})
+            and (not (module.roots & _DJANGO_ROOTS) or function.params[0] not in _REQUEST_NAMES)
         ):
             return None
+        wrapped = bool(paths) and all(r.wrapped for r in paths)
+        if api_view is not None:
+            api_view.wrapped = wrapped
+            return api_view
+        restriction, declared = self._method_restriction(module, function)
+        # A function that only reads the request is a view when a URLconf routes it. When the
+        # project's URLconfs are visible, an unrouted one is a helper of the views that call it;
+        # when they are not, the functions that call it with their request are preferred.
+        if not paths and not declared and (self._django_routing() or self._has_view_caller(module, function)):
+            return None
+        methods = self._request_methods(module, function, 0, set())
+        if restriction is not None:
+            methods = tuple(m for m in STATE_CHANGING if m in restriction)
+        if not methods:
+            return None
+        return _Reg("django", methods, None, None, wrapped, "django")
+
+    def _method_restriction(
+        self, module: ModuleFacts, function: FunctionFacts
+    ) -> tuple[tuple[str, ...] | None, bool]:
+        """The methods a function view's decorators allow, and whether a Django decorator said so.
+
+        ``@require_POST``/``@require_http_methods([...])`` declare a view; a decorator called with
+        only HTTP method names (``@cors("GET", "POST")``) restricts the methods of a routed one.
+        """
         restriction: tuple[str, ...] | None = None
+        declared = False
         for decorator in function.decorators:
             names = self._names_of(module, function.scope, decorator.func)
             for name in names:
@@ -553,21 +586,80 @@ class Project:
                 ):
                     fixed = DJANGO_METHOD_DECORATORS[last]
                     restriction = fixed if fixed is not None else decorator.first_list or ()
-        wrapped = bool(paths) and all(r.wrapped for r in paths)
-        if api_view is not None:
-            api_view.wrapped = wrapped
-            return api_view
+                    declared = True
+            if (
+                not declared
+                and decorator.str_args
+                and all(a.upper() in _HTTP_METHODS for a in decorator.str_args)
+            ):
+                restriction = tuple(a.upper() for a in decorator.str_args)
         if restriction is not None:
-            methods = tuple(m.upper() for m in restriction)
-        else:
-            body = module.body(function)
-            signals = set(body.method_compares) & set(STATE_CHANGING)
-            if body.reads_body and not body.method_compares:
-                signals.add("POST")
-            methods = tuple(m for m in STATE_CHANGING if m in signals)
-        if not methods:
-            return None
-        return _Reg("django", methods, None, None, wrapped, "django")
+            restriction = tuple(m.upper() for m in restriction)
+        return restriction, declared
+
+    def _request_methods(
+        self, module: ModuleFacts, function: FunctionFacts, depth: int, seen: set[tuple[str, str]]
+    ) -> tuple[str, ...]:
+        """The state-changing methods a function handles, itself or through functions it passes
+        its request to (``return order_form(request, order)``)."""
+        seen.add((module.path, function.qualname))
+        body = module.body(function)
+        signals = set(body.method_compares) & set(STATE_CHANGING)
+        if body.reads_body and not body.method_compares:
+            signals.add("POST")
+        if depth < _MAX_CALL_DEPTH:
+            for called in body.request_calls:
+                target = self.resolve(module, Ref(function.qualname, called))
+                if not isinstance(target, Obj) or (target.path, target.name) in seen:
+                    continue
+                callee = self._functions.get((target.path, target.name))
+                if callee is None or callee.scope or not callee.params:
+                    continue
+                callee_module = self.modules[target.path]
+                restriction, _ = self._method_restriction(callee_module, callee)
+                found = self._request_methods(callee_module, callee, depth + 1, seen)
+                if restriction is not None:
+                    found = tuple(m for m in found if m in restriction) or tuple(
+                        m for m in STATE_CHANGING if m in restriction
+                    )
+                signals.update(found)
+        return tuple(m for m in STATE_CHANGING if m in signals)
+
+    def _django_routing(self) -> bool:
+        """Whether a URLconf of the checked files routes at least one function or class."""
+        if self._routing is None:
+            self._routing = any(
+                registration.kind == "path"
+                and self._call_reg(module, registration, is_class=False) is not None
+                for registrations in self._registrations.values()
+                for module, registration in registrations
+            )
+        return self._routing
+
+    def _has_view_caller(self, module: ModuleFacts, function: FunctionFacts) -> bool:
+        """Whether another function or view method passes its request to ``function``."""
+        if self._callers is None:
+            self._callers = set()
+            for other in self.modules.values():
+                if not (other.roots & _DJANGO_ROOTS):
+                    continue
+                candidates = [
+                    f
+                    for f in other.functions
+                    if not f.scope and f.params[:1] and f.params[0] in _REQUEST_NAMES
+                ]
+                candidates += [
+                    m
+                    for c in other.classes
+                    for m in c.methods.values()
+                    if m.name in _VIEW_METHOD_NAMES and len(m.params) > 1
+                ]
+                for caller in candidates:
+                    for called in other.body(caller).request_calls:
+                        target = self.resolve(other, Ref(caller.qualname, called))
+                        if isinstance(target, Obj) and target != Obj(other.path, caller.qualname):
+                            self._callers.add(target)
+        return Obj(module.path, function.qualname) in self._callers
 
     def _function(
         self, module: ModuleFacts, function: FunctionFacts, findings: list[Finding], verdicts: list[Verdict]
