@@ -801,7 +801,9 @@ class _Collector:
                     first_str = first.value
                 else:
                     first_list = _strings(first)
-                texts = [a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                texts = [
+                    a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                ]
                 if len(texts) == len(call.args):
                     str_args = tuple(texts)
             methods_kw = _strings(_keyword(call, "methods"))

@@ -9,6 +9,7 @@ and included into an app in another is the same object in both.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -44,6 +45,11 @@ _REGISTRAR_ATTRIBUTES = frozenset({"router", "wsgi_app", "asgi_app", "app"})
 _DJANGO_ROOTS = frozenset({"django", "rest_framework"})
 _REQUEST_NAMES = frozenset({"request", "req"})
 _HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", *STATE_CHANGING})
+_HTTP_HANDLERS = frozenset({"get", "post", "put", "patch", "delete"})
+#: Bases that are never views, whatever defines what on them.
+_NOT_VIEWS = re.compile(
+    r"(^|\.)(object|Exception|BaseException|Protocol|Generic|ABC|Enum|NamedTuple|TypedDict)$|^django\.|^typing\.|^abc\.|^enum\."
+)
 _VIEW_METHOD_NAMES = frozenset({"get", "post", "put", "patch", "delete", "create", "update", "dispatch"})
 #: How many calls deep a view's request is followed into helper functions.
 _MAX_CALL_DEPTH = 3
@@ -156,6 +162,7 @@ class Project:
         self._classes = {(m.path, c.qualname): c for m in modules for c in m.classes}
         self._functions = {(m.path, f.qualname): f for m in modules for f in m.functions}
         self._mro_cache: dict[tuple[str, str], list[tuple[str, ClassFacts]]] = {}
+        self._bases_cache: dict[tuple[str, str], list[tuple[str, BaseClass | None, str]]] = {}
         self._registrations: dict[Obj, list[tuple[ModuleFacts, Registration]]] = {}
         self._parents: dict[Resolved, set[Resolved]] = {}
         self._covered: set[Resolved] = set()
@@ -852,23 +859,73 @@ class Project:
         return order
 
     def _framework_bases(self, path: str, cls: ClassFacts) -> list[tuple[str, BaseClass | None, str]]:
-        """Framework classes among the ancestors: (name, base class or None for a mixin, mixin name)."""
+        """Framework classes among the ancestors: (name, base class or None for a mixin, mixin name).
+
+        A class is a view when its ancestors reach a view class of a framework (Django's
+        ``View``, DRF's ``APIView``, Flask's and Starlette's): every class of ``django.views`` or of a
+        ``views`` module of ``django.contrib``, and every view, generic view and viewset of DRF,
+        whether it is known by name or not. A base imported from any other package, which the
+        checker cannot see, makes a view of a class that defines an HTTP method taking the
+        request or that a URLconf routes with ``as_view()``.
+        """
+        key = (path, cls.qualname)
+        cached = self._bases_cache.get(key)
+        if cached is not None:
+            return cached
         found: list[tuple[str, BaseClass | None, str]] = []
-        for owner_path, owner in self._mro(path, cls):
+        foreign: list[tuple[str, ModuleFacts]] = []
+        mro = self._mro(path, cls)
+        for owner_path, owner in mro:
             module = self.modules[owner_path]
             for base in owner.bases:
                 resolved = self.resolve(module, Ref(owner.scope, base))
                 if isinstance(resolved, Obj) and (resolved.path, resolved.name) in self._classes:
                     continue
+                known = False
                 for name in self.names(resolved):
                     root, last = name.split(".")[0], name.rsplit(".", 1)[-1]
                     roots = [root] if "." in name else sorted(module.roots & {*EXTERNAL_ROOTS})
                     for candidate_root in roots:
                         if (candidate_root, last) in BASE_CLASSES:
                             found.append((last, BASE_CLASSES[(candidate_root, last)], ""))
+                            known = True
                         elif candidate_root == "rest_framework" and last in DRF_MIXINS:
                             found.append((last, None, last))
+                            known = True
+                    if not known and "." in name:
+                        by_path = _view_by_path(name)
+                        if by_path is not None:
+                            found.append((last, by_path, ""))
+                            known = True
+                    if known:
+                        break
+                if (
+                    not known
+                    and not isinstance(resolved, Mod)
+                    and not _NOT_VIEWS.match(self.names(resolved)[-1])
+                ):
+                    foreign.append((self.names(resolved)[-1], module))
+        if (
+            not any(base is not None for _, base, _ in found)
+            and foreign
+            and self._acts_as_view(path, cls, mro)
+        ):
+            name, module = foreign[0]
+            found.append((name.rsplit(".", 1)[-1], _foreign_base(name, module), ""))
+        self._bases_cache[key] = found
         return found
+
+    def _acts_as_view(self, path: str, cls: ClassFacts, mro: list[tuple[str, ClassFacts]]) -> bool:
+        """Whether a class with a base the checker cannot see behaves as a view: it (or a class of
+        its own between it and that base) defines an HTTP method taking the request, or a URLconf
+        routes it with ``as_view()``."""
+        for _, owner in mro:
+            for name, method in owner.methods.items():
+                if name in _HTTP_HANDLERS and len(method.params) > 1 and method.params[1] in _REQUEST_NAMES:
+                    return True
+        return any(
+            registration.as_view for _, registration in self._registrations.get(Obj(path, cls.qualname), ())
+        )
 
     def _is_view(self, path: str, cls: ClassFacts) -> bool:
         return any(base is not None for _, base, _ in self._framework_bases(path, cls))
@@ -1108,3 +1165,48 @@ def _message(
     if writes:
         return f"{subject} and writes: {', '.join(writes)}; {consequence} the write"
     return f"{subject}; no write seen in its body"
+
+
+_DJANGO_VIEW_PATH = re.compile(r"^django\.(views(\.|$)|contrib\.\w+\.views\.)")
+_DRF_VIEW_PATH = re.compile(r"^rest_framework\.(views|generics|viewsets)\.")
+#: Django's authentication views that handle a form's POST themselves.
+_DJANGO_FORM_VIEWS = re.compile(r"^(Login|Logout|Password\w*)View$")
+
+
+def _view_by_path(name: str) -> BaseClass | None:
+    """A Django or DRF view class not listed by name, recognised by the module that defines it."""
+    last = name.rsplit(".", 1)[-1]
+    if last.endswith("Mixin"):
+        return None
+    if _DJANGO_VIEW_PATH.match(name):
+        implicit: tuple[str, ...] = ()
+        writes = ""
+        if "Create" in last or "Update" in last:
+            implicit, writes = ("POST", "PUT"), f"saves the form's object ({last})"
+        elif "Delet" in last:
+            implicit, writes = ("POST", "DELETE"), f"deletes the object ({last})"
+        elif "Form" in last or _DJANGO_FORM_VIEWS.match(last):
+            implicit = ("POST",)
+        return BaseClass("django", "view", implicit, writes)
+    if _DRF_VIEW_PATH.match(name):
+        style = "viewset" if ".viewsets." in name or last.endswith("ViewSet") else "view"
+        drf_methods: list[str] = []
+        if "Create" in last:
+            drf_methods.append("POST")
+        if "Update" in last:
+            drf_methods += ["PUT", "PATCH"]
+        if "Destroy" in last:
+            drf_methods.append("DELETE")
+        writes = f"saves the serializer ({last})" if drf_methods else ""
+        return BaseClass("drf", style, tuple(drf_methods), writes)
+    return None
+
+
+def _foreign_base(name: str, module: ModuleFacts) -> BaseClass:
+    """A view base from a package the checker cannot see: the framework its module suggests."""
+    root = name.split(".", maxsplit=1)[0]
+    if root.startswith("rest_framework") or "rest" in root or "rest_framework" in module.roots:
+        return BaseClass("drf", "view")
+    if "flask" in module.roots and "django" not in module.roots:
+        return BaseClass("flask", "view")
+    return BaseClass("django", "view")
