@@ -45,6 +45,7 @@ _REGISTRAR_ATTRIBUTES = frozenset({"router", "wsgi_app", "asgi_app", "app"})
 _DJANGO_ROOTS = frozenset({"django", "rest_framework"})
 _REQUEST_NAMES = frozenset({"request", "req"})
 _HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", *STATE_CHANGING})
+_ADMIN_VIEWS = ("login", "logout")
 _HTTP_HANDLERS = frozenset({"get", "post", "put", "patch", "delete"})
 #: Bases that are never views, whatever defines what on them.
 _NOT_VIEWS = re.compile(
@@ -163,6 +164,7 @@ class Project:
         self._functions = {(m.path, f.qualname): f for m in modules for f in m.functions}
         self._mro_cache: dict[tuple[str, str], list[tuple[str, ClassFacts]]] = {}
         self._bases_cache: dict[tuple[str, str], list[tuple[str, BaseClass | None, str]]] = {}
+        self._class_level: dict[tuple[str, str], bool] = {}
         self._registrations: dict[Obj, list[tuple[ModuleFacts, Registration]]] = {}
         self._parents: dict[Resolved, set[Resolved]] = {}
         self._covered: set[Resolved] = set()
@@ -994,7 +996,13 @@ class Project:
             if source and source not in location.inherited_from:
                 location.inherited_from.append(source)
 
+        if style == "admin":
+            for name in _ADMIN_VIEWS:
+                if name in cls.methods:
+                    place("POST", (name,), cls.methods[name], "")
         for method in STATE_CHANGING:
+            if style == "admin":
+                break
             if style == "dispatch":
                 declared = next((c.methods_attr for _, c in mro if c.methods_attr is not None), None)
                 if declared is None or method not in declared:
@@ -1002,6 +1010,13 @@ class Project:
                 chain: tuple[str, ...] = ("dispatch_request",)
             else:
                 chain = VIEWSET_CHAIN[method] if style == "viewset" else VIEW_CHAIN[method][:1]
+                if framework == "drf" and style == "view" and method in implicit:
+                    chain = VIEW_CHAIN[method]  # a generic view's post() calls create()
+            # An override is reported where it is written, an inherited handler on the class line.
+            own = next((name for name in chain if name in cls.methods), None)
+            if own is not None:
+                place(method, chain, cls.methods[own], "")
+                continue
             definer = self._definer(mro, chain[0])
             if definer is not None and definer[2] is not None:
                 owner_path, owner, defined = definer
@@ -1078,6 +1093,15 @@ class Project:
             inherited = (
                 f", inherited from {' and '.join(location.inherited_from)}" if location.inherited_from else ""
             )
+            message = _message(
+                "IDEM001", name, framework=framework, methods=checked, writes=writes, inherited=inherited
+            )
+            covering = self._covering_base(mro) if location.method is not None else None
+            if covering is not None:
+                message += (
+                    f"; the class-level dispatch decorator that fixes `{covering}` is inherited here "
+                    "and covers it too"
+                )
             self._emit(
                 findings,
                 verdicts,
@@ -1089,14 +1113,7 @@ class Project:
                     line=anchor,
                     column=column,
                     code="IDEM001",
-                    message=_message(
-                        "IDEM001",
-                        name,
-                        framework=framework,
-                        methods=checked,
-                        writes=writes,
-                        inherited=inherited,
-                    ),
+                    message=message,
                     framework=framework,
                     handler=qualname,
                     methods=checked,
@@ -1104,6 +1121,21 @@ class Project:
                     target=FixTarget(file=module.path, kind=kind, anchor_line=anchor),
                 ),
             )
+
+    def _covering_base(self, mro: list[tuple[str, ClassFacts]]) -> str | None:
+        """The nearest base view reported on its class line: its fix, a ``dispatch`` decorator on
+        the class, is inherited by every subclass and covers their overrides too."""
+        for path, parent in mro[1:]:
+            key = (path, parent.qualname)
+            reported = self._class_level.get(key)
+            if reported is None:
+                findings: list[Finding] = []
+                self._class(self.modules[path], parent, findings, [])
+                reported = any(f.target is not None and f.target.kind == "class" for f in findings)
+                self._class_level[key] = reported
+            if reported:
+                return parent.name
+        return None
 
     def _reads_header_for(
         self, mro: list[tuple[str, ClassFacts]], location: _Location, methods: tuple[str, ...]
