@@ -76,11 +76,41 @@ _SQL_STATEMENTS = frozenset({"insert", "update", "delete"})
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _BODY_ATTRIBUTES = frozenset({"POST", "FILES", "body", "data"})
 _MAX_WRITES = 3
-#: Text that must appear in a file for its calls to matter (see ``_Collector.call``).
-_CALL_TRIGGERS = re.compile(
-    r"include_router|register_blueprint|\.mount\(|add_middleware|add_api_route|add_route|add_url_rule"
-    r"|init_app|Middleware|\b(?:re_)?path\(|\burl\(|MIDDLEWARE|Route\(|Mount\(|Host\("
+#: Statements that hold no other statement.
+_LEAF_STATEMENTS = (
+    ast.Assign,
+    ast.AnnAssign,
+    ast.AugAssign,
+    ast.Expr,
+    ast.Return,
+    ast.Raise,
+    ast.Assert,
+    ast.Delete,
+    ast.Pass,
+    ast.Break,
+    ast.Continue,
+    ast.Global,
+    ast.Nonlocal,
 )
+#: Text that must appear in a file for its calls to matter (see ``_Collector.call``).
+_TRIGGER_TEXTS = (
+    "include_router",
+    "register_blueprint",
+    ".mount(",
+    "add_middleware",
+    "add_middleware",
+    "add_api_route",
+    "add_route",
+    "add_url_rule",
+    "init_app",
+    "Middleware",
+    "path(",
+    "url(",
+    "MIDDLEWARE",
+    "Route(",
+    "Mount(",
+    "Host(",
+)  # plain substrings: a regular expression over the whole text costs as much as parsing it
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +127,9 @@ class Binding:
 
     target: str | None = None  # the imported dotted name, relative ones start with dots
     local: bool = False
+
+
+_LOCAL = Binding(local=True)
 
 
 @dataclass(slots=True)
@@ -479,9 +512,12 @@ class _Collector:
         self.done: set[int] = set()  # ids of Route/Mount calls already read as part of a list
         # Walking every expression for calls is the slow part; a file that names none of the calls
         # that matter is not walked.
-        self.scan_calls = _CALL_TRIGGERS.search(facts.text) is not None or any(
-            name in facts.text for name in middleware_names
+        text = facts.text
+        self.scan_calls = any(trigger in text for trigger in _TRIGGER_TEXTS) or any(
+            name in text for name in middleware_names
         )
+        # Class bodies are searched for the header's name only in files that spell it somewhere.
+        self.header_text = "idempotency" in text.lower()
 
     # -- names -----------------------------------------------------------------------------
     def bind(self, scope: str, name: str, binding: Binding) -> None:
@@ -504,13 +540,13 @@ class _Collector:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             function = self.function(node, scope)
             self.facts.functions.append(function)
-            self.bind(scope, node.name, Binding(local=True))
+            self.bind(scope, node.name, _LOCAL)
             for param in function.params:
-                self.bind(function.qualname, param, Binding(local=True))
+                self.bind(function.qualname, param, _LOCAL)
             self.statements(node.body, function.qualname)
         elif isinstance(node, ast.ClassDef):
             self.facts.classes.append(self.klass(node, scope))
-            self.bind(scope, node.name, Binding(local=True))
+            self.bind(scope, node.name, _LOCAL)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 self.facts.roots.add(alias.name.split(".")[0])
@@ -534,12 +570,18 @@ class _Collector:
                 self.assignment(node, scope)
             elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
                 self.passing(node.value, scope)
+            if isinstance(node, _LEAF_STATEMENTS):  # nothing inside but expressions
+                if self.scan_calls:
+                    for child in ast.iter_child_nodes(node):
+                        if isinstance(child, ast.expr):
+                            self.expression(child, scope)
+                return
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.stmt):
                     self.statement(child, scope)
                 elif isinstance(child, ast.ExceptHandler | ast.match_case):
                     if isinstance(child, ast.ExceptHandler) and child.name:
-                        self.bind(scope, child.name, Binding(local=True))
+                        self.bind(scope, child.name, _LOCAL)
                     self.statements(child.body, scope)
                 elif isinstance(child, ast.expr):
                     if self.scan_calls:
@@ -548,15 +590,18 @@ class _Collector:
                     if self.scan_calls:
                         self.expression(child.context_expr, scope)
                     if isinstance(child.optional_vars, ast.Name):
-                        self.bind(scope, child.optional_vars.id, Binding(local=True))
+                        self.bind(scope, child.optional_vars.id, _LOCAL)
 
     def assignment(self, node: ast.Assign | ast.AnnAssign | ast.AugAssign, scope: str) -> None:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target]
         value = node.value
         for target in targets:
+            if isinstance(target, ast.Name):
+                self.bind(scope, target.id, _LOCAL)
+                continue
             for sub in ast.walk(target):
                 if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
-                    self.bind(scope, sub.id, Binding(local=True))
+                    self.bind(scope, sub.id, _LOCAL)
         if value is None:
             return
         for target in targets:
@@ -896,9 +941,8 @@ class _Collector:
             bases=tuple(bases),
             decorators=[self.decorator(i, d) for i, d in enumerate(node.decorator_list)],
             methods=methods,
-            reads_header=_header_in(
-                s for s in node.body if not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef)
-            ),
+            reads_header=self.header_text
+            and _header_in(s for s in node.body if not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef)),
             methods_attr=methods_attr,
         )
 
