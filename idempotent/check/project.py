@@ -1202,7 +1202,7 @@ def _message(
 _DJANGO_VIEW_PATH = re.compile(r"^django\.(views(\.|$)|contrib\.\w+\.views\.)")
 _DRF_VIEW_PATH = re.compile(r"^rest_framework\.(views|generics|viewsets)\.")
 #: Django's authentication views that handle a form's POST themselves.
-_DJANGO_FORM_VIEWS = re.compile(r"^(Login|Logout|Password\w*)View$")
+_DJANGO_FORM_VIEWS = re.compile(r"^(Login|Logout|PasswordChange|PasswordReset|PasswordResetConfirm)View$")
 
 
 def _view_by_path(name: str) -> BaseClass | None:
