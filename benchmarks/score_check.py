@@ -28,13 +28,15 @@ LABELS = Path(__file__).with_name("check_labels")
 
 
 def score(checkout: Path, labels: dict[str, list[str]]) -> dict[str, object]:
-    """Run the checker on one checkout and compare its IDEM001 findings with the labels."""
-    expected = {h for h, methods in labels.items() if set(methods) & DEFAULT_METHODS}
+    """Run the checker on one checkout and compare its IDEM001 findings (handler and methods)
+    with the labels."""
+    expected = {h: set(m) & DEFAULT_METHODS for h, m in labels.items() if set(m) & DEFAULT_METHODS}
     started = time.perf_counter()
     report = check(["."], CheckConfig(), cwd=checkout)
     elapsed = time.perf_counter() - started
-    found = {f"{f.path}:{f.handler}" for f in report.findings if f.code == "IDEM001"}
-    hits = found & expected
+    found = {f"{f.path}:{f.handler}": set(f.methods) for f in report.findings if f.code == "IDEM001"}
+    # A hit names the labelled handler with the labelled methods.
+    hits = {h for h, methods in found.items() if expected.get(h) == methods}
     return {
         "files": report.files,
         "seconds": round(elapsed, 3),
@@ -43,8 +45,8 @@ def score(checkout: Path, labels: dict[str, list[str]]) -> dict[str, object]:
         "found": len(found),
         "recall": round(len(hits) / len(expected), 4) if expected else 1.0,
         "precision": round(len(hits) / len(found), 4) if found else 1.0,
-        "missed": sorted(expected - found),
-        "unexpected": sorted(found - expected),
+        "missed": sorted(h for h in expected if h not in hits),
+        "unexpected": sorted(h for h in found if h not in hits),
         "skipped_files": len(report.warnings),
     }
 

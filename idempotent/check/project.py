@@ -1012,6 +1012,8 @@ class Project:
                 chain = VIEWSET_CHAIN[method] if style == "viewset" else VIEW_CHAIN[method][:1]
                 if framework == "drf" and style == "view" and method in implicit:
                     chain = VIEW_CHAIN[method]  # a generic view's post() calls create()
+                if framework == "drf" and method == "PATCH" and method in implicit:
+                    chain = (*chain, "update")  # the inherited partial_update() calls update()
             # An override is reported where it is written, an inherited handler on the class line.
             own = next((name for name in chain if name in cls.methods), None)
             if own is not None:

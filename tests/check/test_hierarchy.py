@@ -317,3 +317,33 @@ def test_without_urlconf_the_callers_are_preferred(tmp_path: Path) -> None:
     found = _found(report)
     assert "hooks/forms.py:4:channel_form" not in found
     assert {"hooks/views.py:7:add_channel", "hooks/views.py:11:edit_channel"} <= found
+
+
+def test_update_override_serves_patch_through_the_inherited_partial_update(tmp_path: Path) -> None:
+    """DRF's inherited partial_update() calls update(): an update() written in the class is the
+    handler of PUT and PATCH, one finding; a viewset without partial_update() serves no PATCH."""
+    report = _report(
+        tmp_path,
+        {
+            "users/__init__.py": "",
+            "users/views.py": """
+                from rest_framework import mixins, viewsets
+                from rest_framework.generics import RetrieveUpdateAPIView
+
+
+                class ProfileUpdate(RetrieveUpdateAPIView):
+                    def update(self, request, *args, **kwargs):
+                        return super().update(request, *args, **kwargs)
+
+
+                class NoteViewSet(mixins.CreateModelMixin, viewsets.GenericViewSet):
+                    def update(self, request, pk=None):
+                        return None
+            """,
+        },
+    )
+    assert {(f.line, f.handler, f.methods) for f in report.findings} == {
+        (6, "ProfileUpdate.update", ("PUT", "PATCH")),
+        (10, "NoteViewSet", ("POST",)),
+        (11, "NoteViewSet.update", ("PUT",)),
+    }
