@@ -464,7 +464,8 @@ class _BodyScan:
             if name in _WRITE_ANY or name.startswith(_WRITE_PREFIXES):
                 write = True
             elif name in _OUTBOUND:
-                write = bool(call.args or call.keywords)
+                # ``super().post(request)`` runs the inherited handler: not an outbound request.
+                write = bool(call.args or call.keywords) and not _is_super(func.value)
             elif name == "request":
                 values = _strings(_argument(call, 0, "method"))
                 write = bool(values) and values is not None and values[0].upper() in _STATE_CHANGING
@@ -488,6 +489,10 @@ class _BodyScan:
             text += "()"
             if text not in self.writes:
                 self.writes.append(text)
+
+
+def _is_super(node: ast.expr) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super"
 
 
 def _header_in(nodes: Iterable[ast.AST]) -> bool:
