@@ -271,6 +271,11 @@ def plan_fixes(findings: Iterable[Finding]) -> list[FixPlan]:
             # Moving @idempotent below the route or task decorator needs only the core library.
             plans.append(FixPlan(finding, None, [], True))
             continue
+        if target.covered_by:
+            # Decorating this override too would run the idempotency check twice for one request.
+            note = f"the dispatch decorator suggested for its base `{target.covered_by}` covers it"
+            plans.append(FixPlan(finding, None, [], False, note))
+            continue
         label = FRAMEWORK_LABELS.get(finding.framework, finding.framework)
         template = fix_template(finding.framework)
         if template is None:

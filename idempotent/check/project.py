@@ -1120,7 +1120,9 @@ class Project:
                     handler=qualname,
                     methods=checked,
                     writes=writes,
-                    target=FixTarget(file=module.path, kind=kind, anchor_line=anchor),
+                    target=FixTarget(
+                        file=module.path, kind=kind, anchor_line=anchor, covered_by=covering or ""
+                    ),
                 ),
             )
 

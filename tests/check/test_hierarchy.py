@@ -6,10 +6,13 @@ import json
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from idempotent.check import check
 from idempotent.check.config import CheckConfig
 from idempotent.check.report import render
 from idempotent.check.runner import Report
+from idempotent.cli import main
 
 
 def _write(root: Path, files: dict[str, str]) -> None:
@@ -347,3 +350,34 @@ def test_update_override_serves_patch_through_the_inherited_partial_update(tmp_p
         (10, "NoteViewSet", ("POST",)),
         (11, "NoteViewSet.update", ("PUT",)),
     }
+
+
+def test_fixing_the_base_covers_the_subclass(
+    fake_integration: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--fix decorates the base's dispatch and leaves the overriding subclass alone, after which
+    neither is reported: the subclass inherits the fix."""
+    _write(
+        tmp_path,
+        {
+            "orders/__init__.py": "",
+            "orders/views.py": """
+                from django.views.generic import CreateView
+
+
+                class OrderCreate(CreateView):
+                    fields = ["total"]
+
+
+                class RushOrderCreate(OrderCreate):
+                    def post(self, request, *args, **kwargs):
+                        return super().post(request, *args, **kwargs)
+            """,
+        },
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "--fix", "-q"]) == 0
+    fixed = (tmp_path / "orders" / "views.py").read_text(encoding="utf-8")
+    assert fixed.count("@method_decorator(") == 1
+    assert '@method_decorator(idempotent_view(), name="dispatch")\nclass OrderCreate(CreateView):' in fixed
+    assert check(["."], CheckConfig(root=tmp_path), cwd=tmp_path).findings == []
