@@ -1221,7 +1221,9 @@ def _view_by_path(name: str) -> BaseClass | None:
             implicit, writes = ("POST", "PUT"), f"saves the form's object ({last})"
         elif "Delet" in last:
             implicit, writes = ("POST", "DELETE"), f"deletes the object ({last})"
-        elif "Form" in last or _DJANGO_FORM_VIEWS.match(last):
+        elif "FormView" in last:
+            implicit = ("POST", "PUT")
+        elif _DJANGO_FORM_VIEWS.match(last):
             implicit = ("POST",)
         return BaseClass("django", "view", implicit, writes)
     if _DRF_VIEW_PATH.match(name):
@@ -1239,10 +1241,14 @@ def _view_by_path(name: str) -> BaseClass | None:
 
 
 def _foreign_base(name: str, module: ModuleFacts) -> BaseClass:
-    """A view base from a package the checker cannot see: the framework its module suggests."""
+    """A view base from a package the checker cannot see: the framework its module suggests, and
+    the methods its name implies (a ``...FormView`` handles the form's POST as Django's does)."""
     root = name.split(".", maxsplit=1)[0]
+    last = name.rsplit(".", 1)[-1]
     if root.startswith("rest_framework") or "rest" in root or "rest_framework" in module.roots:
-        return BaseClass("drf", "view")
+        drf = _view_by_path(f"rest_framework.generics.{last}")
+        return BaseClass("drf", "view", drf.implicit if drf else (), drf.writes if drf else "")
     if "flask" in module.roots and "django" not in module.roots:
         return BaseClass("flask", "view")
-    return BaseClass("django", "view")
+    django = _view_by_path(f"django.views.generic.{last}")
+    return BaseClass("django", "view", django.implicit if django else (), django.writes if django else "")

@@ -381,3 +381,31 @@ def test_fixing_the_base_covers_the_subclass(
     assert fixed.count("@method_decorator(") == 1
     assert '@method_decorator(idempotent_view(), name="dispatch")\nclass OrderCreate(CreateView):' in fixed
     assert check(["."], CheckConfig(root=tmp_path), cwd=tmp_path).findings == []
+
+
+def test_a_routed_foreign_form_view_handles_post(tmp_path: Path) -> None:
+    """A class on another package's form view, routed with as_view() and defining no handler,
+    serves the form's POST (and PUT) like Django's FormView: reported on its class line."""
+    report = _report(
+        tmp_path,
+        {
+            "contact/__init__.py": "",
+            "contact/views.py": """
+                from formkit.views import MessageFormView
+
+
+                class ContactUs(MessageFormView):
+                    template_name = "contact.html"
+            """,
+            "contact/urls.py": """
+                from django.urls import path
+
+                from .views import ContactUs
+
+                urlpatterns = [path("contact/", ContactUs.as_view())]
+            """,
+        },
+    )
+    assert {(f.path, f.line, f.handler, f.methods) for f in report.findings} == {
+        ("contact/views.py", 4, "ContactUs", ("POST", "PUT"))
+    }
