@@ -203,3 +203,22 @@ def test_in_progress_outside_a_worker_raises(app: Celery) -> None:
     busy_inner = busy
     with pytest.raises(InProgress):
         busy.apply(kwargs={"ref": "o-6"}, throw=True)
+
+
+def test_unbound_task_keys_on_the_current_request(app: Celery) -> None:
+    """Without bind=True the default key comes from Celery's current task: same id replays, and the
+    stored key is the task name plus the request id."""
+    store = MemoryStore()
+    runs: list[int] = []
+
+    @app.task(name=f"tests.unit.unbound.{uuid.uuid4().hex[:6]}")
+    @idempotent_task(store=store, scope="tests.unit.unbound")
+    def notify(order_id: int) -> int:
+        runs.append(order_id)
+        return order_id * 2
+
+    task_id = str(uuid.uuid4())
+    assert notify.apply(args=(21,), task_id=task_id).get() == 42
+    assert notify.apply(args=(21,), task_id=task_id).get() == 42
+    assert runs == [21]
+    assert store.get("tests.unit.unbound", f"{notify.name}:{task_id}") is not None
