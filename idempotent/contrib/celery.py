@@ -253,7 +253,12 @@ def _with_session(
                 if name == param or name in given
             }
             full = inspect.BoundArguments(signature, arguments)
-            return inner(*full.args, **full.kwargs)
+            result = inner(*full.args, **full.kwargs)
+            if handle.in_transaction():
+                # Only a run without a key (required=False) gets here with its writes pending: the
+                # decorator commits or rolls back every transaction it began itself.
+                handle.commit()
+            return result
         finally:
             handle.close()
 

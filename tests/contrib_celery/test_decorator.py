@@ -222,3 +222,28 @@ def test_unbound_task_keys_on_the_current_request(app: Celery) -> None:
     assert notify.apply(args=(21,), task_id=task_id).get() == 42
     assert runs == [21]
     assert store.get("tests.unit.unbound", f"{notify.name}:{task_id}") is not None
+
+
+def test_connection_factory_and_optional_key(app: Celery, sync_db: Db) -> None:
+    """``engine.connect`` works as a factory; with required=False a run without a key still commits
+    its writes (without idempotency), and a run with one replays."""
+
+    @app.task(name=f"tests.unit.conn.{uuid.uuid4().hex[:6]}")
+    @idempotent_task(
+        key_from="ref",
+        required=False,
+        session_factory=sync_db.engine.connect,
+        session="conn",
+        store=sync_db.store,
+        scope="tests.unit.conn",
+    )
+    def record(conn: sa.Connection, ref: str | None, label: str) -> str:
+        conn.execute(sync_db.orders.insert().values(ref=label, amount=1))
+        return label
+
+    assert record.apply(args=(None, "no-key")).get() == "no-key"
+    assert record.apply(args=(None, "no-key")).get() == "no-key"
+    assert _count(sync_db, "no-key") == 2
+    assert record.apply(args=("k-1", "keyed")).get() == "keyed"
+    assert record.apply(args=("k-1", "keyed")).get() == "keyed"
+    assert _count(sync_db, "keyed") == 1
