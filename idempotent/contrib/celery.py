@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
 try:
@@ -26,10 +26,8 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("idempotent.contrib.celery needs Celery: pip install 'idempotent[celery]'") from exc
 
-from idempotent.codec import Serializer
-from idempotent.decorator import _UNSET, Mode, Seconds, idempotent
+from idempotent.decorator import Mode, idempotent
 from idempotent.errors import ConfigurationError, InProgress, MissingKey
-from idempotent.events import Hook
 
 __all__ = ["IdempotentTask", "idempotent_task"]
 
@@ -84,19 +82,8 @@ def idempotent_task(
     session_factory: Callable[[], Any] | None = None,
     session: str | Callable[[], Any] | None = None,
     mode: Mode | None = None,
-    scope: str | None = None,
-    ttl: Seconds = _UNSET,
-    lease: Seconds = _UNSET,
-    wait: Seconds = _UNSET,
-    fingerprint: bool | Sequence[str] | Callable[..., Any] = True,
-    store_errors: Sequence[type[BaseException]] = (),
-    serializer: Serializer | None = None,
-    commit: bool = False,
-    required: bool = True,
-    store: Any = None,
-    max_result_bytes: int | None = None,
-    hooks: Sequence[Hook] = (),
     in_progress_delay: float | None = None,
+    **options: Any,
 ) -> Any:
     """Make a Celery task body run once per key; put it *below* ``@app.task``/``@shared_task``.
 
@@ -114,8 +101,10 @@ def idempotent_task(
     - ``in_progress_delay``: a delivery that finds its key still held by another run is sent again
       after this many seconds (default: what is left of the holder's lease).
 
-    Every other option is the one of :func:`idempotent.idempotent`. Celery's ``Retry``, ``Ignore``
-    and ``Reject`` are not completions: the key is released (in transaction mode, with the writes).
+    Every other keyword argument (``scope``, ``ttl``, ``lease``, ``wait``, ``fingerprint``,
+    ``store_errors``, ``store``, ...) is passed to :func:`idempotent.idempotent`. Celery's
+    ``Retry``, ``Ignore`` and ``Reject`` are not completions: the key is released (in transaction
+    mode, with the writes).
     """
     if func is not None:
         return idempotent_task()(func)
@@ -141,7 +130,7 @@ def idempotent_task(
         mode == "transaction"
         and session_factory is None
         and session is None
-        and (store is None or getattr(store, "atomic", True))
+        and getattr(options.get("store"), "atomic", True)
     ):
         raise ConfigurationError(
             "a Celery task receives no database session in its message: give idempotent_task a "
@@ -180,20 +169,9 @@ def idempotent_task(
                 )
         inner = idempotent(
             key_from=key_from if key_from is not None else _default_key,
-            scope=scope,
             session=param if param is not None else session,
             mode=mode,
-            ttl=ttl,
-            lease=lease,
-            wait=wait,
-            fingerprint=fingerprint,
-            store_errors=store_errors,
-            serializer=serializer,
-            commit=commit,
-            required=required,
-            store=store,
-            max_result_bytes=max_result_bytes,
-            hooks=hooks,
+            **options,
         )(_shield(target))
         call = _with_session(inner, signature, param, session_factory)
 
