@@ -82,6 +82,7 @@ def idempotent_task(
     session_factory: Callable[[], Any] | None = None,
     session: str | Callable[[], Any] | None = None,
     mode: Mode | None = None,
+    django: str | None = None,
     in_progress_delay: float | None = None,
     **options: Any,
 ) -> Any:
@@ -96,6 +97,8 @@ def idempotent_task(
       commits and closes it: the key commits with the task's writes (transaction mode).
     - ``session``: without a factory, a zero-argument callable returning the session in use
       (``scoped_session``), as for ``@idempotent``.
+    - ``django``: the alias of a Django database (``"default"``) whose ORM the task writes through:
+      the run is wrapped in ``transaction.atomic(using=...)`` and the key commits with its writes.
     - ``mode``: ``"transaction"`` when a session is given, else ``"lease"`` (effects outside the
       database; the claim commits on the store's engine, or on any ``store=``).
     - ``in_progress_delay``: a delivery that finds its key still held by another run is sent again
@@ -108,6 +111,10 @@ def idempotent_task(
     """
     if func is not None:
         return idempotent_task()(func)
+    if django is not None:
+        if session_factory is not None or session is not None:
+            raise ConfigurationError("give either django= or a SQLAlchemy session_factory/session, not both")
+        session = _django_session(django)
     if mode is None:
         mode = "transaction" if (session_factory is not None or session is not None) else "lease"
     if session_factory is not None:
@@ -197,6 +204,14 @@ def idempotent_task(
         return run  # type: ignore[return-value]
 
     return decorate
+
+
+def _django_session(using: str) -> Callable[[], Any]:
+    from idempotent._django import DjangoTransaction  # noqa: PLC0415  (only for Django projects)
+
+    if not isinstance(using, str) or not using:
+        raise ConfigurationError(f"django= takes a database alias such as 'default', not {using!r}")
+    return lambda: DjangoTransaction(using)
 
 
 def _shield(target: Callable[..., Any]) -> Callable[..., Any]:
