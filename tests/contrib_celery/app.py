@@ -189,4 +189,4 @@ def _define_tasks(
         """Lease mode: the effect (a line in a file) is outside the database."""
         flags.append(f"charges-{ref}", str(os.getpid()))
         flags.hold("charge", ref)
-        return {"charged": ref}
+        return {"charged": ref, "retries": self.request.retries}
