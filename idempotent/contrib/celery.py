@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import warnings
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -174,12 +175,16 @@ def idempotent_task(
                     f"has no parameter {param!r} (its parameters are {', '.join(signature.parameters)}); "
                     "add one, or name it with session='...'"
                 )
-        inner = idempotent(
-            key_from=key_from if key_from is not None else _default_key,
-            session=param if param is not None else session,
-            mode=mode,
-            **options,
-        )(_shield(target))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            inner = idempotent(
+                key_from=key_from if key_from is not None else _default_key,
+                session=param if param is not None else session,
+                mode=mode,
+                **options,
+            )(_shield(target))
+        for warning in caught:  # shown at the user's decorator line, not at this one
+            warnings.warn(warning.message, warning.category, stacklevel=2)
         call = _with_session(inner, signature, param, session_factory)
 
         @functools.wraps(target)

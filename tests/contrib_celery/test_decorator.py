@@ -247,3 +247,16 @@ def test_connection_factory_and_optional_key(app: Celery, sync_db: Db) -> None:
     assert record.apply(args=("k-1", "keyed")).get() == "keyed"
     assert record.apply(args=("k-1", "keyed")).get() == "keyed"
     assert _count(sync_db, "keyed") == 1
+
+
+def test_unstable_scope_warning_points_at_the_task() -> None:
+    """A body defined inside a function gets the scope warning, reported at the user's decorator line."""
+    from idempotent.errors import IdempotencyWarning
+
+    with pytest.warns(IdempotencyWarning, match="scope") as record:
+
+        @idempotent_task(store=MemoryStore())
+        def local(order_id: int) -> int:
+            return order_id
+
+    assert record[0].filename == __file__
