@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import threading
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +125,7 @@ def make_app(config: Config) -> Celery:
         store = SQLStore(engine, keys)
         stores.append(store)
         _define_tasks(app, name, flags, store, sessionmaker(engine), orders_table(sa.MetaData(), orders_name))
+        _define_django_task(app, name, flags, store, url, orders_name)
 
     @task_prerun.connect(weak=False)
     def move_clock(**_: Any) -> None:
@@ -190,3 +192,71 @@ def _define_tasks(
         flags.append(f"charges-{ref}", str(os.getpid()))
         flags.hold("charge", ref)
         return {"charged": ref, "retries": self.request.retries}
+
+
+def django_alias(url: str) -> str:
+    """Make the database at ``url`` a Django alias (configuring Django on first use); return the alias."""
+    import django
+    from django.conf import settings
+    from django.db import connections
+
+    if not settings.configured:
+        settings.configure(DATABASES={}, USE_TZ=True, INSTALLED_APPS=[])
+        django.setup()
+    parsed = sa.make_url(url)
+    alias = f"idem_{uuid.uuid5(uuid.NAMESPACE_URL, url).hex[:10]}"
+    if alias in connections.settings:
+        return alias
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        database = {"ENGINE": "django.db.backends.sqlite3", "NAME": parsed.database}
+    else:
+        if backend != "postgresql":
+            import pymysql
+
+            pymysql.install_as_MySQLdb()  # Django's MySQL backend on PyMySQL, the driver the tests use
+        database = {
+            "ENGINE": f"django.db.backends.{'postgresql' if backend == 'postgresql' else 'mysql'}",
+            "NAME": parsed.database,
+            "USER": parsed.username or "",
+            "PASSWORD": parsed.password or "",
+            "HOST": parsed.host or "",
+            "PORT": str(parsed.port or ""),
+        }
+    connections.settings[alias] = connections.configure_settings({"default": {}, alias: database})[alias]
+    return alias
+
+
+def _define_django_task(
+    app: Celery, name: str, flags: Flags, store: SQLStore, url: str, orders_name: str
+) -> None:
+    """``tests.djorder.<database>``: the order task writing through the Django ORM (same orders table)."""
+    from django.db import models
+
+    alias = django_alias(url)
+    meta = type("Meta", (), {"app_label": "idem_celery_worker", "db_table": orders_name, "managed": False})
+    order_model: Any = type(
+        f"Order_{name}_{orders_name}",
+        (models.Model,),
+        {
+            "__module__": __name__,
+            "Meta": meta,
+            "ref": models.CharField(max_length=100),
+            "amount": models.IntegerField(),
+        },
+    )
+
+    def hold_after_commit(info: EventInfo) -> None:
+        from celery import current_task
+
+        if info.event is Event.EXECUTED:
+            flags.hold("commit", str(current_task.request.kwargs.get("ref")))
+
+    @app.task(bind=True, name=f"tests.djorder.{name}")
+    @idempotent_task(django=alias, store=store, scope=f"tests.djorder.{name}", hooks=[hold_after_commit])
+    def djorder(self: Any, ref: str, amount: int) -> dict[str, Any]:
+        """Default key; the row is written by Django's ORM inside the decorator's atomic() block."""
+        order = order_model.objects.using(alias).create(ref=ref, amount=amount)
+        flags.append(f"runs-{ref}", str(os.getpid()))
+        flags.hold("write", ref)
+        return {"order_id": order.pk, "ref": ref, "amount": amount}

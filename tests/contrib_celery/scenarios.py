@@ -12,14 +12,14 @@ def new_ref() -> str:
     return f"ord-{uuid.uuid4().hex[:12]}"
 
 
-def killed_then_redelivered(env: CeleryEnv, database: str, point: str) -> None:
+def killed_then_redelivered(env: CeleryEnv, database: str, point: str, task: str = "order") -> None:
     """SIGKILL the pool process at ``point`` ("write": before the commit, "commit": after the commit,
     before the ack); the redelivered message runs again (or replays): exactly one order row, and the
     task's result is that row."""
     db = env.database(database)
     ref = new_ref()
     env.flags.put(f"hold-{point}-{ref}")
-    result = env.send("order", database, ref=ref, amount=5)
+    result = env.send(task, database, ref=ref, amount=5)
     killed = env.kill_at(point, ref)
     receipt = env.get(result)
     rows = db.rows(ref)

@@ -16,34 +16,11 @@ from idempotent.contrib.celery import idempotent_task
 from idempotent.schema import make_table
 from tests.services import DATABASES, database_urls
 
-django = pytest.importorskip("django")
+pytest.importorskip("django")
 
-from django.conf import settings  # noqa: E402
-from django.db import connections, models, transaction  # noqa: E402
+from django.db import connections, models, transaction
 
-if not settings.configured:
-    settings.configure(DATABASES={}, USE_TZ=True, INSTALLED_APPS=[])
-    django.setup()
-
-
-def _django_settings(url: sa.URL) -> dict[str, Any]:
-    if url.get_backend_name() == "sqlite":
-        return {"ENGINE": "django.db.backends.sqlite3", "NAME": url.database}
-    if url.get_backend_name() == "postgresql":
-        engine = "django.db.backends.postgresql"
-    else:
-        import pymysql
-
-        pymysql.install_as_MySQLdb()  # Django's MySQL backend on PyMySQL, the driver the tests use
-        engine = "django.db.backends.mysql"
-    return {
-        "ENGINE": engine,
-        "NAME": url.database,
-        "USER": url.username or "",
-        "PASSWORD": url.password or "",
-        "HOST": url.host or "",
-        "PORT": str(url.port or ""),
-    }
+from tests.contrib_celery.app import django_alias
 
 
 class DjangoDb:
@@ -68,9 +45,7 @@ def djdb(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[DjangoDb]:
     """Each database as a Django alias (PostgreSQL through psycopg, MariaDB through PyMySQL)."""
     url, _ = database_urls(request.param, tmp_path)
     suffix = uuid.uuid4().hex[:10]
-    alias = f"idem_{suffix}"
-    configured = connections.configure_settings({"default": {}, alias: _django_settings(sa.make_url(url))})
-    connections.settings[alias] = configured[alias]
+    alias = django_alias(url)
     meta = type("Meta", (), {"app_label": "idem_celery_tests", "db_table": f"dj_orders_{suffix}"})
     order = type(
         f"Order{suffix}",
@@ -94,7 +69,6 @@ def djdb(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[DjangoDb]:
         with connections[alias].schema_editor() as editor:
             editor.delete_model(order)
         connections[alias].close()
-        del connections.settings[alias]
         metadata.drop_all(engine)
         engine.dispose()
 

@@ -28,6 +28,13 @@ def test_worker_killed_before_ack_one_order(env: CeleryEnv, database: str, point
     scenarios.killed_then_redelivered(env, database, point)
 
 
+@pytest.mark.parametrize("point", ["write", "commit"])
+@pytest.mark.parametrize("database", DATABASES)
+def test_django_orm_worker_killed_before_ack_one_order(env: CeleryEnv, database: str, point: str) -> None:
+    """The same kill with a task writing through the Django ORM (django=alias): exactly one order row."""
+    scenarios.killed_then_redelivered(env, database, point, task="djorder")
+
+
 @pytest.mark.parametrize("database", DATABASES)
 def test_two_sends_same_business_key(env: CeleryEnv, database: str) -> None:
     """Two sends with the same business key: one order row, both AsyncResults give the same value."""
