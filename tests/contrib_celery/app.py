@@ -140,6 +140,18 @@ def make_app(config: Config) -> Celery:
     return app
 
 
+def _hold_after_commit(flags: Flags) -> Any:
+    """A hook holding the run after its commit (before Celery stores the result and acks) when flagged."""
+
+    def hook(info: EventInfo) -> None:
+        from celery import current_task
+
+        if info.event is Event.EXECUTED:
+            flags.hold("commit", str(current_task.request.kwargs.get("ref")))
+
+    return hook
+
+
 def _define_tasks(
     app: Celery, name: str, flags: Flags, store: SQLStore, sessions: Any, orders: sa.Table
 ) -> None:
@@ -151,11 +163,7 @@ def _define_tasks(
         flags.hold("write", ref)
         return {"order_id": int(result.inserted_primary_key[0]), "ref": ref, "amount": amount}
 
-    def hold_after_commit(info: EventInfo) -> None:
-        from celery import current_task
-
-        if info.event is Event.EXECUTED:
-            flags.hold("commit", str(current_task.request.kwargs.get("ref")))
+    hold_after_commit = _hold_after_commit(flags)
 
     @app.task(bind=True, name=f"tests.order.{name}")
     @idempotent_task(
@@ -246,11 +254,7 @@ def _define_django_task(
         },
     )
 
-    def hold_after_commit(info: EventInfo) -> None:
-        from celery import current_task
-
-        if info.event is Event.EXECUTED:
-            flags.hold("commit", str(current_task.request.kwargs.get("ref")))
+    hold_after_commit = _hold_after_commit(flags)
 
     @app.task(bind=True, name=f"tests.djorder.{name}")
     @idempotent_task(django=alias, store=store, scope=f"tests.djorder.{name}", hooks=[hold_after_commit])
