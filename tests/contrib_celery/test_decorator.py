@@ -260,3 +260,18 @@ def test_unstable_scope_warning_points_at_the_task() -> None:
             return order_id
 
     assert record[0].filename == __file__
+
+
+def test_shared_task_composes() -> None:
+    """Below @shared_task the body runs once per key like under @app.task."""
+    runs: list[str] = []
+
+    @shared_task(bind=True, name=f"tests.unit.shared.{uuid.uuid4().hex[:6]}")
+    @idempotent_task(key_from="ref", store=MemoryStore(), scope="tests.unit.shared")
+    def archive(self: Any, ref: str) -> str:
+        runs.append(ref)
+        return f"archived {ref}"
+
+    assert archive.apply(args=("s-1",)).get() == "archived s-1"
+    assert archive.apply(args=("s-1",)).get() == "archived s-1"
+    assert runs == ["s-1"]
