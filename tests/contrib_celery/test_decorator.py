@@ -177,7 +177,12 @@ def test_base_class(app: Celery, sync_db: Db) -> None:
 
     calls: list[str] = []
 
-    @app.task(bind=True, base=OrderTask, idempotency={"key_from": "ref", "scope": "tests.unit.base"})
+    @app.task(
+        bind=True,
+        base=OrderTask,
+        name=f"tests.unit.base.{uuid.uuid4().hex[:6]}",
+        idempotency={"key_from": "ref", "scope": "tests.unit.base"},
+    )
     def place(self: Any, session: Session, ref: str) -> str:
         calls.append(ref)
         session.execute(sync_db.orders.insert().values(ref=ref, amount=2))
