@@ -60,6 +60,10 @@ class _Connection:
 
     __slots__ = ("db", "dialect")
 
+    #: No SQLAlchemy engine: the lease of a claim renews only after a function commits its own
+    #: transaction, which Django forbids inside atomic().
+    engine = None
+
     def __init__(self, handle: DjangoHandle) -> None:
         self.db = handle.db
         self.dialect = handle.dialect
@@ -132,6 +136,16 @@ class DjangoHandle:
 
     def autobegun(self) -> bool:
         return False
+
+    #: Read by the drivers' rollback: Django's atomic() ends its own transaction, nothing lingers.
+    is_active = True
+
+    def get_transaction(self) -> DjangoHandle:
+        return self
+
+    def get_execution_options(self) -> dict[str, Any]:
+        # Not AUTOCOMMIT: the claim runs inside Django's atomic() block with the function's writes.
+        return {}
 
     def marker(self) -> object:
         # Django refuses commit() inside atomic(): a function cannot end the transaction itself.
