@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from typing_extensions import ParamSpec
 
-from idempotent import _drivers, core
+from idempotent import _drivers, _unsaved, core
 from idempotent._sql import SQLStore
 from idempotent.codec import DEFAULT_MAX_BYTES, JsonCodec, Serializer
 from idempotent.errors import ConfigurationError, IdempotencyWarning, MissingKey
@@ -522,7 +522,9 @@ def _sync_wrapper(spec: _Spec, target: Callable[..., Any]) -> Callable[..., Any]
             return target(*args, **kwargs)
         plan, flow, handle = prepared
         try:
-            return _drivers.run_sync(plan, flow, handle, lambda: target(*args, **kwargs))
+            result = _drivers.run_sync(plan, flow, handle, lambda: target(*args, **kwargs))
+            _unsaved.after_call(plan, handle)
+            return result
         finally:
             spec.observe(plan.replayed)
 
@@ -537,7 +539,9 @@ def _async_wrapper(spec: _Spec, target: Callable[..., Awaitable[Any]]) -> Callab
             return await target(*args, **kwargs)
         plan, flow, handle = prepared
         try:
-            return await _drivers.run_async(plan, flow, handle, lambda: target(*args, **kwargs))
+            result = await _drivers.run_async(plan, flow, handle, lambda: target(*args, **kwargs))
+            _unsaved.after_call(plan, handle)
+            return result
         finally:
             spec.observe(plan.replayed)
 

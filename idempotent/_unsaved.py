@@ -1,0 +1,118 @@
+"""Saying so when a completed call's writes are lost because its transaction ended without a commit.
+
+A call that joins a transaction SQLAlchemy *auto-began* (for an earlier ``SELECT``, say) leaves the
+commit to the caller. If the caller then closes or rolls back the session instead, the function's
+writes and its key vanish together: consistent, but silent, and the next retry runs the function
+again. This module watches exactly those calls. When the transaction they completed in ends
+without a commit, and not because an exception is propagating, it logs an ERROR on the
+``idempotent`` logger and emits an :class:`~idempotent.errors.IdempotencyWarning` pointing at the
+line that closed or rolled back the session.
+
+Only ``Session`` and ``AsyncSession`` are watched: SQLAlchemy records whether a session's
+transaction was auto-begun, while a ``Connection`` does not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import sys
+import threading
+import warnings
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+
+from idempotent.errors import IdempotencyWarning
+
+__all__ = ["after_call"]
+
+_INFO_KEY = "idempotent.unsaved"
+_logger = logging.getLogger("idempotent")
+_install_lock = threading.Lock()
+_installed = False
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    """The completed calls of one auto-begun root transaction, waiting for its commit."""
+
+    transaction: Any
+    calls: list[tuple[str, str]]
+
+
+def after_call(plan: Any, handle: Any) -> None:
+    """Watch a call that completed in a joined, auto-begun session transaction it leaves open.
+
+    ``plan`` and ``handle`` are the ones the driver just ran; anything else is left alone: a call
+    the decorator committed (owned, or ``commit=True``), a replay, a ``Connection``, or a
+    transaction the caller began explicitly (the caller asked for it, and commits it).
+    """
+    if handle is None or plan.owned or plan.replayed or plan.commit or not handle.is_session:
+        return
+    if not handle.autobegun():
+        return
+    session: Session = handle.sync if hasattr(handle, "sync") else handle.obj
+    _install()
+    root = session.get_transaction()
+    pending = session.info.get(_INFO_KEY)
+    if pending is None or pending.transaction is not root:
+        pending = session.info[_INFO_KEY] = _Pending(root, [])
+    pending.calls.append((plan.function, plan.request.key))
+
+
+def _install() -> None:
+    """Listen to every ``Session`` once; the listeners cost a dictionary look-up per transaction."""
+    global _installed  # noqa: PLW0603  (one process-wide registration)
+    if _installed:
+        return
+    with _install_lock:
+        if not _installed:
+            event.listen(Session, "after_commit", _after_commit)
+            event.listen(Session, "after_transaction_end", _after_transaction_end)
+            _installed = True
+
+
+def _after_commit(session: Session) -> None:
+    if not session.in_nested_transaction():  # a released SAVEPOINT is not the commit we wait for
+        session.info.pop(_INFO_KEY, None)
+
+
+def _after_transaction_end(session: Session, transaction: Any) -> None:
+    pending = session.info.get(_INFO_KEY)
+    if pending is None or pending.transaction is not transaction:
+        return
+    del session.info[_INFO_KEY]
+    failing = sys.exc_info()[1]
+    for function, key in pending.calls:
+        if failing is not None:  # the caller's own error rolls the work back, as it should
+            _logger.debug(
+                "%s key %r was rolled back with its transaction because of %r; a retry runs it again",
+                function,
+                key,
+                failing,
+            )
+            continue
+        message = (
+            f"{function} completed with key {key!r} in a transaction SQLAlchemy began automatically, "
+            "and that transaction ended without a commit: the function's writes and its key were "
+            "rolled back, and a retry will run it again. Commit the session after the call, or "
+            "decorate the function with @idempotent(..., commit=True)"
+        )
+        _logger.error(message)
+        warnings.warn(message, IdempotencyWarning, stacklevel=_caller_level())
+
+
+def _caller_level() -> int:
+    """The ``stacklevel`` of the first frame outside this library and SQLAlchemy: the line that
+    closed or rolled back the session."""
+    level = 2  # 1 is the function calling warnings.warn; start at its caller
+    frame = sys._getframe(2)
+    while frame is not None:
+        module = str(frame.f_globals.get("__name__", ""))
+        if module.split(".", 1)[0] not in ("idempotent", "sqlalchemy"):
+            return level
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return 1

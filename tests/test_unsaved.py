@@ -1,0 +1,102 @@
+"""A call completed in an auto-begun session transaction that then ends without commit is reported."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from idempotent.errors import IdempotencyWarning
+from tests.conftest import Db
+from tests.shop import Shop
+
+
+def _scenario(db: Db, shop: Shop, ref: str, *, end: str) -> None:
+    """Read first (SQLAlchemy auto-begins), place an order, then end the session as ``end`` says."""
+    if db.is_async:
+        from sqlalchemy.ext.asyncio import AsyncSession
+
+        async def run() -> None:
+            session = AsyncSession(db.async_engine)
+            await session.execute(sa.select(1))
+            await shop.aplace(session, ref, 5)
+            if end == "commit":
+                await session.commit()
+            elif end == "rollback":
+                await session.rollback()
+            await session.close()
+
+        db.run(run())
+        return
+    session = Session(db.engine)
+    session.execute(sa.select(1))
+    shop.place(session, ref, 5)
+    if end == "commit":
+        session.commit()
+    elif end == "rollback":
+        session.rollback()
+    session.close()  # the line a warning points at (sync): see test below
+
+
+@pytest.mark.parametrize("end", ["close", "rollback"])
+def test_closing_without_commit_warns_and_logs(db: Db, end: str, caplog: pytest.LogCaptureFixture) -> None:
+    """Closing or rolling back an auto-begun session after a completed call loses order and key:
+    an IdempotencyWarning and an ERROR log name the function, the key and the fix."""
+    shop = Shop(db)
+    with caplog.at_level(logging.ERROR, logger="idempotent"), pytest.warns(IdempotencyWarning) as caught:
+        _scenario(db, shop, "order-lost", end=end)
+    assert (db.count(), db.key_rows()) == (0, [])  # what the warning is about really happened
+    lost = [w for w in caught if "ended without a commit" in str(w.message)]
+    assert len(lost) == 1
+    text = str(lost[0].message)
+    assert "tests.shop" in text and "place" in text and "'order-lost'" in text and "commit=True" in text
+    if not db.is_async:
+        assert lost[0].filename == __file__  # the user's line, not SQLAlchemy's
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR and "order-lost" in r.getMessage()]
+    assert len(errors) == 1
+
+
+def test_commit_after_the_call_is_silent(db: Db) -> None:
+    """The caller commits the auto-begun transaction: order and key are saved, nothing is reported."""
+    shop = Shop(db)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdempotencyWarning)
+        _scenario(db, shop, "order-kept", end="commit")
+    assert (db.count(), len(db.key_rows())) == (1, 1)
+
+
+def test_rollback_because_of_an_error_is_silent(sync_db: Db) -> None:
+    """A session closed while the caller's own exception propagates rolls back as asked: no warning."""
+    shop = Shop(sync_db)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdempotencyWarning)
+
+        def caller() -> None:
+            with Session(sync_db.engine) as session:
+                session.execute(sa.select(1))
+                shop.place(session, "order-failed-later", 5)
+                raise LookupError("the caller failed after the call")
+
+        with pytest.raises(LookupError):
+            caller()
+    assert sync_db.count() == 0
+
+
+def test_explicit_begin_and_connection_are_not_watched(sync_db: Db) -> None:
+    """A transaction the caller began with begin(), and a Connection, are the caller's to end: no warning."""
+    shop = Shop(sync_db)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdempotencyWarning)
+        session = Session(sync_db.engine)
+        session.begin()
+        shop.place(session, "order-explicit", 5)
+        session.close()
+        conn: Any = sync_db.engine.connect()
+        conn.execute(sa.select(1))
+        shop.place(conn, "order-conn", 5)
+        conn.close()
+    assert sync_db.count() == 0
