@@ -108,7 +108,10 @@ def test_callable_key_from_is_named_by_qualname() -> None:
     with pytest.raises(MissingKey) as caught:
         place(Order("o-1"))
     message = str(caught.value)
-    assert "tests.test_first_use.test_callable_key_from_is_named_by_qualname.<locals>.<lambda> returned None" in message
+    assert (
+        "tests.test_first_use.test_callable_key_from_is_named_by_qualname.<locals>.<lambda> returned None"
+        in message
+    )
     assert " at 0x" not in message
 
 

@@ -1,0 +1,1 @@
+"""Runnable examples (``python examples/quickstart.py``), also run by the tests."""
