@@ -8,8 +8,10 @@ without a commit, and not because an exception is propagating, it logs an ERROR 
 ``idempotent`` logger and emits an :class:`~idempotent.errors.IdempotencyWarning` pointing at the
 line that closed or rolled back the session.
 
-Only ``Session`` and ``AsyncSession`` are watched: SQLAlchemy records whether a session's
-transaction was auto-begun, while a ``Connection`` does not.
+A ``Session`` (or ``AsyncSession``) is watched only when SQLAlchemy auto-began its transaction:
+one the caller began with ``begin()`` is the caller's to end. A ``Connection`` does not record how
+its transaction began, so every joined call on one is watched (through listeners on that
+connection alone: engine-wide listeners would slow every statement of the process).
 """
 
 from __future__ import annotations
@@ -19,8 +21,10 @@ import logging
 import sys
 import threading
 import warnings
+import weakref
 from typing import Any
 
+import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -32,6 +36,7 @@ _INFO_KEY = "idempotent.unsaved"
 _logger = logging.getLogger("idempotent")
 _install_lock = threading.Lock()
 _installed = False
+_connections: weakref.WeakKeyDictionary[sa.Connection, list[tuple[str, str]]] = weakref.WeakKeyDictionary()
 
 
 @dataclasses.dataclass(slots=True)
@@ -43,23 +48,50 @@ class _Pending:
 
 
 def after_call(plan: Any, handle: Any) -> None:
-    """Watch a call that completed in a joined, auto-begun session transaction it leaves open.
+    """Watch a call that completed in a joined transaction it leaves to the caller to commit.
 
     ``plan`` and ``handle`` are the ones the driver just ran; anything else is left alone: a call
-    the decorator committed (owned, or ``commit=True``), a replay, a ``Connection``, or a
-    transaction the caller began explicitly (the caller asked for it, and commits it).
+    the decorator committed (owned, or ``commit=True``), a replay, or a session transaction the
+    caller began explicitly (the caller asked for it, and commits it).
     """
-    if handle is None or plan.owned or plan.replayed or plan.commit or not handle.is_session:
+    if handle is None or plan.owned or plan.replayed or plan.commit:
+        return
+    obj = handle.sync if hasattr(handle, "sync") else handle.obj  # the sync twin of an async handle
+    if not handle.is_session:
+        _watch_connection(obj, plan.function, plan.request.key)
         return
     if not handle.autobegun():
         return
-    session: Session = handle.sync if hasattr(handle, "sync") else handle.obj
+    session: Session = obj
     _install()
     root = session.get_transaction()
     pending = session.info.get(_INFO_KEY)
     if pending is None or pending.transaction is not root:
         pending = session.info[_INFO_KEY] = _Pending(root, [])
     pending.calls.append((plan.function, plan.request.key))
+
+
+def _watch_connection(conn: sa.Connection, function: str, key: str) -> None:
+    calls = _connections.get(conn)
+    if calls is None:
+        calls = _connections[conn] = []
+        event.listen(conn, "commit", _connection_commit)
+        event.listen(conn, "rollback", _connection_rollback)
+    calls.append((function, key))
+
+
+def _connection_commit(conn: sa.Connection) -> None:
+    calls = _connections.get(conn)
+    if calls:
+        calls.clear()
+
+
+def _connection_rollback(conn: sa.Connection) -> None:
+    calls = _connections.get(conn)
+    if calls:
+        lost = list(calls)
+        calls.clear()
+        _report(lost)
 
 
 def _install() -> None:
@@ -84,8 +116,12 @@ def _after_transaction_end(session: Session, transaction: Any) -> None:
     if pending is None or pending.transaction is not transaction:
         return
     del session.info[_INFO_KEY]
+    _report(pending.calls)
+
+
+def _report(calls: list[tuple[str, str]]) -> None:
     failing = sys.exc_info()[1]
-    for function, key in pending.calls:
+    for function, key in calls:
         if failing is not None:  # the caller's own error rolls the work back, as it should
             _logger.debug(
                 "%s key %r was rolled back with its transaction because of %r; a retry runs it again",
@@ -95,10 +131,10 @@ def _after_transaction_end(session: Session, transaction: Any) -> None:
             )
             continue
         message = (
-            f"{function} completed with key {key!r} in a transaction SQLAlchemy began automatically, "
-            "and that transaction ended without a commit: the function's writes and its key were "
-            "rolled back, and a retry will run it again. Commit the session after the call, or "
-            "decorate the function with @idempotent(..., commit=True)"
+            f"{function} completed with key {key!r} inside the caller's transaction, which then ended "
+            "without a commit: the function's writes and its key were rolled back, and a retry will "
+            "run it again. Commit the session or connection after the call, or decorate the function "
+            "with @idempotent(..., commit=True)"
         )
         _logger.error(message)
         warnings.warn(message, IdempotencyWarning, stacklevel=_caller_level())

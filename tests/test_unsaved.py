@@ -1,4 +1,4 @@
-"""A call completed in an auto-begun session transaction that then ends without commit is reported."""
+"""A call completed in the caller's transaction that then ends without commit is reported."""
 
 from __future__ import annotations
 
@@ -15,13 +15,16 @@ from tests.conftest import Db
 from tests.shop import Shop
 
 
-def _scenario(db: Db, shop: Shop, ref: str, *, end: str) -> None:
-    """Read first (SQLAlchemy auto-begins), place an order, then end the session as ``end`` says."""
+def _scenario(db: Db, shop: Shop, ref: str, *, end: str, handle: str = "session") -> None:
+    """Read first (SQLAlchemy auto-begins), place an order, then end the session (or connection)
+    as ``end`` says."""
     if db.is_async:
         from sqlalchemy.ext.asyncio import AsyncSession
 
         async def run() -> None:
-            session = AsyncSession(db.async_engine)
+            session: Any = (
+                AsyncSession(db.async_engine) if handle == "session" else await db.async_engine.connect()
+            )
             await session.execute(sa.select(1))
             await shop.aplace(session, ref, 5)
             if end == "commit":
@@ -32,7 +35,7 @@ def _scenario(db: Db, shop: Shop, ref: str, *, end: str) -> None:
 
         db.run(run())
         return
-    session = Session(db.engine)
+    session: Any = Session(db.engine) if handle == "session" else db.engine.connect()
     session.execute(sa.select(1))
     shop.place(session, ref, 5)
     if end == "commit":
@@ -42,13 +45,17 @@ def _scenario(db: Db, shop: Shop, ref: str, *, end: str) -> None:
     session.close()  # the line a warning points at (sync): see test below
 
 
-@pytest.mark.parametrize("end", ["close", "rollback"])
-def test_closing_without_commit_warns_and_logs(db: Db, end: str, caplog: pytest.LogCaptureFixture) -> None:
-    """Closing or rolling back an auto-begun session after a completed call loses order and key:
-    an IdempotencyWarning and an ERROR log name the function, the key and the fix."""
+@pytest.mark.parametrize(
+    ("handle", "end"), [("session", "close"), ("session", "rollback"), ("connection", "close")]
+)
+def test_closing_without_commit_warns_and_logs(
+    db: Db, handle: str, end: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Closing or rolling back an auto-begun session (or a connection) after a completed call loses
+    order and key: an IdempotencyWarning and an ERROR log name the function, the key and the fix."""
     shop = Shop(db)
     with caplog.at_level(logging.ERROR, logger="idempotent"), pytest.warns(IdempotencyWarning) as caught:
-        _scenario(db, shop, "order-lost", end=end)
+        _scenario(db, shop, "order-lost", end=end, handle=handle)
     assert (db.count(), db.key_rows()) == (0, [])  # what the warning is about really happened
     lost = [w for w in caught if "ended without a commit" in str(w.message)]
     assert len(lost) == 1
@@ -60,12 +67,13 @@ def test_closing_without_commit_warns_and_logs(db: Db, end: str, caplog: pytest.
     assert len(errors) == 1
 
 
-def test_commit_after_the_call_is_silent(db: Db) -> None:
+@pytest.mark.parametrize("handle", ["session", "connection"])
+def test_commit_after_the_call_is_silent(db: Db, handle: str) -> None:
     """The caller commits the auto-begun transaction: order and key are saved, nothing is reported."""
     shop = Shop(db)
     with warnings.catch_warnings():
         warnings.simplefilter("error", IdempotencyWarning)
-        _scenario(db, shop, "order-kept", end="commit")
+        _scenario(db, shop, "order-kept", end="commit", handle=handle)
     assert (db.count(), len(db.key_rows())) == (1, 1)
 
 
@@ -86,8 +94,8 @@ def test_rollback_because_of_an_error_is_silent(sync_db: Db) -> None:
     assert sync_db.count() == 0
 
 
-def test_explicit_begin_and_connection_are_not_watched(sync_db: Db) -> None:
-    """A transaction the caller began with begin(), and a Connection, are the caller's to end: no warning."""
+def test_explicit_session_begin_is_not_watched(sync_db: Db) -> None:
+    """A session transaction the caller began with begin() is the caller's to end: no warning."""
     shop = Shop(sync_db)
     with warnings.catch_warnings():
         warnings.simplefilter("error", IdempotencyWarning)
@@ -95,8 +103,4 @@ def test_explicit_begin_and_connection_are_not_watched(sync_db: Db) -> None:
         session.begin()
         shop.place(session, "order-explicit", 5)
         session.close()
-        conn: Any = sync_db.engine.connect()
-        conn.execute(sa.select(1))
-        shop.place(conn, "order-conn", 5)
-        conn.close()
     assert sync_db.count() == 0
