@@ -16,6 +16,7 @@ connection alone: engine-wide listeners would slow every statement of the proces
 
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import logging
 import sys
@@ -30,10 +31,12 @@ from sqlalchemy.orm import Session
 
 from idempotent.errors import IdempotencyWarning
 
-__all__ = ["after_call"]
+__all__ = ["after_call", "enter", "leave"]
 
 _INFO_KEY = "idempotent.unsaved"
 _logger = logging.getLogger("idempotent")
+#: The handles whose transaction an enclosing decorated call owns (it commits or rolls back itself).
+_owners: contextvars.ContextVar[tuple[object, ...]] = contextvars.ContextVar("idempotent_owners", default=())
 _install_lock = threading.Lock()
 _installed = False
 _connections: weakref.WeakKeyDictionary[sa.Connection, list[tuple[str, str]]] = weakref.WeakKeyDictionary()
@@ -47,6 +50,18 @@ class _Pending:
     calls: list[tuple[str, str]]
 
 
+def enter(plan: Any, handle: Any) -> contextvars.Token[tuple[object, ...]] | None:
+    """Note, while a call that owns its transaction runs, that calls nested in it need no watch."""
+    if handle is None or not plan.owned:
+        return None
+    return _owners.set((*_owners.get(), handle.obj))
+
+
+def leave(token: contextvars.Token[tuple[object, ...]] | None) -> None:
+    if token is not None:
+        _owners.reset(token)
+
+
 def after_call(plan: Any, handle: Any) -> None:
     """Watch a call that completed in a joined transaction it leaves to the caller to commit.
 
@@ -56,6 +71,8 @@ def after_call(plan: Any, handle: Any) -> None:
     """
     if handle is None or plan.owned or plan.replayed or plan.commit:
         return
+    if any(owner is handle.obj for owner in _owners.get()):
+        return  # an enclosing decorated call owns this transaction and ends it itself
     obj = handle.sync if hasattr(handle, "sync") else handle.obj  # the sync twin of an async handle
     if not handle.is_session:
         _watch_connection(obj, plan.function, plan.request.key)

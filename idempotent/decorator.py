@@ -572,12 +572,14 @@ def _sync_wrapper(spec: _Spec, target: Callable[..., Any]) -> Callable[..., Any]
         if prepared is None:
             return target(*args, **kwargs)
         plan, flow, handle = prepared
+        token = _unsaved.enter(plan, handle)
         try:
             result = _drivers.run_sync(plan, flow, handle, lambda: target(*args, **kwargs))
         except TableMissing as exc:
             _name_database(exc, plan, handle)
             raise
         finally:
+            _unsaved.leave(token)
             spec.observe(plan.replayed)
         _unsaved.after_call(plan, handle)
         return result
@@ -592,12 +594,14 @@ def _async_wrapper(spec: _Spec, target: Callable[..., Awaitable[Any]]) -> Callab
         if prepared is None:
             return await target(*args, **kwargs)
         plan, flow, handle = prepared
+        token = _unsaved.enter(plan, handle)
         try:
             result = await _drivers.run_async(plan, flow, handle, lambda: target(*args, **kwargs))
         except TableMissing as exc:
             _name_database(exc, plan, handle)
             raise
         finally:
+            _unsaved.leave(token)
             spec.observe(plan.replayed)
         _unsaved.after_call(plan, handle)
         return result

@@ -10,6 +10,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from idempotent import idempotent
 from idempotent.errors import IdempotencyWarning
 from tests.conftest import Db
 from tests.shop import Shop
@@ -104,3 +105,40 @@ def test_explicit_session_begin_is_not_watched(sync_db: Db) -> None:
         shop.place(session, "order-explicit", 5)
         session.close()
     assert sync_db.count() == 0
+
+
+def test_nested_call_rolled_back_by_a_failing_outer_call_is_silent(db: Db) -> None:
+    """An inner call joined the transaction an outer decorated call owns; the outer function then
+    fails and the decorator rolls back: that is the outer call's error, not a forgotten commit."""
+    inner = Shop(db, scope="tests.unsaved.inner")
+    orders = db.orders
+
+    @idempotent(key_from="ref", scope="tests.unsaved.outer", store=db.store)
+    def outer(conn: Any, ref: str) -> None:
+        inner.place(conn, ref + "-inner", 1)
+        conn.execute(orders.insert().values(ref=ref, amount=2))
+        raise LookupError("the outer function fails after the inner call")
+
+    @idempotent(key_from="ref", scope="tests.unsaved.outer", store=db.store)
+    async def aouter(conn: Any, ref: str) -> None:
+        await inner.aplace(conn, ref + "-inner", 1)
+        await conn.execute(orders.insert().values(ref=ref, amount=2))
+        raise LookupError("the outer function fails after the inner call")
+
+    def scenario() -> None:
+        if db.is_async:
+
+            async def run() -> None:
+                async with db.async_engine.connect() as conn:
+                    await aouter(conn, "order-outer")
+
+            db.run(run())
+        else:
+            with db.engine.connect() as conn:
+                outer(conn, "order-outer")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", IdempotencyWarning)
+        with pytest.raises(LookupError):
+            scenario()
+    assert (db.count(), db.key_rows()) == (0, [])
