@@ -232,7 +232,10 @@ def test_plain_revision_into_the_installed_package_fails_loudly(installed: Insta
     ini.write_text(text.replace("\n[post_write_hooks]\n", "\n" + "\n".join(documented_hook_lines()) + "\n"))
     package_versions = Path(
         installed.run(
-            installed.python, "-c", "import idempotent.migrate as m; print(m.versions_location())", cwd=project
+            installed.python,
+            "-c",
+            "import idempotent.migrate as m; print(m.versions_location())",
+            cwd=project,
         ).stdout.strip()
     )
     shipped = sorted(p.name for p in package_versions.glob("*.py"))
@@ -250,3 +253,30 @@ def test_plain_revision_into_the_installed_package_fails_loudly(installed: Insta
         "--version-path", "alembic/versions", "--depends-on", "idempotent@head", cwd=project,
     )  # fmt: skip
     assert len(list((project / "alembic" / "versions").glob("*_create_orders.py"))) == 1
+
+
+def test_without_the_guard_the_next_command_fails_loudly(installed: Installed, tmp_path: Path) -> None:
+    """Without the hook, a plain ``alembic revision`` lands in the package (Alembic offers no way to
+    stop it), but every later Alembic command refuses to run until that file is gone."""
+    project = make_project(installed, tmp_path, backend_url("sqlite", tmp_path), "alembic_version")
+    alembic = (installed.python, "-m", "alembic")
+    written = installed.run(
+        *alembic, "revision", "-m", "stray orders", "--rev-id", "str4y0000001", cwd=project
+    )
+    stray = next(
+        Path(line.split("Generating ", 1)[1].split(" ...", 1)[0])
+        for line in (written.stdout + written.stderr).splitlines()
+        if "Generating " in line
+    )
+    try:
+        assert stray.name.startswith("str4y0000001") and stray.parent.name == "versions"
+        assert not stray.is_relative_to(project)  # inside the installed package, as Alembic does it
+        refused = installed.run(*alembic, "upgrade", "heads", cwd=project, check=False)
+        assert refused.returncode != 0
+        said = refused.stdout + refused.stderr
+        assert (
+            f"FAILED: {stray.name} in {stray.parent} is not one of the idempotent library's revisions" in said
+        )
+    finally:
+        stray.unlink(missing_ok=True)
+    installed.run(*alembic, "upgrade", "heads", cwd=project)
