@@ -21,6 +21,7 @@ import dataclasses
 import logging
 import sys
 import threading
+import types
 import warnings
 import weakref
 from typing import Any
@@ -154,18 +155,36 @@ def _report(calls: list[tuple[str, str]]) -> None:
             "with @idempotent(..., commit=True)"
         )
         _logger.error(message)
-        warnings.warn(message, IdempotencyWarning, stacklevel=_caller_level())
+        _warn(message)
 
 
-def _caller_level() -> int:
-    """The ``stacklevel`` of the first frame outside this library and SQLAlchemy: the line that
-    closed or rolled back the session."""
-    level = 2  # 1 is the function calling warnings.warn; start at its caller
-    frame = sys._getframe(2)
+def _warn(message: str) -> None:
+    """Warn at the line that ended the transaction: the first frame outside this library and
+    SQLAlchemy. An async session or connection ends it inside a greenlet whose stack stops at
+    SQLAlchemy; the caller's coroutine is then found above the frame that switched into it."""
+    frame = _user_frame(sys._getframe(1))
+    if frame is None:
+        greenlet = sys.modules.get("greenlet")
+        parent = getattr(greenlet.getcurrent(), "parent", None) if greenlet is not None else None
+        frame = _user_frame(getattr(parent, "gr_frame", None))
+    if frame is None:
+        warnings.warn(message, IdempotencyWarning, stacklevel=3)
+        return
+    warnings.warn_explicit(
+        message,
+        IdempotencyWarning,
+        frame.f_code.co_filename,
+        frame.f_lineno,
+        module=str(frame.f_globals.get("__name__", "")),
+        registry=frame.f_globals.setdefault("__warningregistry__", {}),
+        module_globals=frame.f_globals,
+    )
+
+
+def _user_frame(frame: types.FrameType | None) -> types.FrameType | None:
     while frame is not None:
         module = str(frame.f_globals.get("__name__", ""))
         if module.split(".", 1)[0] not in ("idempotent", "sqlalchemy"):
-            return level
-        frame = frame.f_back  # type: ignore[assignment]
-        level += 1
-    return 1
+            return frame
+        frame = frame.f_back
+    return None

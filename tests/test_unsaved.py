@@ -62,8 +62,7 @@ def test_closing_without_commit_warns_and_logs(
     assert len(lost) == 1
     text = str(lost[0].message)
     assert "tests.shop" in text and "place" in text and "'order-lost'" in text and "commit=True" in text
-    if not db.is_async:
-        assert lost[0].filename == __file__  # the user's line, not SQLAlchemy's
+    assert lost[0].filename == __file__  # the user's line (async too), not SQLAlchemy's
     errors = [r for r in caplog.records if r.levelno == logging.ERROR and "order-lost" in r.getMessage()]
     assert len(errors) == 1
 
