@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import subprocess
 import sys
@@ -81,7 +82,17 @@ def test_engine_instead_of_session_is_named(sync_db: Db) -> None:
     @idempotent(key_from="ref", scope="tests.first.engine2", session="bind", store=sync_db.store)
     def place_named(bind: Any, ref: str) -> None: ...
 
-    for call in (lambda: place(sync_db.engine, "r-1"), lambda: place_named(sync_db.engine, "r-1")):
+    @idempotent(key_from="ref", scope="tests.first.engine3", store=sync_db.store)
+    async def aplace(engine: Any, ref: str) -> None: ...
+
+    from sqlalchemy.ext.asyncio import create_async_engine
+
+    async_engine = create_async_engine(sync_db.async_url)
+    for call in (
+        lambda: place(sync_db.engine, "r-1"),
+        lambda: place_named(sync_db.engine, "r-1"),
+        lambda: asyncio.run(aplace(async_engine, "r-1")),
+    ):
         with pytest.raises(ConfigurationError, match="pass a Session or Connection, not an Engine"):
             call()
     assert sync_db.key_rows() == []
