@@ -11,8 +11,10 @@ import functools
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -161,26 +163,46 @@ def _lease_engine(plan: core.Plan[Any]) -> Any:
 # Reads outside any transaction (core.Peek), on drivers that toggle autocommit client-side.
 # ---------------------------------------------------------------------------------------------
 def _peek_sync(handle: SyncHandle, op: core.Peek) -> Any:
-    conn = handle.connection()  # a Session begins its transaction here; it is ended below
+    obj = handle.obj
+    if handle.is_session:
+        obj.begin()  # explicitly: a Session(autobegin=False) begins nothing by itself; ended below
+    conn = handle.connection()
     driver = conn.connection.driver_connection
     try:
         driver.autocommit = True  # type: ignore[union-attr]
     except Exception:  # the driver refuses here (say, mid-transaction): claim as usual instead
-        handle.obj.rollback()
+        obj.rollback()
         return []
     try:
-        return conn.exec_driver_sql(op.sql, op.params).fetchall()
-    finally:
-        # Autocommit off first: a Session hands its connection back to the pool when its
-        # transaction ends. The driver is idle, so the rollback sends no statement.
+        rows = conn.exec_driver_sql(op.sql, op.params).fetchall()
+    except BaseException:
+        # The read failed or was interrupted, possibly with the connection closed under it: put
+        # it back as well as can be, and let the original error (or interruption) through.
         try:
-            driver.autocommit = False  # type: ignore[union-attr]
-        finally:
-            handle.obj.rollback()
+            _end_peek_sync(handle, conn, driver)
+        except Exception:
+            _logger.debug("could not reset the connection after an interrupted replay read", exc_info=True)
+        raise
+    _end_peek_sync(handle, conn, driver)
+    return rows
+
+
+def _end_peek_sync(handle: SyncHandle, conn: sa.Connection, driver: Any) -> None:
+    # Autocommit off first: a Session hands its connection back to the pool when its
+    # transaction ends. The driver is idle, so the rollback sends no statement.
+    try:
+        driver.autocommit = False
+    except Exception:
+        conn.invalidate()  # never hand an autocommit connection back to the pool
+        raise
+    finally:
+        handle.obj.rollback()
 
 
 async def _peek_async(handle: AsyncHandle, op: core.Peek) -> Any:
     obj = handle.obj
+    if handle.is_session:
+        await obj.begin()  # explicitly: an AsyncSession(autobegin=False) begins nothing by itself
     conn = await obj.connection() if handle.is_session else obj
     raw = await conn.get_raw_connection()
     driver = raw.driver_connection
@@ -190,12 +212,30 @@ async def _peek_async(handle: AsyncHandle, op: core.Peek) -> Any:
         await obj.rollback()
         return []
     try:
-        return (await conn.exec_driver_sql(op.sql, op.params)).fetchall()
+        rows = (await conn.exec_driver_sql(op.sql, op.params)).fetchall()
+    except BaseException:
+        # Cancelled or failed mid-read (the driver may have closed the connection): reset in a
+        # shielded step and let the cancellation or the original error through.
+        with anyio.CancelScope(shield=True):
+            try:
+                await _end_peek_async(obj, conn, driver)
+            except Exception:
+                _logger.debug(
+                    "could not reset the connection after an interrupted replay read", exc_info=True
+                )
+        raise
+    await _end_peek_async(obj, conn, driver)
+    return rows
+
+
+async def _end_peek_async(obj: Any, conn: Any, driver: Any) -> None:
+    try:
+        await driver.set_autocommit(False)
+    except Exception:
+        await conn.invalidate()  # never hand an autocommit connection back to the pool
+        raise
     finally:
-        try:
-            await driver.set_autocommit(False)
-        finally:
-            await obj.rollback()
+        await obj.rollback()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,10 +272,15 @@ class _SyncRenewal:
 
 
 class _Renewer:
-    """One daemon thread renewing every sync lease of the process, earliest due first.
+    """One daemon thread renewing the sync leases of one engine, earliest due first.
 
-    A thread per call would cost its start and join on every lease-mode call.
+    A thread per call would cost its start and join on every lease-mode call; one thread for
+    the whole process would let one stalled database stop the renewals of every other engine's
+    leases. So each engine has its own (see :func:`_renewer_for`); a thread with nothing left
+    to renew for ``IDLE`` seconds ends, and the next lease of its engine starts another.
     """
+
+    IDLE = 5.0
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
@@ -246,18 +291,20 @@ class _Renewer:
     def add(self, renewal: _SyncRenewal) -> None:
         with self._cond:
             heapq.heappush(self._due, (time.monotonic() + renewal.interval, next(self._order), renewal))
-            if self._thread is None or not self._thread.is_alive():
+            if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="idempotent-lease", daemon=True)
                 self._thread.start()
             self._cond.notify()
 
-    def _next(self) -> _SyncRenewal:
+    def _next(self) -> _SyncRenewal | None:
         with self._cond:
             while True:
                 while self._due and self._due[0][2].stopped:
                     heapq.heappop(self._due)
                 if not self._due:
-                    self._cond.wait()
+                    if not self._cond.wait(self.IDLE) and not self._due:
+                        self._thread = None  # under the lock: add() starts a new thread
+                        return None
                     continue
                 due, _, renewal = self._due[0]
                 delay = due - time.monotonic()
@@ -269,6 +316,8 @@ class _Renewer:
     def _run(self) -> None:
         while True:
             renewal = self._next()
+            if renewal is None:
+                return
             if renewal.renew():
                 with self._cond:
                     heapq.heappush(
@@ -276,7 +325,33 @@ class _Renewer:
                     )
 
 
-_renewer = _Renewer()
+_renewers: weakref.WeakKeyDictionary[Any, _Renewer] = weakref.WeakKeyDictionary()
+_renewers_lock = threading.Lock()
+
+
+def _renewer_for(engine: Any) -> _Renewer:
+    """The renewer of ``engine``'s leases (a store without an engine, such as MemoryStore, shares one)."""
+    key = engine if engine is not None else _Renewer
+    with _renewers_lock:
+        renewer = _renewers.get(key)
+        if renewer is None:
+            renewer = _renewers[key] = _Renewer()
+        return renewer
+
+
+def _forget_renewals() -> None:
+    """In a child process after ``os.fork()``: the parent's leases are the parent's to renew.
+
+    The renewer threads did not survive the fork, but their queues (and possibly a lock held
+    at the moment of the fork) did; a child's first lease would otherwise restart a thread that
+    goes on renewing the parent's leases for as long as the child lives.
+    """
+    global _renewers_lock  # noqa: PLW0603  (fresh process state after a fork)
+    _renewers.clear()
+    _renewers_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_renewals)
 
 
 _logger = logging.getLogger("idempotent")
@@ -287,7 +362,25 @@ _logger = logging.getLogger("idempotent")
 _COMMIT_DIALECTS = frozenset({"mysql", "mariadb"})
 
 
+def _dropped(exc: BaseException) -> bool:
+    """True when the statement failed because its pooled connection had died (the pool has
+    invalidated it, so the next checkout connects afresh)."""
+    return isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+
+
 def _exec_own_sync(plan: core.Plan[Any], op: core.Exec) -> Any:
+    """Run one of the library's own short statements in its own transaction; once more on a fresh
+    connection when the pooled one had died (a brief network drop, a server restart)."""
+    try:
+        return _exec_own_once_sync(plan, op)
+    except sa.exc.DBAPIError as exc:
+        if not _dropped(exc):
+            raise
+        _logger.info("connection lost before %s could run its statement; retrying once", plan.function)
+        return _exec_own_once_sync(plan, op)
+
+
+def _exec_own_once_sync(plan: core.Plan[Any], op: core.Exec) -> Any:
     engine = _lease_engine(plan)
     if engine.dialect.name in _COMMIT_DIALECTS:
         with engine.begin() as conn:
@@ -398,7 +491,7 @@ def run_sync(
             elif kind is core.StartRenewal:
                 if plan.extra.get("renew"):
                     renewal = _SyncRenewal(plan)
-                    _renewer.add(renewal)
+                    _renewer_for(plan.extra.get("engine")).add(renewal)
             elif kind is core.StopRenewal:
                 if renewal is not None:
                     value = renewal.stop()
@@ -413,9 +506,20 @@ def run_sync(
 # Async driver.
 # ---------------------------------------------------------------------------------------------
 async def _exec_own_async(plan: core.Plan[Any], op: core.Exec) -> Any:
+    """:func:`_exec_own_sync` for async engines (a sync engine runs in a worker thread)."""
     engine = _lease_engine(plan)
-    if isinstance(engine, sa.Engine):  # a sync engine in an async function: run it in a thread
+    if isinstance(engine, sa.Engine):
         return await anyio.to_thread.run_sync(_exec_own_sync, plan, op)
+    try:
+        return await _exec_own_once_async(engine, op)
+    except sa.exc.DBAPIError as exc:
+        if not _dropped(exc):
+            raise
+        _logger.info("connection lost before %s could run its statement; retrying once", plan.function)
+        return await _exec_own_once_async(engine, op)
+
+
+async def _exec_own_once_async(engine: Any, op: core.Exec) -> Any:
     if engine.dialect.name in _COMMIT_DIALECTS:
         async with engine.begin() as conn:
             result = await conn.exec_driver_sql(op.sql, op.params)

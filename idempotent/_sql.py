@@ -245,13 +245,32 @@ class BoundSQLStore:
         # MySQL/MariaDB REPEATABLE READ: only a locking read is sure to see a row committed after
         # this transaction's snapshot; it is used only after a duplicate-key error (no gap locks).
         self._read_locking = Prepared(self._read.sql + " LOCK IN SHARE MODE", self._read.order)
+        stale = [
+            ident,
+            c.owner == bp("seen_owner"),
+            # A live lease wins over expiry: a running call is taken over only once its lease ends.
+            sa.or_(
+                sa.and_(c.status != in_progress, c.expires_at <= now),
+                sa.and_(c.status == in_progress, c.locked_until <= now),
+            ),
+        ]
+        cfg = None
+        if self.name == "postgresql":
+            # Bound the wait for a row another takeover holds by the caller's ``wait`` (lock_timeout
+            # set within the statement, the previous value set back at its end, as the claim does).
+            setting: sa.ColumnElement[str] = sa.literal_column("'lock_timeout'")
+            cfg = (
+                sa.select(
+                    sa.func.current_setting(setting).label("prev"),
+                    sa.func.set_config(setting, bp("lock_ms", type_=sa.String), sa.true()).label("cur"),
+                )
+                .cte("idem_cfg")
+                .prefix_with("MATERIALIZED")
+            )
+            stale.append(sa.select(cfg.c.cur).scalar_subquery().is_not(None))
         takeover = clocked(
             sa.update(t)
-            .where(
-                ident,
-                c.owner == bp("seen_owner"),
-                sa.or_(c.expires_at <= now, sa.and_(c.status == in_progress, c.locked_until <= now)),
-            )
+            .where(*stale)
             .values(
                 fingerprint=bp("fingerprint"),
                 status=bp("status"),
@@ -264,6 +283,12 @@ class BoundSQLStore:
                 error_type=sa.null(),
             )
         )
+        if cfg is not None:
+            changed = takeover.returning(sa.literal_column("1")).cte("idem_upd")
+            takeover = sa.select(
+                sa.select(sa.func.count()).select_from(changed).scalar_subquery(),
+                sa.func.set_config(sa.literal_column("'lock_timeout'"), cfg.c.prev, sa.true()),
+            ).select_from(cfg)
         self._takeover = prepare(takeover, dialect)
         self._complete = prepare(
             sa.update(t)
@@ -277,10 +302,14 @@ class BoundSQLStore:
             dialect,
         )
         self._release = prepare(sa.delete(t).where(owned), dialect)
-        self._renew = prepare(
-            sa.update(t).where(owned).values(locked_until=now_once + bp("lease_ms", type_=sa.BigInteger)),
-            dialect,
-        )
+        renew = sa.update(t).where(owned).values(locked_until=now_once + bp("lease_ms", type_=sa.BigInteger))
+        if self.name == "postgresql":
+            # The renewal's own lock timeout, set within the statement (its transaction ends with it).
+            limit = sa.func.set_config(
+                sa.literal_column("'lock_timeout'"), bp("lock_ms", type_=sa.String), sa.true()
+            )
+            renew = renew.where(limit.is_not(None))
+        self._renew = prepare(renew, dialect)
 
     def _pg_claim(self, dialect: Dialect) -> Prepared:
         """One round trip on PostgreSQL: set lock_timeout, claim, set the previous value back, and
@@ -443,18 +472,29 @@ class BoundSQLStore:
             lease_ms=request.lease_ms,
             ttl_ms=request.ttl_ms,
         )
-        count = yield from self._write(self._takeover, values, own=request.own)
-        return count == 1
+        if self.name == "postgresql":  # the statement answers with the count of rows it took over
+            values["lock_ms"] = str(max(1, request.wait_ms))
+            rows = yield from self._exec(self._takeover, values, own=request.own, fetch=True)
+            return int(rows[0][0]) == 1
+        prepared = self._takeover
+        if self.mysql:
+            prepared = Prepared(self._mysql_wait(request.wait_ms) + prepared.sql, prepared.order)
+        return (yield from self._write(prepared, values, own=request.own)) == 1
 
-    def _write(self, prepared: Prepared, values: dict[str, Any], *, own: bool) -> Steps[int]:
+    def _exec(
+        self, prepared: Prepared, values: dict[str, Any], *, own: bool, fetch: bool = False
+    ) -> Steps[Any]:
+        """Run one statement; driver errors are translated. Rows when ``fetch``, else the row count."""
         try:
-            count = yield Exec(prepared.sql, prepared.bind(values), own=own)
+            return (yield Exec(prepared.sql, prepared.bind(values), fetch=fetch, own=own))
         except IdempotencyError:
             raise
         except Exception as exc:
             self._translate(exc)
             raise
-        return int(count)
+
+    def _write(self, prepared: Prepared, values: dict[str, Any], *, own: bool) -> Steps[int]:
+        return int((yield from self._exec(prepared, values, own=own)))
 
     def complete(self, request: ClaimRequest, codec: str, text: str, *, own: bool) -> Steps[bool]:
         values = self._values(
@@ -472,5 +512,17 @@ class BoundSQLStore:
         return (yield from self._write(self._release, self._values(request), own=own)) == 1
 
     def renew(self, request: ClaimRequest) -> Steps[bool]:
+        """Push the lease on; the statement gives up after ``lease / 3`` (the renewal interval)
+        rather than wait on a lock or a busy server, and the next renewal tries again."""
         values = self._values(request, lease_ms=request.lease_ms)
-        return (yield from self._write(self._renew, values, own=True)) == 1
+        limit_ms = max(1, request.lease_ms // 3)
+        prepared = self._renew
+        if self.name == "postgresql":
+            values["lock_ms"] = str(limit_ms)
+        elif self.mysql:
+            prefix = (
+                f"SET STATEMENT max_statement_time={limit_ms / 1000:.3f}, "
+                f"innodb_lock_wait_timeout={max(1, math.ceil(limit_ms / 1000))} FOR "
+            )
+            prepared = Prepared(prefix + prepared.sql, prepared.order)
+        return (yield from self._write(prepared, values, own=True)) == 1

@@ -20,6 +20,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from typing import Any, TypeVar
 import sqlalchemy as sa
 
 from idempotent._connect import Bind, add_database_arguments, describe, explain, with_connection
-from idempotent._sql import NO_TABLE, classify, now_sql
+from idempotent._sql import ABORTED, NO_TABLE, classify, now_sql
 from idempotent.core import Status
 from idempotent.errors import ConfigurationError, InProgress, TableMissing
 from idempotent.keys import normalise_scope
@@ -38,6 +39,8 @@ __all__ = ["DEFAULT_BATCH", "KeyInfo", "evict", "purge", "register", "show"]
 
 #: Rows deleted per transaction by :func:`purge`: each batch holds its locks for milliseconds.
 DEFAULT_BATCH = 1000
+#: A batch rolled back by a deadlock or serialization failure is run again at most this often.
+PURGE_RETRIES = 10
 #: Characters of a stored result that ``idempotent show`` prints.
 PREVIEW_CHARS = 200
 
@@ -112,7 +115,11 @@ def _now(conn: sa.Connection, clock_offset: float) -> int:
 # purge
 # ---------------------------------------------------------------------------------------------
 def _purge_statement(conn: sa.Connection, t: sa.Table) -> sa.TextClause:
-    """Delete at most ``:batch`` rows that expired by ``:cutoff`` and whose lease has passed.
+    """Delete at most ``:batch`` rows that expired by ``:cutoff``, except calls still within their lease.
+
+    A finished row (completed or failed) goes once its ``ttl`` has passed, whatever its last
+    lease said; an in-progress row only once its lease has ended too (a live lease wins over
+    expiry), exactly the rows :func:`show` calls expired.
 
     Each database gets the form that finds the rows through the ``expires_at`` index and
     deletes them by their physical address or key, never by a scan of the whole table.
@@ -120,7 +127,8 @@ def _purge_statement(conn: sa.Connection, t: sa.Table) -> sa.TextClause:
     name = conn.dialect.name
     q = conn.dialect.identifier_preparer
     table = q.format_table(t)
-    expired = "expires_at <= :cutoff AND locked_until <= :cutoff"
+    running = f"'{Status.IN_PROGRESS.value}'"
+    expired = f"expires_at <= :cutoff AND (status <> {running} OR locked_until <= :cutoff)"
     if name == "postgresql":
         # SKIP LOCKED: rows another transaction is taking over right now are left for next time.
         sql = (
@@ -149,8 +157,8 @@ def purge(
     """Delete the expired keys and return how many were removed.
 
     A key is removed once it has expired (``expires_at``, counted from its claim with the
-    decorator's ``ttl``) and its lease, if it still had one, has passed too: a call still
-    running past its TTL keeps its row. The cut-off is the database clock when the purge
+    decorator's ``ttl``); a call still running within its lease past its TTL keeps its row
+    until its lease ends. The cut-off is the database clock when the purge
     starts (plus ``clock_offset`` seconds, for tests); keys expiring during a long purge are
     left for the next one.
 
@@ -158,7 +166,8 @@ def purge(
     of millions of rows never holds locks on a busy table for more than one batch. On
     PostgreSQL rows locked by another transaction are skipped. ``progress`` is called with the
     running total after every batch. Given a ``Connection``, it must not be in a transaction:
-    every batch is committed on it.
+    every batch is committed on it. A batch that a deadlock or serialization failure rolls
+    back (concurrent claims on MariaDB) is run again, up to ``PURGE_RETRIES`` times in a row.
     """
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigurationError(f"batch must be a positive number of rows, not {batch!r}")
@@ -176,9 +185,20 @@ def purge(
             _finish(conn)
             statement = _purge_statement(conn, t)
             params = {"cutoff": cutoff, "batch": batch}
+            aborted = 0
             while True:
-                with conn.begin():
-                    removed = conn.execute(statement, params).rowcount
+                try:
+                    with conn.begin():
+                        removed = conn.execute(statement, params).rowcount
+                except sa.exc.DBAPIError as exc:
+                    # A deadlock with concurrent claims (MariaDB) or a serialization failure rolled
+                    # this batch back alone: the batches before it are committed, so run it again.
+                    if classify(exc) != ABORTED or aborted >= PURGE_RETRIES:
+                        raise
+                    aborted += 1
+                    time.sleep(random.uniform(0, 0.01 * aborted))  # noqa: S311  (jitter, not secrecy)
+                    continue
+                aborted = 0
                 total += removed
                 if progress is not None and removed:
                     progress(total)
@@ -213,13 +233,16 @@ class KeyInfo:
 
     @property
     def expired(self) -> bool:
-        """True when the key counts as absent: the next call with it runs the function again."""
-        return self.expires_at <= self.now
+        """True when the key counts as absent: the next call with it runs the function again.
+
+        A call still running within its lease is never expired (a live lease wins over expiry).
+        """
+        return self.expires_at <= self.now and not self.running
 
     @property
     def running(self) -> bool:
         """True while a call holding the key is still within its lease."""
-        return self.status == Status.IN_PROGRESS.value and self.locked_until > self.now and not self.expired
+        return self.status == Status.IN_PROGRESS.value and self.locked_until > self.now
 
     @property
     def state(self) -> str:

@@ -94,8 +94,13 @@ class Decision:
 
 
 def decide(record: Record, fingerprint: str | None, now: int) -> Decision:
-    """Decide what a call with ``fingerprint`` does, given the ``record`` already stored at ``now`` (ms)."""
-    if record.expires_at <= now:
+    """Decide what a call with ``fingerprint`` does, given the ``record`` already stored at ``now`` (ms).
+
+    A live lease wins over expiry: a call still running (in progress, lease not ended) is never
+    taken over because its ``ttl`` passed; its row expires only once it is finished or abandoned.
+    """
+    live = record.status == Status.IN_PROGRESS and record.locked_until > now
+    if record.expires_at <= now and not live:
         return Decision(Outcome.TAKEOVER)
     if fingerprint is not None and record.fingerprint is not None and record.fingerprint != fingerprint:
         return Decision(Outcome.MISMATCH)
@@ -413,16 +418,30 @@ def _claim(plan: Plan[Any], deadline: float) -> Steps[tuple[Existing | None, Dec
 
     Returns ``(None, _)`` when the call owns the key now, else the record and the decision.
     """
-    request = plan.request
-    found = yield from plan.store.claim(_with_wait(request, max(0, int(_remaining(deadline) * 1000))))
-    if found is None:
+    request = _with_wait(plan.request, max(0, int(_remaining(deadline) * 1000)))
+    found = yield from plan.store.claim(request)
+    if found is None or _ours(found, request):
         return None, _CLAIMED
     decision = decide(found.record, request.fingerprint, found.now)
     if decision.outcome is Outcome.TAKEOVER:
+        # The takeover waits at most ``wait`` for a row another caller is taking over right now.
         if (yield from plan.store.takeover(request, found.record)):
             return None, _CLAIMED
-        decision = Decision(Outcome.WAIT, retry_after=0.0)
+        # Someone else took it over first, and may have finished while we waited: look again
+        # (even with no wait left), so a result committed meanwhile is replayed, not refused.
+        found = yield from plan.store.claim(_with_wait(request, 0))
+        if found is None:
+            return None, _CLAIMED
+        decision = decide(found.record, request.fingerprint, found.now)
+        if decision.outcome is Outcome.TAKEOVER:
+            decision = Decision(Outcome.WAIT, retry_after=0.0)
     return found, decision
+
+
+def _ours(found: Existing, request: ClaimRequest) -> bool:
+    """True for our own claim: a claim statement sent again after its connection dropped may find
+    the row its first attempt committed (the owner token is random per call)."""
+    return found.record.owner == request.owner and found.record.status == Status.IN_PROGRESS
 
 
 def _settle(plan: Plan[Any], found: Existing, decision: Decision) -> Any:
@@ -633,24 +652,44 @@ def lease_flow(plan: Plan[T]) -> Steps[T]:
         yield StopRenewal()
         if plan.store_errors and isinstance(exc, plan.store_errors):
             error_type, text = _encode_error(exc)
-            yield from store.fail(request, error_type, text, own=True)
-            hooks.emit(Event.EXECUTED, plan, detail="failed")
-        else:
-            yield from store.release(request, own=True)
+            if (yield from _clean_up(plan, exc, store.fail(request, error_type, text, own=True), "record")):
+                hooks.emit(Event.EXECUTED, plan, detail="failed")
+        elif (yield from _clean_up(plan, exc, store.release(request, own=True), "release")):
             hooks.emit(Event.RELEASED, plan)
         raise
     yield StopRenewal()
     try:
         text = encode_checked(plan.serializer, result, plan.return_hint, plan.max_bytes)
-    except BaseException:
-        yield from store.release(request, own=True)
-        hooks.emit(Event.RELEASED, plan)
+    except BaseException as exc:
+        if (yield from _clean_up(plan, exc, store.release(request, own=True), "release")):
+            hooks.emit(Event.RELEASED, plan)
         raise
     if not (yield from store.complete(request, plan.serializer.name, text, own=True)):
         hooks.emit(Event.CONFLICT, plan, detail="fenced")
         return (yield from _fenced_outcome(plan, deadline))
     hooks.emit(Event.EXECUTED, plan)
     return result  # type: ignore[no-any-return]
+
+
+def _clean_up(plan: Plan[Any], error: BaseException, steps: Steps[Any], verb: str) -> Steps[bool]:
+    """Run a clean-up after the function raised ``error``; False when it failed.
+
+    A clean-up failure never replaces the function's own exception: it is logged and attached
+    to ``error`` as a note. The claim then stays until its lease ends, when it is taken over.
+    """
+    try:
+        yield from steps
+    except Exception as problem:
+        message = (
+            f"idempotent could not {verb} the claim of {plan.function} key {plan.request.key!r} after it "
+            f"failed ({type(problem).__name__}: {problem}); the key is taken over once its lease ends"
+        )
+        logging.getLogger("idempotent").warning(message, exc_info=True)
+        add_note = getattr(error, "add_note", None)  # Python 3.11+
+        if add_note is not None:
+            add_note(message)
+        return False
+    return True
 
 
 def _fenced_outcome(plan: Plan[T], deadline: float) -> Steps[T]:

@@ -78,9 +78,10 @@ class MemoryStore:
             stale = (
                 current is not None
                 and current.owner == seen.owner
-                and (
-                    current.expires_at <= now
-                    or (current.status == Status.IN_PROGRESS.value and current.locked_until <= now)
+                and (  # a live lease wins over expiry, as in the SQL store
+                    current.locked_until <= now
+                    if current.status == Status.IN_PROGRESS.value
+                    else current.expires_at <= now
                 )
             )
             if stale:
