@@ -1,1 +1,4 @@
-"""Runnable examples (``python examples/quickstart.py``), also run by the tests."""
+"""Runnable examples (``python examples/quickstart.py``, ``uvicorn examples.fastapi_app:app``).
+
+The tests run them too.
+"""
