@@ -76,7 +76,10 @@ def after_call(plan: Any, handle: Any) -> None:
         return  # an enclosing decorated call owns this transaction and ends it itself
     obj = handle.sync if hasattr(handle, "sync") else handle.obj  # the sync twin of an async handle
     if not handle.is_session:
-        _watch_connection(obj, plan.function, plan.request.key)
+        # Only SQLAlchemy connections can end without a commit unseen; Django's atomic() block
+        # commits on a normal exit and rolls back only with the exception it propagates.
+        if isinstance(obj, sa.Connection):
+            _watch_connection(obj, plan.function, plan.request.key)
         return
     if not handle.autobegun():
         return
