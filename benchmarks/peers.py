@@ -73,8 +73,10 @@ def _ids() -> Callable[[], int]:
 
 def idempotent_sql(url: str, database: str, suffix: str, mode: str = "transaction") -> System:
     """``@idempotent`` on a pooled ``Connection`` (transaction mode) or on the store's engine (lease)."""
-    engine = sa.create_engine(url, isolation_level="READ COMMITTED") if database == "postgresql" else (
-        sa.create_engine(url)
+    engine = (
+        sa.create_engine(url, isolation_level="READ COMMITTED")
+        if database == "postgresql"
+        else (sa.create_engine(url))
     )
     table = make_table(sa.MetaData(), f"bench_trivial_{mode[:2]}_{suffix}")
     table.create(engine)
@@ -119,10 +121,16 @@ def hand_written_lease(url: str, suffix: str) -> System:
     c = table.c
     complete = (
         sa.update(table)
-        .where(c.scope == sa.bindparam("k_scope"), c.key == sa.bindparam("k_key"), c.owner == sa.bindparam("k_owner"))
+        .where(
+            c.scope == sa.bindparam("k_scope"),
+            c.key == sa.bindparam("k_key"),
+            c.owner == sa.bindparam("k_owner"),
+        )
         .values(status="completed", result_codec="json", result=sa.bindparam("k_result"))
     )
-    stored = sa.select(c.status, c.result).where(c.scope == sa.bindparam("k_scope"), c.key == sa.bindparam("k_key"))
+    stored = sa.select(c.status, c.result).where(
+        c.scope == sa.bindparam("k_scope"), c.key == sa.bindparam("k_key")
+    )
     import json
 
     def call(order_id: int) -> None:
@@ -136,7 +144,9 @@ def hand_written_lease(url: str, suffix: str) -> System:
             won = conn.execute(claim, {"scope": "bench.hand", "key": key, "owner": owner}).first()
             assert won is not None, "hand-written lease claim lost"
             result = json.dumps(_body(order_id))
-            done = conn.execute(complete, {"k_scope": "bench.hand", "k_key": key, "k_owner": owner, "k_result": result})
+            done = conn.execute(
+                complete, {"k_scope": "bench.hand", "k_key": key, "k_owner": owner, "k_result": result}
+            )
             assert done.rowcount == 1
 
     system = System("hand-written lease SQL", "postgresql", durable_first_call=True)
@@ -178,7 +188,9 @@ def powertools_redis(suffix: str) -> System:
     layer = RedisCachePersistenceLayer(client=client)
     config = IdempotencyConfig(event_key_jmespath="order_id", expires_after_seconds=86400)
 
-    @idempotent_function(data_keyword_argument="order", persistence_store=layer, config=config, key_prefix=prefix)
+    @idempotent_function(
+        data_keyword_argument="order", persistence_store=layer, config=config, key_prefix=prefix
+    )
     def place(order: dict[str, Any]) -> dict[str, Any]:
         return _body(order["order_id"])
 
@@ -337,7 +349,9 @@ def drf_idempotency(suffix: str) -> System:
     def call(order_id: int, route: str = "orders") -> None:
         # The bare route is called without the header, so the middleware lets it through.
         headers = {"Idempotency-Key": f"k-{order_id}"} if route == "orders" else {}
-        response = client.post(f"/{route}", {"order_id": order_id}, content_type="application/json", headers=headers)
+        response = client.post(
+            f"/{route}", {"order_id": order_id}, content_type="application/json", headers=headers
+        )
         assert response.status_code == 201, response.content
 
     system = System("drf-idempotency (DB)", "postgresql", durable_first_call=True)
