@@ -569,6 +569,31 @@ def print_table(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> Non
         print(f"{state:<7} {c['target']:<52} {ratio}")
 
 
+def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
+    """The table and the targets as Markdown, for ``benchmarks/README.md``."""
+    lines = [
+        "| scenario | database | system | calls/s | p50 µs | p99 µs | ratio | reference / note |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in rows:
+        if "p50_us" not in r:
+            lines.append(
+                f"| {r['scenario']} | {r['database']} | {r['system']} | - | - | - | - | {r['note']} |"
+            )
+            continue
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""
+        lines.append(
+            f"| {r['scenario']} | {r['database']} | {r['system']} | {r['calls_per_s']:.0f} "
+            f"| {r['p50_us']:.0f} | {r['p99_us']:.0f} | {ratio} | {r['reference']} |"
+        )
+    lines += ["", "| target | measured | met |", "| --- | ---: | --- |"]
+    for c in checks:
+        state = "not measured" if c["met"] is None else ("yes" if c["met"] else "**no**")
+        ratio = "-" if c["ratio"] is None else f"{c['ratio']:.2f}"
+        lines.append(f"| {c['target']} | {ratio} | {state} |")
+    return "\n".join(lines) + "\n"
+
+
 def chart(rows: list[dict[str, Any]], path: Path) -> str:
     """A PNG of p50 per system, one panel per scenario; returns what happened."""
     try:
@@ -699,7 +724,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results written to {args.json}")
+    args.json.with_suffix(".md").write_text(markdown(rows, checks))
+    print(f"results written to {args.json} (and the table as Markdown beside it)")
     print(chart(rows, args.json.with_suffix(".png")))
     failed = [r for r in rows if r.get("exactly_once") is False]
     return 1 if failed else 0
