@@ -44,7 +44,9 @@ from idempotent.schema import make_table
 DEFAULT_POSTGRES_URL = os.environ.get(
     "IDEMPOTENT_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test"
 )
-DEFAULT_MARIADB_URL = os.environ.get("IDEMPOTENT_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+DEFAULT_MARIADB_URL = os.environ.get(
+    "IDEMPOTENT_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+)
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_core.json"
 VARIANTS = ("bare", "first", "replay", "core", "core_replay", "read")
 ACCOUNTS = 16
@@ -261,18 +263,19 @@ def _hand_written(
         return claim_pg, complete
 
     now_col = sa.literal_column(now, sa.BigInteger)
+    claimed = {
+        "scope": sa.bindparam("scope"),
+        "key": sa.bindparam("key"),
+        "fingerprint": sa.bindparam("fingerprint"),
+        "status": "in_progress",
+        "owner": sa.bindparam("owner"),
+        "locked_until": now_col + LEASE_MS,
+        "created_at": now_col,
+        "expires_at": now_col + TTL_MS,
+    }
     if dialect == "mariadb":
         # A plain INSERT in the caller's transaction: a duplicate is a unique violation.
-        plain = sa.insert(keys).values(
-            scope=sa.bindparam("scope"),
-            key=sa.bindparam("key"),
-            fingerprint=sa.bindparam("fingerprint"),
-            status="in_progress",
-            owner=sa.bindparam("owner"),
-            locked_until=now_col + LEASE_MS,
-            created_at=now_col,
-            expires_at=now_col + TTL_MS,
-        )
+        plain = sa.insert(keys).values(claimed)
 
         def claim_plain(conn: sa.Connection, values: dict[str, Any]) -> bool:
             return conn.execute(plain, values).rowcount == 1
@@ -280,18 +283,7 @@ def _hand_written(
         return claim_plain, complete
 
     claim_stmt = (
-        sqlite_dialect.insert(keys)
-        .values(
-            scope=sa.bindparam("scope"),
-            key=sa.bindparam("key"),
-            fingerprint=sa.bindparam("fingerprint"),
-            status="in_progress",
-            owner=sa.bindparam("owner"),
-            locked_until=now_col + LEASE_MS,
-            created_at=now_col,
-            expires_at=now_col + TTL_MS,
-        )
-        .on_conflict_do_nothing(index_elements=["scope", "key"])
+        sqlite_dialect.insert(keys).values(claimed).on_conflict_do_nothing(index_elements=["scope", "key"])
     )
 
     def claim_sqlite(conn: sa.Connection, values: dict[str, Any]) -> bool:

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import bench_core
 import sqlalchemy as sa
 
 from idempotent import SQLStore, idempotent
@@ -119,15 +120,7 @@ def hand_written_lease(url: str, suffix: str) -> System:
         f"{now} + 86400000) ON CONFLICT (scope, key) DO NOTHING RETURNING owner"
     )
     c = table.c
-    complete = (
-        sa.update(table)
-        .where(
-            c.scope == sa.bindparam("k_scope"),
-            c.key == sa.bindparam("k_key"),
-            c.owner == sa.bindparam("k_owner"),
-        )
-        .values(status="completed", result_codec="json", result=sa.bindparam("k_result"))
-    )
+    complete = bench_core._hand_written("postgresql", table)[1]  # the fenced result UPDATE
     stored = sa.select(c.status, c.result).where(
         c.scope == sa.bindparam("k_scope"), c.key == sa.bindparam("k_key")
     )

@@ -224,42 +224,27 @@ def scenario_trivial(
 
     for s in systems:
         for variant in s.run:
+            # (system, variant) the ratio is taken against, on PostgreSQL.
             if s.name == "idempotent (transaction)" and s.database == "postgresql":
-                reference = "idemkit (PostgreSQL)"
+                reference = ("idemkit (PostgreSQL)", variant)
             elif s.name == "idempotent (lease)":
-                reference = "hand-written lease SQL"
-            elif s.name == "drf-idempotency (DB)":
-                reference = "drf-idempotency (DB)" if variant != "bare view" else ""
-                ref = get(s.name, s.database, "bare view") if reference else None
-                note = "" if s.durable_first_call else "first call not durable"
-                rows.append(
-                    row(
-                        "trivial",
-                        s.database,
-                        f"{s.name} {variant}",
-                        get(s.name, s.database, variant),
-                        f"{reference} bare view" if reference else "",
-                        ref,
-                        note,
-                    )
-                )
-                continue
+                reference = ("hand-written lease SQL", variant)
+            elif s.name == "drf-idempotency (DB)" and variant != "bare view":
+                reference = (s.name, "bare view")
             elif s.name in {"idemkit (Redis)", "Powertools (Redis)", "idemkit (PostgreSQL)"}:
-                reference = "idempotent (transaction)"
+                reference = ("idempotent (transaction)", variant)
             else:
-                reference = ""
-            ref_db = "postgresql"
-            ref = get(reference, ref_db, variant) if reference else None
-            note = "" if s.durable_first_call else "Redis: first call not durable with any database write"
+                reference = ("", "")
+            ref = get(reference[0], "postgresql", reference[1]) if reference[0] else None
             rows.append(
                 row(
                     "trivial",
                     s.database,
                     f"{s.name} {variant}",
                     get(s.name, s.database, variant),
-                    f"{reference} {variant}" if ref else "",
+                    " ".join(reference) if ref else "",
                     ref,
-                    note,
+                    "" if s.durable_first_call else "Redis: first call not durable with any database write",
                 )
             )
     return rows
