@@ -579,6 +579,14 @@ def markdown(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+PEERS = ("idemkit", "Powertools", "drf-idempotency")
+
+
+def _is_other(system: str) -> bool:
+    """A reference or a peer rather than this library (grey in the chart)."""
+    return system.startswith(("bare", "hand-written")) or any(peer in system for peer in PEERS)
+
+
 def chart(rows: list[dict[str, Any]], path: Path) -> str:
     """A PNG of p50 per system, one panel per scenario; returns what happened."""
     try:
@@ -610,7 +618,7 @@ def chart(rows: list[dict[str, Any]], path: Path) -> str:
         measured = [r for r in rows if r["scenario"] == scenario and "p50_us" in r]
         labels = [f"{r['database']}: {r['system']}" for r in measured]
         values = [r["p50_us"] for r in measured]
-        colours = ["#1f77b4" if "idempotent" in r["system"] else "#999999" for r in measured]
+        colours = ["#999999" if _is_other(r["system"]) else "#1f77b4" for r in measured]
         ax.barh(labels, values, color=colours)
         ax.invert_yaxis()
         ax.set_title(f"{scenario}: median µs per call (lower is better)", fontsize=10)
