@@ -169,6 +169,25 @@ def _drop_redis_prefix(client: Any, prefix: str) -> Callable[[], None]:
     return drop
 
 
+def idempotent_redis(suffix: str) -> System:
+    """``@idempotent(mode="lease")`` on this library's Redis store, like for like with the Redis peers."""
+    try:
+        from idempotent.redis import RedisStore  # type: ignore[import-not-found,unused-ignore]
+    except ImportError as exc:
+        raise Unavailable(f"idempotent has no Redis store in this checkout ({exc})") from exc
+    client = _redis_client()
+    prefix = f"bench_ir_{suffix}:"
+    store = RedisStore.from_url(REDIS_URL, prefix=prefix)
+
+    @idempotent(key_from="order_id", scope="bench.trivial", mode="lease", store=store)
+    def place(order_id: int) -> dict[str, Any]:
+        return _body(order_id)
+
+    system = System("idempotent (Redis, lease)", "redis", durable_first_call=False)
+    system.cleanup.append(_drop_redis_prefix(client, prefix))
+    return _pair(system, place, _ids())
+
+
 def powertools_redis(suffix: str) -> System:
     """AWS Lambda Powertools ``idempotent_function`` with its Redis persistence layer."""
     try:
