@@ -425,6 +425,7 @@ def scenario_keys_table(
     metadata = sa.MetaData()
     tables = {size: make_table(metadata, f"bench_size_{size}_{suffix}") for size in (small, large)}
     run: dict[str, Callable[[], None]] = {}
+    pools: list[sa.Engine] = []
     try:
         metadata.create_all(engine)
         load_seconds = {}
@@ -446,6 +447,7 @@ def scenario_keys_table(
 
             last: list[str] = []
             pool = bench_core._engine("postgresql", url)
+            pools.append(pool)
 
             def first(place: Any = place, last: list[str] = last, pool: sa.Engine = pool) -> None:
                 key = str(uuid.uuid4())
@@ -461,6 +463,8 @@ def scenario_keys_table(
             run[f"replay, {label} table"] = replay
         samples = measure(run, iterations, warmup)
     finally:
+        for pool in pools:
+            pool.dispose()
         metadata.drop_all(engine)
         engine.dispose()
     rows = []
