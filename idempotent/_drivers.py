@@ -7,10 +7,12 @@ anything: the decisions live in :mod:`idempotent.core`.
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import itertools
 import logging
+import math
 import os
 import threading
 import time
@@ -59,6 +61,44 @@ def _sqlite_legacy_begin(dbapi_connection: Any) -> bool:
     return level is not None and not in_txn
 
 
+def _joined_bind(session: Session) -> bool:
+    """True for a Session bound to a Connection the caller already began a transaction on
+    (the "join a session into an external transaction" recipe): that transaction is the caller's."""
+    bind = session.bind
+    return isinstance(bind, sa.Connection) and bind.in_transaction()
+
+
+def _autocommit(bind: Any) -> bool:
+    level = bind.get_execution_options().get("isolation_level")
+    if level is None:
+        level = getattr(bind.dialect, "_on_connect_isolation_level", None)  # create_engine(isolation_level=)
+    return isinstance(level, str) and level.upper() == "AUTOCOMMIT"
+
+
+def check_atomic(obj: Session | sa.Connection, function: str) -> None:
+    """Refuse handles on which the key and the function's writes cannot commit together."""
+    bind: Any = obj
+    if isinstance(obj, Session):
+        binds = {id(b): b for b in obj.binds.values()}
+        if obj.bind is not None:
+            binds[id(obj.bind)] = obj.bind
+        if len(binds) > 1:
+            raise ConfigurationError(
+                f"{function} received a Session with binds= to {len(binds)} engines or connections: its key "
+                "would be written on one and the function's writes on another, which commit separately. "
+                "Pass a Session (or Connection) on the single database that holds both the keys table and "
+                "the function's tables, or use mode='lease'"
+            )
+        bind = next(iter(binds.values()), None)
+    if bind is not None and _autocommit(bind):
+        raise ConfigurationError(
+            f"{function} received a handle in AUTOCOMMIT isolation, which commits every statement on its "
+            "own, so the key cannot commit together with the function's writes. Pass a Session or "
+            "Connection with a transactional isolation level (drop isolation_level='AUTOCOMMIT' for it), "
+            "or use mode='lease'"
+        )
+
+
 class SyncHandle:
     """A ``Session`` or ``Connection`` seen through the verbs the flows use."""
 
@@ -81,7 +121,9 @@ class SyncHandle:
         return self.obj.dialect  # type: ignore[union-attr]
 
     def in_transaction(self) -> bool:
-        return self.obj.in_transaction()
+        if self.obj.in_transaction():
+            return True
+        return self.is_session and _joined_bind(self.obj)  # type: ignore[arg-type]
 
     def autobegun(self) -> bool:
         if not self.is_session:
@@ -114,7 +156,9 @@ class AsyncHandle:
         return self.obj.dialect  # type: ignore[no-any-return]
 
     def in_transaction(self) -> bool:
-        return bool(self.obj.in_transaction())
+        if self.obj.in_transaction():
+            return True
+        return self.is_session and _joined_bind(self.sync)
 
     def autobegun(self) -> bool:
         if not self.is_session:
@@ -247,6 +291,7 @@ class _SyncRenewal:
     def __init__(self, plan: core.Plan[Any]) -> None:
         self.plan = plan
         self.interval = max(plan.lease / 3.0, 0.01)
+        self.since = time.monotonic()
         self.lock = threading.Lock()  # held while renewing: stop() waits for a renewal under way
         self.stopped = False
         self.lost = False
@@ -256,6 +301,8 @@ class _SyncRenewal:
         with self.lock:
             if self.stopped:
                 return False
+            if not _claim_committed(self.plan):
+                return True
             try:
                 if not _drive_plain_sync(self.plan.store.renew(self.plan.request), self.plan):
                     self.lost = True
@@ -268,6 +315,7 @@ class _SyncRenewal:
         """Stop renewing; True while the lease was never found lost."""
         with self.lock:
             self.stopped = True
+            self.plan.extra.pop("renew_gate", None)  # it holds the caller's session: let it go now
         return not self.lost
 
 
@@ -287,6 +335,25 @@ class _Renewer:
         self._due: list[tuple[float, int, _SyncRenewal]] = []
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
+        #: Renewals handed over by :meth:`watch`, moved onto ``_due`` by the thread.
+        self._pending: collections.deque[_SyncRenewal] = collections.deque()
+        #: How often the thread looks at ``_pending``: the shortest interval watched so far.
+        self._period = math.inf
+
+    def watch(self, renewal: _SyncRenewal) -> None:
+        """Like :meth:`add`, for renewals that are seldom needed (transaction mode renews only a
+        claim the function committed itself): no lock and no wake-up per call; the thread picks
+        the renewal up within one period, well before it is due."""
+        self._pending.append(renewal)
+        thread = self._thread
+        crowded = len(self._pending) > _PENDING_MAX  # let the thread drop the finished ones
+        if crowded or renewal.interval < self._period or thread is None or not thread.is_alive():
+            with self._cond:
+                self._period = min(self._period, renewal.interval)
+                if self._thread is None or not self._thread.is_alive():
+                    self._thread = threading.Thread(target=self._run, name="idempotent-lease", daemon=True)
+                    self._thread.start()
+                self._cond.notify()
 
     def add(self, renewal: _SyncRenewal) -> None:
         with self._cond:
@@ -299,11 +366,19 @@ class _Renewer:
     def _next(self) -> _SyncRenewal | None:
         with self._cond:
             while True:
+                while self._pending:
+                    watched = self._pending.popleft()
+                    if not watched.stopped:
+                        heapq.heappush(
+                            self._due, (watched.since + watched.interval, next(self._order), watched)
+                        )
                 while self._due and self._due[0][2].stopped:
                     heapq.heappop(self._due)
+                period = None if self._period == math.inf else self._period
                 if not self._due:
-                    if not self._cond.wait(self.IDLE) and not self._due:
-                        self._thread = None  # under the lock: add() starts a new thread
+                    idle = self.IDLE if period is None else min(self.IDLE, period)
+                    if not self._cond.wait(idle) and not self._due and not self._pending:
+                        self._thread = None  # under the lock: add() and watch() start a new thread
                         return None
                     continue
                 due, _, renewal = self._due[0]
@@ -311,13 +386,17 @@ class _Renewer:
                 if delay <= 0:
                     heapq.heappop(self._due)
                     return renewal
-                self._cond.wait(delay)
+                self._cond.wait(delay if period is None else min(delay, period))
 
     def _run(self) -> None:
         while True:
             renewal = self._next()
             if renewal is None:
-                return
+                with self._cond:  # a watch() may have appended after the last look, seeing this thread alive
+                    if not self._pending or self._thread is not None:
+                        return
+                    self._thread = threading.current_thread()
+                continue
             if renewal.renew():
                 with self._cond:
                     heapq.heappush(
@@ -352,6 +431,36 @@ def _forget_renewals() -> None:
 
 
 os.register_at_fork(after_in_child=_forget_renewals)
+
+
+#: Watched renewals waiting for the renewer thread beyond which it is woken to sort them out.
+_PENDING_MAX = 1000
+
+
+def _rollback_connection(conn: sa.Connection) -> None:
+    """Roll back a Connection, and its driver connection too when SQLAlchemy's transaction was no
+    longer active: after a COMMIT that failed before it reached the database (or was cancelled),
+    SQLAlchemy has ended its transaction while the driver's may still be open, and the caller's
+    next commit would commit it."""
+    txn = conn.get_transaction()
+    conn.rollback()
+    if (txn is None or not txn.is_active) and not conn.closed and not conn.invalidated:
+        conn.connection.rollback()
+
+
+def _claim_committed(plan: core.Plan[Any]) -> bool:
+    """Whether the claim is visible to a renewal: always in lease mode; in transaction mode only
+    once the function ended the transaction that holds it (before, nobody else sees the row)."""
+    gate = plan.extra.get("renew_gate")
+    return gate is None or bool(gate())
+
+
+def _watch_transaction(plan: core.Plan[Any], handle: SyncHandle | AsyncHandle, engine: Any) -> None:
+    """Transaction mode: renew the claim on ``engine`` once the function committed it itself."""
+    marker = handle.marker()
+    plan.extra["renew_gate"] = lambda: handle.marker() is not marker
+    if plan.extra.get("engine") is None:
+        plan.extra["engine"] = engine
 
 
 _logger = logging.getLogger("idempotent")
@@ -451,7 +560,10 @@ def run_sync(
                 handle.obj.commit()  # type: ignore[union-attr]
                 conn = None
             elif kind is core.Rollback:
-                handle.obj.rollback()  # type: ignore[union-attr]
+                if handle.is_session:  # type: ignore[union-attr]
+                    handle.obj.rollback()  # type: ignore[union-attr]
+                else:
+                    _rollback_connection(handle.obj)  # type: ignore[union-attr, arg-type]
                 conn = None
             elif kind is core.EndUnwritten:
                 token = op.token  # type: ignore[attr-defined]
@@ -489,7 +601,11 @@ def run_sync(
             elif kind is core.Sleep:
                 time.sleep(op.seconds)  # type: ignore[attr-defined]
             elif kind is core.StartRenewal:
-                if plan.extra.get("renew"):
+                if handle is not None:  # transaction mode
+                    _watch_transaction(plan, handle, handle.connection().engine)
+                    renewal = _SyncRenewal(plan)
+                    _renewer_for(plan.extra.get("engine")).watch(renewal)
+                elif plan.extra.get("renew"):
                     renewal = _SyncRenewal(plan)
                     _renewer_for(plan.extra.get("engine")).add(renewal)
             elif kind is core.StopRenewal:
@@ -552,6 +668,7 @@ class _AsyncRenewal:
         self.lost = False
         self.started = False
         self.done = anyio.Event()
+        self.task: Any = None
 
     async def run(self) -> None:
         self.started = True
@@ -562,6 +679,8 @@ class _AsyncRenewal:
                     await self.stop.wait()
                 if self.stop.is_set():
                     return
+                if not _claim_committed(self.plan):
+                    continue
                 try:
                     if not await _drive_plain_async(self.plan.store.renew(self.plan.request), self.plan):
                         self.lost = True
@@ -570,6 +689,24 @@ class _AsyncRenewal:
                     _logger.warning("renewing the lease of %s failed", self.plan.function, exc_info=True)
         finally:
             self.done.set()
+
+
+def _renew_later(plan: core.Plan[Any]) -> tuple[_AsyncRenewal | None, Any]:
+    """Transaction mode on asyncio: one timer per call, and a renewal task only for a call still
+    running after ``lease / 3`` (a task group per call would cost every call). Other event loops
+    get no renewal here."""
+    import asyncio  # noqa: PLC0415  (only the asyncio backend gets here)
+
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None, None
+    renewal = _AsyncRenewal(plan)
+
+    def start() -> None:
+        renewal.task = loop.create_task(renewal.run())  # kept referenced until stopped
+
+    return renewal, loop.call_later(max(plan.lease / 3.0, 0.01), start)
 
 
 async def run_async(
@@ -609,20 +746,30 @@ async def _run_async(
     error: BaseException | None = None
     cleaning = False
     renewal: _AsyncRenewal | None = None
+    timer: Any = None
     obj = handle.obj if handle is not None else None
     while True:
         try:
             op = flow.send(value) if error is None else flow.throw(error)
         except StopIteration as stop:
+            if timer is not None:  # a flow that broke off before StopRenewal
+                timer.cancel()
             return stop.value
         value, error = None, None
         try:
             kind = type(op)
             if kind is core.StartRenewal:
-                if group is not None and not cleaning:
+                if handle is not None and not cleaning:
+                    conn: Any = await obj.connection() if handle.is_session else obj  # type: ignore[union-attr]
+                    _watch_transaction(plan, handle, conn.engine)
+                    renewal, timer = _renew_later(plan)
+                elif group is not None and not cleaning:
                     renewal = _AsyncRenewal(plan)
                     group.start_soon(renewal.run)
             elif kind is core.StopRenewal:
+                if timer is not None:
+                    timer.cancel()
+                    timer = None
                 if renewal is not None:
                     renewal.stop.set()
                     if renewal.started:  # a task cancelled before its first step never sets ``done``
@@ -663,7 +810,10 @@ async def _perform_async(
         await obj.commit()
         return None
     if kind is core.Rollback:
-        await obj.rollback()
+        if handle is None or handle.is_session:
+            await obj.rollback()
+        else:
+            await obj.run_sync(_rollback_connection)
         return None
     if kind is core.EndUnwritten:
         token = op.token  # type: ignore[attr-defined]

@@ -290,6 +290,9 @@ class BoundSQLStore:
                 sa.func.set_config(sa.literal_column("'lock_timeout'"), cfg.c.prev, sa.true()),
             ).select_from(cfg)
         self._takeover = prepare(takeover, dialect)
+        # A duplicate may have waited up to ``wait`` for this result: it is kept at least that long
+        # after it was stored, even when the call outlived its ttl, so that waiter replays it.
+        kept = now_once + bp("keep_ms", type_=sa.BigInteger)
         self._complete = prepare(
             sa.update(t)
             .where(owned)
@@ -298,6 +301,7 @@ class BoundSQLStore:
                 result_codec=bp("codec"),
                 result=bp("result"),
                 error_type=bp("error_type"),
+                expires_at=sa.case((c.expires_at < kept, kept), else_=c.expires_at),
             ),
             dialect,
         )
@@ -389,6 +393,11 @@ class BoundSQLStore:
         if kind == ABORTED:
             raise ClaimAborted(str(getattr(exc, "orig", exc)).strip()) from exc
         return kind
+
+    @staticmethod
+    def aborted(exc: BaseException) -> bool:
+        """True when ``exc`` is a deadlock or serialization failure: the transaction is lost."""
+        return classify(exc) == ABORTED
 
     # -- BoundStore -----------------------------------------------------------------------------
     def claim(self, request: ClaimRequest) -> Steps[Existing | None]:
@@ -498,13 +507,23 @@ class BoundSQLStore:
 
     def complete(self, request: ClaimRequest, codec: str, text: str, *, own: bool) -> Steps[bool]:
         values = self._values(
-            request, new_status=Status.COMPLETED.value, codec=codec, result=text, error_type=None
+            request,
+            new_status=Status.COMPLETED.value,
+            codec=codec,
+            result=text,
+            error_type=None,
+            keep_ms=request.wait_ms,
         )
         return (yield from self._write(self._complete, values, own=own)) == 1
 
     def fail(self, request: ClaimRequest, error_type: str, text: str, *, own: bool) -> Steps[bool]:
         values = self._values(
-            request, new_status=Status.FAILED.value, codec="json", result=text, error_type=error_type
+            request,
+            new_status=Status.FAILED.value,
+            codec="json",
+            result=text,
+            error_type=error_type,
+            keep_ms=request.wait_ms,
         )
         return (yield from self._write(self._complete, values, own=own)) == 1
 

@@ -26,6 +26,9 @@ __all__ = ["DEFAULT_MAX_BYTES", "JsonCodec", "PickleSerializer", "Serializer", "
 DEFAULT_MAX_BYTES = 1024 * 1024
 _TAG = "$t"
 _NONE_TYPE = type(None)
+#: Ints longer than this are stored as hex: Python refuses decimal text past a digit limit
+#: (4300 by default, at least 640), and 2000 bits are 603 digits.
+_BIG_INT_BITS = 2000
 
 
 @runtime_checkable
@@ -98,14 +101,21 @@ class JsonCodec:
 
     # -- encoding -------------------------------------------------------------------------------
     def _enc(self, value: Any, hint: Any, path: str) -> Any:
-        if value is None or isinstance(value, (bool, str)):
-            return value
         cls = type(value)
+        if value is None or cls is str or cls is bool:
+            return value
         if isinstance(value, enum.Enum):
-            if _pick(_classes_in(hint), cls) is None:
+            if _pick(_classes_in(hint), cls) is not None:
+                return {_TAG: "enum", "c": cls.__qualname__, "v": self._enc(value.value, Any, path)}
+            if not isinstance(value, (str, int)):
                 raise _Refused(f"enum {cls.__qualname__}", path)
-            return {_TAG: "enum", "c": cls.__qualname__, "v": self._enc(value.value, Any, path)}
+            # A str or int enum the annotation does not name is stored as its plain value.
+            return self._enc(value.value, hint, path)
+        if isinstance(value, str):
+            return value
         if cls is int:
+            if value.bit_length() > _BIG_INT_BITS:  # past what int <-> decimal text may convert
+                return {_TAG: "bigint", "v": format(value, "x")}
             return value
         if cls is float:
             return value
@@ -176,7 +186,13 @@ class JsonCodec:
             ) from None
         except RecursionError:
             raise SerializationError("cannot store the result: it refers to itself") from None
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a str with a lone surrogate: JSON's \u escapes carry it intact
+                text = json.dumps(data, ensure_ascii=True, separators=(",", ":"))
+        return text
 
     # -- decoding -------------------------------------------------------------------------------
     def _dec(self, data: Any, hint: Any) -> Any:
@@ -184,14 +200,7 @@ class JsonCodec:
             (item,) = _args_for(hint, list) or (Any,)
             return [self._dec(v, item) for v in data]
         if not isinstance(data, dict):
-            if (
-                isinstance(data, int)
-                and not isinstance(data, bool)
-                and float in _classes_in(hint)
-                and int not in _classes_in(hint)
-            ):
-                return float(data)
-            return data
+            return data  # an int stays an int under "-> float": replayed as the first call returned it
         tag = data.get(_TAG)
         if tag is None:
             _, val_hint = _args_for(hint, dict) or (Any, Any)
@@ -209,6 +218,8 @@ class JsonCodec:
             return dt.timedelta(days=raw[0], seconds=raw[1], microseconds=raw[2])
         if tag == "uuid":
             return uuid.UUID(raw)
+        if tag == "bigint":
+            return int(raw, 16)
         if tag == "bytes":
             return base64.b64decode(raw)
         if tag == "tuple":
@@ -270,7 +281,13 @@ class PickleSerializer:
 def encode_checked(serializer: Serializer, value: Any, hint: Any, max_bytes: int) -> str:
     """Encode ``value``; refuse results over ``max_bytes`` (never store a truncated row)."""
     text = serializer.dumps(value, hint)
-    size = len(text.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise SerializationError(
+            f"serializer {serializer.name!r} encoded the result as text with a lone surrogate at "
+            f"position {exc.start}, which no database driver can store; escape it in the serializer"
+        ) from None
     if size > max_bytes:
         raise SerializationError(
             f"the encoded result is {size} bytes, over the {max_bytes}-byte limit; return less "

@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import logging
 import os
+import random
 import time
 import warnings
 from collections.abc import Generator
@@ -42,8 +43,12 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: At most this many extra attempts after a deadlock or serialization failure while claiming.
+#: At most this many extra attempts after a deadlock or serialization failure while claiming
+#: (and, for a unit the decorator owns, anywhere in the unit); ``retries=`` overrides it.
 CLAIM_RETRIES = 3
+#: Backoff before such a retry: a random delay up to RETRY_BASE * 2**attempt, at most RETRY_CAP s.
+RETRY_BASE = 0.01
+RETRY_CAP = 1.0
 #: Polling interval bounds while waiting for a committed claim (lease mode) to finish: the
 #: interval starts at POLL_MIN and doubles up to POLL_MAX, so a short call is noticed quickly.
 POLL_MIN = 0.02
@@ -279,7 +284,12 @@ class Store(Protocol):
 
 
 class BoundStore(Protocol):
-    """A store ready for one dialect."""
+    """A store ready for one dialect.
+
+    A store whose database reports deadlocks and serialization failures may also offer
+    ``aborted(exc) -> bool``: the transaction flow then runs an owned unit again when the
+    function's own statements or the COMMIT fail that way (see :func:`transaction_flow`).
+    """
 
     #: True when the store's claim joins the caller's database transaction.
     atomic: bool
@@ -336,6 +346,8 @@ class Plan(Generic[T]):
     peek: bool = False
     #: Set when the call returned (or raised) a stored outcome instead of running.
     replayed: bool = False
+    #: Extra attempts of an owned unit the database aborted (transaction mode).
+    retries: int = CLAIM_RETRIES
 
 
 def new_owner() -> str:
@@ -456,38 +468,98 @@ def _settle(plan: Plan[Any], found: Existing, decision: Decision) -> Any:
 _CLAIMED = Decision(Outcome.TAKEOVER)
 
 
+class _Aborted(Exception):
+    """An attempt the decorator owned was aborted by the database and undone: run it again."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
+
+
+class _ClaimLost(Exception):
+    """The result write matched no row: the transaction that held the claim is gone."""
+
+
+def _is_aborted(plan: Plan[Any], exc: BaseException) -> bool:
+    """True for a deadlock or serialization failure (the store translates driver errors)."""
+    if isinstance(exc, (ClaimAborted, _ClaimLost)):
+        return True
+    aborted = getattr(plan.store, "aborted", None)
+    return bool(aborted is not None and aborted(exc))
+
+
+def _backoff(attempt: int) -> float:
+    """Seconds before retry number ``attempt`` (1-based): full jitter under a doubling cap."""
+    return random.uniform(0.0, min(RETRY_CAP, RETRY_BASE * (1 << min(attempt, 16))))  # noqa: S311  (jitter, not crypto)
+
+
 def transaction_flow(plan: Plan[T]) -> Steps[T]:
-    """Transaction mode: the key commits or rolls back with the function's own writes."""
-    store, request, hooks = plan.store, plan.request, plan.hooks
+    """Transaction mode: the key commits or rolls back with the function's own writes.
+
+    A unit the decorator owns that the database aborts (deadlock, serialization failure: in the
+    claim, in the function's statements, storing the result or at COMMIT) is undone and run
+    again, at most ``plan.retries`` times with jittered backoff, then ``TransactionAborted``.
+    """
+    store, request = plan.store, plan.request
     deadline = time.monotonic() + plan.wait
-    aborted = 0
-    waited = False
-    polls = 0
     if plan.owned and plan.peek and getattr(store, "peek_first", False):
         # A replay then costs one autocommit read; anything but a final record is claimed below.
-        seen = yield from store.peek(request)  # type: ignore[attr-defined]
+        try:
+            seen = yield from store.peek(request)  # type: ignore[attr-defined]
+        except (ClaimAborted, ClaimBlocked):
+            seen = None  # the claim below decides
         if seen is not None:
             verdict = decide(seen.record, request.fingerprint, seen.now)
             if verdict.outcome in (Outcome.REPLAY, Outcome.RAISE_STORED, Outcome.MISMATCH):
                 return _settle(plan, seen, verdict)  # type: ignore[no-any-return]
+    retried = 0
+    while True:
+        try:
+            return (yield from _transaction_attempt(plan, deadline))
+        except _Aborted as exc:
+            plan.hooks.emit(Event.CONFLICT, plan, detail="aborted")
+            if retried >= plan.retries:
+                raise _aborted_error(plan, exc.cause, retried) from exc.cause
+            retried += 1
+            yield Sleep(_backoff(retried))
+
+
+def _aborted_error(plan: Plan[Any], cause: BaseException, retried: int) -> TransactionAborted:
+    if isinstance(cause, _ClaimLost):
+        return TransactionAborted(
+            f"the transaction holding the claim of key {plan.request.key!r} ended while {plan.function} "
+            f"ran ({cause}); the decorator rolled back what the handle held and stored no result: roll "
+            "back and retry the whole unit of work"
+        )
+    tries = f" after {retried + 1} attempts" if retried else ""
+    return TransactionAborted(
+        f"the database aborted the transaction of {plan.function} with key {plan.request.key!r}{tries} "
+        f"({str(cause).strip()}); roll back and retry the whole unit of work"
+    )
+
+
+def _transaction_attempt(plan: Plan[T], deadline: float) -> Steps[T]:
+    """One attempt: claim (or wait, replay, refuse), run, store the result, commit."""
+    store, request, hooks = plan.store, plan.request, plan.hooks
+    waited = False
+    polls = 0
     while True:
         token = None
-        if plan.owned:
-            yield Begin()
-        else:
-            token = yield Savepoint()
         try:
+            if plan.owned:
+                yield Begin()
+            else:
+                token = yield Savepoint()
             found, decision = yield from _claim(plan, deadline)
+            if found is not None:
+                # Nothing was written: end what this attempt began, then act on the decision.
+                yield EndUnwritten(token)
         except ClaimAborted as exc:
             yield from _undo(plan, token)
+            if plan.owned:
+                raise _Aborted(exc) from None
             hooks.emit(Event.CONFLICT, plan, detail="aborted")
-            if plan.owned and aborted < CLAIM_RETRIES:
-                aborted += 1
-                continue
-            raise TransactionAborted(
-                f"the database aborted the transaction while {plan.function} claimed key {request.key!r} "
-                f"({exc}); roll back and retry the whole unit of work"
-            ) from exc.__cause__
+            raise _aborted_error(plan, exc, 0) from exc.__cause__
         except ClaimBlocked:
             yield from _undo(plan, token)
             hooks.emit(Event.CONFLICT, plan, detail="timeout")
@@ -497,8 +569,6 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
             raise
         if found is None:
             break
-        # Nothing was written: end what this attempt began, then act on the decision.
-        yield EndUnwritten(token)
         if decision.outcome is not Outcome.WAIT:
             return _settle(plan, found, decision)  # type: ignore[no-any-return]
         # WAIT: a committed claim (lease mode, or a self-committing function) is still running.
@@ -512,65 +582,93 @@ def transaction_flow(plan: Plan[T]) -> Steps[T]:
         yield Sleep(_poll_delay(polls, decision.retry_after, left))
         polls += 1
 
-    # Claimed: run the function inside the same transaction.
+    # Claimed: run the function inside the same transaction. Everything from here to the end
+    # either completes the unit or undoes it: a caller that catches the error and commits
+    # anyway never commits a half-claimed key.
     marker = yield Marker()
-    errors_point = None
-    if plan.owned and plan.store_errors:
-        errors_point = yield Savepoint()
+    ended = recorded = merged = False
     try:
-        result = yield Call()
-        yield Flush()
-    except BaseException as exc:
-        ended = (yield Marker()) is not marker
-        if errors_point is not None and not ended and isinstance(exc, plan.store_errors):
+        errors_point = (yield Savepoint()) if plan.owned and plan.store_errors else None
+        try:
+            # Renews the claim's lease only once the function committed it itself (the driver
+            # watches the transaction), so a long call after its own commit is not taken over.
+            yield StartRenewal()
+            result = yield Call()
+            yield StopRenewal()
+            yield Flush()
+        except BaseException as exc:
+            yield StopRenewal()
+            ended = (yield Marker()) is not marker
+            if errors_point is None or ended or not isinstance(exc, plan.store_errors):
+                raise
             yield EndSavepoint(errors_point, commit=False)
             error_type, text = _encode_error(exc)
-            yield from store.fail(request, error_type, text, own=False)
+            if not (yield from store.fail(request, error_type, text, own=False)):
+                raise _ClaimLost("its claim was rolled back") from exc
             yield Commit()
+            recorded = True
             hooks.emit(Event.EXECUTED, plan, detail="failed")
             raise
-        yield from _abandon(plan, token, ended=ended)
-        raise
-    try:
+        ended = (yield Marker()) is not marker
         text = encode_checked(plan.serializer, result, plan.return_hint, plan.max_bytes)
-    except BaseException:
-        yield from _abandon(plan, token, ended=(yield Marker()) is not marker)
-        raise
-    if (yield Marker()) is marker:
-        yield from store.complete(request, plan.serializer.name, text, own=False)
-        if errors_point is not None:
-            yield EndSavepoint(errors_point, commit=True)
-        if plan.owned:
+        if not (yield from store.complete(request, plan.serializer.name, text, own=False)):
+            # No row of ours: the function (or the database, on a deadlock it caught) rolled the
+            # claim back, or its committed claim was taken over. Never commit as if it worked.
+            if ended:
+                hooks.emit(Event.CONFLICT, plan, detail="fenced")
+            raise _ClaimLost(  # noqa: TRY301  (undone by the handler below like any other failure)
+                "it was rolled back, or taken over after the function committed it"
+                if ended
+                else "the database rolled it back"
+            )
+        if ended:
+            warnings.warn(
+                f"{plan.function} ended the transaction itself; its key committed with its writes and "
+                "the result was stored in a second, fenced transaction. Leave the commit to the decorator "
+                "(or to the caller that began the transaction) to store both atomically",
+                IdempotencyWarning,
+                stacklevel=4,
+            )
             yield Commit()
         else:
-            yield EndSavepoint(token, commit=True)
-            if plan.commit:
+            if errors_point is not None:
+                yield EndSavepoint(errors_point, commit=True)
+            if plan.owned:
                 yield Commit()
-    else:
-        warnings.warn(
-            f"{plan.function} ended the transaction itself; its key committed with its writes and the "
-            "result was stored in a second, fenced transaction. Leave the commit to the decorator (or to "
-            "the caller that began the transaction) to store both atomically",
-            IdempotencyWarning,
-            stacklevel=4,
-        )
-        stored = yield from store.complete(request, plan.serializer.name, text, own=False)
-        yield Commit()
-        if not stored:
-            hooks.emit(Event.CONFLICT, plan, detail="fenced")
+            else:
+                # A failed RELEASE may or may not have merged the unit into the caller's
+                # transaction: from here on only rolling all of it back is sure to undo the unit.
+                merged = True
+                yield EndSavepoint(token, commit=True)
+                if plan.commit:
+                    yield Commit()
+    except BaseException as exc:
+        if recorded:
+            raise
+        lost = merged or isinstance(exc, _ClaimLost)
+        yield from _after_failure(plan, token, ended=ended, lost=lost)
+        if isinstance(exc, _ClaimLost) or (not ended and _is_aborted(plan, exc)):
+            if plan.owned and not ended:
+                raise _Aborted(exc) from None
+            hooks.emit(Event.CONFLICT, plan, detail="aborted")
+            raise _aborted_error(plan, exc, 0) from (exc.__cause__ if isinstance(exc, ClaimAborted) else exc)
+        raise
     hooks.emit(Event.EXECUTED, plan)
     return result  # type: ignore[no-any-return]
 
 
-def _abandon(plan: Plan[Any], token: Any, *, ended: bool) -> Steps[None]:
-    """Drop the claim after the function failed (or its result could not be stored), so a retry runs.
+def _after_failure(plan: Plan[Any], token: Any, *, ended: bool, lost: bool) -> Steps[None]:
+    """Undo the unit after anything failed between the claim and the end of the unit.
 
-    Normally that is rolling back what the decorator began. When the function committed the claim
-    itself, the committed in-progress row is deleted in a short transaction; if even that fails,
-    the row's lease lets the next caller take it over, and the function's own error is the one
-    that propagates.
+    Normally that is rolling back what the decorator began. When the claim is lost, whatever
+    the handle holds now is not the unit's transaction: it is rolled back whole. When the
+    function committed the claim itself, the committed in-progress row is deleted in a short
+    transaction; if even that fails, the row's lease lets the next caller take it over, and
+    the original error is the one that propagates.
     """
-    if not ended:
+    if lost:
+        yield from _quietly(Rollback(), plan)
+    elif not ended:
         yield from _undo(plan, token)
     else:
         try:
@@ -585,8 +683,18 @@ def _abandon(plan: Plan[Any], token: Any, *, ended: bool) -> Steps[None]:
                 plan.request.key,
                 exc_info=True,
             )
-            yield Rollback()
+            yield from _quietly(Rollback(), plan)
     plan.hooks.emit(Event.RELEASED, plan)
+
+
+def _quietly(op: Op, plan: Plan[Any]) -> Steps[None]:
+    """Perform a clean-up step; its own failure is logged, never raised over the original error."""
+    try:
+        yield op
+    except Exception:
+        logging.getLogger("idempotent").warning(
+            "clean-up of %s key %r failed", plan.function, plan.request.key, exc_info=True
+        )
 
 
 def _with_wait(request: ClaimRequest, wait_ms: int) -> ClaimRequest:
@@ -605,10 +713,11 @@ def _with_wait(request: ClaimRequest, wait_ms: int) -> ClaimRequest:
 
 
 def _undo(plan: Plan[Any], token: Any) -> Steps[None]:
+    """Roll back what the decorator began (its transaction, or its savepoint when it joined)."""
     if plan.owned:
-        yield Rollback()
-    else:
-        yield EndSavepoint(token, commit=False)
+        yield from _quietly(Rollback(), plan)
+    elif token is not None:
+        yield from _quietly(EndSavepoint(token, commit=False), plan)
 
 
 def lease_flow(plan: Plan[T]) -> Steps[T]:

@@ -49,6 +49,7 @@ class _Defaults:
     max_result_bytes: int = DEFAULT_MAX_BYTES
     serializer: Serializer = dataclasses.field(default_factory=JsonCodec)
     hooks: tuple[Hook, ...] = ()
+    retries: int = core.CLAIM_RETRIES
 
 
 _defaults = _Defaults(store=SQLStore())
@@ -61,6 +62,23 @@ def _seconds(value: Seconds, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
         raise ConfigurationError(f"{name} must be a number of seconds >= 0 or a timedelta, not {value!r}")
     return float(value)
+
+
+def _retries(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(
+            f"retries must be an int >= 0 (extra attempts of an aborted unit), not {value!r}"
+        )
+    return value
+
+
+def _max_bytes(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigurationError(
+            f"max_result_bytes must be a positive number of bytes, not {value!r}; every stored result "
+            "takes some (None is 4), so a function that should store nothing returns None"
+        )
+    return value
 
 
 def configure(
@@ -76,12 +94,15 @@ def configure(
     serializer: Serializer | None = None,
     hooks: Sequence[Hook] = (),
     clock_offset: float = 0.0,
+    retries: int = core.CLAIM_RETRIES,
 ) -> None:
     """Set process-wide defaults, once at start-up. Every decorator option overrides them.
 
     ``engine`` is needed only for lease mode and the command line: transaction mode runs on the
     session or connection each call receives. ``table``/``schema`` name the keys table (the same
     values ``make_table``, the migration and the CLI take). ``store`` replaces the SQL store.
+    ``retries`` bounds how often a unit the decorator owns is run again after the database
+    aborted it (deadlock, serialization failure), with jittered backoff.
     """
     if store is None:
         store = SQLStore(engine, table, schema, clock_offset=clock_offset)
@@ -90,9 +111,10 @@ def configure(
         ttl=_seconds(ttl, "ttl"),
         lease=_seconds(lease, "lease"),
         wait=_seconds(wait, "wait"),
-        max_result_bytes=int(max_result_bytes),
+        max_result_bytes=_max_bytes(max_result_bytes),
         serializer=serializer or JsonCodec(),
         hooks=tuple(hooks),
+        retries=_retries(retries),
     )
     with _defaults_lock:
         global _defaults  # noqa: PLW0603  (process-wide defaults are this function's purpose)
@@ -130,6 +152,7 @@ class _Settings:
     serializer: Serializer
     max_bytes: int
     hooks: Hooks
+    retries: int
 
 
 def _fast_binder(signature: inspect.Signature) -> tuple[tuple[str, ...], int, tuple[Any, ...]] | None:
@@ -164,6 +187,7 @@ class _Spec:
         store: Any,
         max_result_bytes: int | None,
         hooks: Sequence[Hook],
+        retries: Any = _UNSET,
     ) -> None:
         self.func = func
         self.name = f"{func.__module__}.{func.__qualname__}"
@@ -222,11 +246,12 @@ class _Spec:
         self.commit = commit
         self.required = required
         self.store = store
-        self.max_result_bytes = max_result_bytes
+        self.max_result_bytes = None if max_result_bytes is None else _max_bytes(max_result_bytes)
         self.hooks = tuple(hooks)
         self.ttl = None if ttl is _UNSET else _seconds(ttl, "ttl")
         self.lease = None if lease is _UNSET else _seconds(lease, "lease")
         self.wait = None if wait is _UNSET else _seconds(wait, "wait")
+        self.retries = None if retries is _UNSET else _retries(retries)
         self._hint: Any = _UNSET
         self.replay_rate = 0.0
         self._fast_bind = _fast_binder(self.signature)
@@ -337,8 +362,11 @@ class _Spec:
                 wait=wait,
                 lease=lease,
                 serializer=self.serializer or defaults.serializer,
-                max_bytes=self.max_result_bytes or defaults.max_result_bytes,
+                max_bytes=self.max_result_bytes
+                if self.max_result_bytes is not None
+                else defaults.max_result_bytes,
                 hooks=Hooks(defaults.hooks + self.hooks),
+                retries=self.retries if self.retries is not None else defaults.retries,
             )
         return settings
 
@@ -368,6 +396,7 @@ class _Spec:
             commit=self.commit,
             lease=settings.lease,
             extra={"engine": getattr(store, "engine", None)},
+            retries=settings.retries,
         )
 
     def prepare(
@@ -391,6 +420,7 @@ class _Spec:
                     "mode='lease' for work without a database transaction"
                 )
             handle = _drivers.async_handle_for(obj) if is_async else _drivers.sync_handle_for(obj)
+            _drivers.check_atomic(handle.sync if is_async else handle.obj, self.name)
             plan.store = raw.for_dialect(handle.dialect)
             plan.owned = not handle.in_transaction()
             plan.peek = self.replay_rate >= PEEK_AT
@@ -471,6 +501,7 @@ def idempotent(
     store: Any = None,
     max_result_bytes: int | None = None,
     hooks: Sequence[Hook] = (),
+    retries: int = _UNSET,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]:
     """Make a function safe to retry: the first call with a key runs it, later calls replay its result.
 
@@ -502,7 +533,7 @@ def idempotent(
             raise ConfigurationError("put @idempotent below @staticmethod/@classmethod, next to the function")
         spec = _Spec(
             target, key_from, scope, session, mode, ttl, lease, wait, fingerprint, store_errors,
-            serializer, commit, required, store, max_result_bytes, hooks,
+            serializer, commit, required, store, max_result_bytes, hooks, retries,
         )  # fmt: skip
         if inspect.iscoroutinefunction(target):
             wrapper = _async_wrapper(spec, target)

@@ -40,7 +40,7 @@ def canonical(value: object) -> object:
     if isinstance(value, enum.Enum):
         return ["e", _qualname(type(value)), canonical(value.value)]
     if isinstance(value, int):
-        return ["i", str(value)]
+        return _int(value)
     if isinstance(value, float):
         return ["f", value.hex()]
     if isinstance(value, str):
@@ -76,11 +76,18 @@ def canonical(value: object) -> object:
     raise _Unencodable(type(value).__name__)
 
 
+def _int(value: int) -> list[str]:
+    try:
+        return ["i", str(value)]
+    except ValueError:  # more digits than Python converts to decimal text: hex has no such limit
+        return ["ix", format(value, "x")]
+
+
 #: The most common argument types, looked up by exact type before the isinstance chain above
 #: (subclasses such as enums or bool still take the chain). Same encoding as the chain.
 _EXACT: dict[type, Callable[[Any], object]] = {
     str: lambda value: ["s", value],
-    int: lambda value: ["i", str(value)],
+    int: _int,
     float: lambda value: ["f", value.hex()],
 }
 

@@ -27,7 +27,14 @@ def normalise_key(value: object) -> str | None:
         raise InvalidKey(_wrong_type(value))
     if isinstance(value, str):
         text = value
-    elif isinstance(value, (int, uuid.UUID)):
+    elif isinstance(value, int):
+        if value.bit_length() > 4 * KEY_LENGTH:  # over 300 digits: refused before any conversion to text
+            raise InvalidKey(
+                f"an idempotency key is at most {KEY_LENGTH} characters; this int has about "
+                f"{int(value.bit_length() * 0.30103) + 1} digits. Hash long values in key_from"
+            )
+        text = str(value)
+    elif isinstance(value, uuid.UUID):
         text = str(value)
     else:
         raise InvalidKey(_wrong_type(value))

@@ -102,17 +102,26 @@ class MemoryStore:
                 del self.records[(request.scope, request.key)]
             else:
                 fields = {name: getattr(current, name) for name in current.__dataclass_fields__}
+                if changes.pop("keep", False):  # a stored outcome is kept at least ``wait`` (as in SQL)
+                    fields["expires_at"] = max(current.expires_at, self.now() + request.wait_ms)
                 fields.update(changes)
                 self.records[(request.scope, request.key)] = Record(**fields)
             return True
 
     def complete(self, request: ClaimRequest, codec: str, text: str, *, own: bool) -> Steps[bool]:
-        return self._update(request, status=Status.COMPLETED.value, result_codec=codec, result=text)
+        return self._update(
+            request, status=Status.COMPLETED.value, result_codec=codec, result=text, keep=True
+        )
         yield
 
     def fail(self, request: ClaimRequest, error_type: str, text: str, *, own: bool) -> Steps[bool]:
         return self._update(
-            request, status=Status.FAILED.value, result_codec="json", result=text, error_type=error_type
+            request,
+            status=Status.FAILED.value,
+            result_codec="json",
+            result=text,
+            error_type=error_type,
+            keep=True,
         )
         yield
 
