@@ -7,6 +7,7 @@ anything: the decisions live in :mod:`idempotent.core`.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import functools
 import heapq
@@ -361,7 +362,8 @@ class _Renewer:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="idempotent-lease", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if self._due[0][2] is renewal:  # due first: the thread must wait less than it does
+                self._cond.notify()
 
     def _next(self) -> _SyncRenewal | None:
         with self._cond:
@@ -512,7 +514,10 @@ def _drive_plain_sync(steps: core.Steps[Any], plan: core.Plan[Any]) -> Any:
             return stop.value
         value, error = None, None
         try:
-            value = _exec_own_sync(plan, op)  # type: ignore[arg-type]
+            if type(op) is core.Ask:
+                value = op.target.ask(op.name, op.args, op.kwargs)
+            else:
+                value = _exec_own_sync(plan, op)  # type: ignore[arg-type]
         except Exception as exc:
             error = exc
 
@@ -540,7 +545,9 @@ def run_sync(
         value, error = None, None
         try:
             kind = type(op)
-            if kind is core.Exec:
+            if kind is core.Ask:
+                value = op.target.ask(op.name, op.args, op.kwargs)  # type: ignore[attr-defined]
+            elif kind is core.Exec:
                 if op.own:  # type: ignore[attr-defined]
                     value = _exec_own_sync(plan, op)  # type: ignore[arg-type]
                 else:
@@ -656,9 +663,16 @@ async def _drive_plain_async(steps: core.Steps[Any], plan: core.Plan[Any]) -> An
             return stop.value
         value, error = None, None
         try:
-            value = await _exec_own_async(plan, op)  # type: ignore[arg-type]
+            if type(op) is core.Ask:
+                value = await op.target.ask_async(op.name, op.args, op.kwargs)
+            else:
+                value = await _exec_own_async(plan, op)  # type: ignore[arg-type]
         except Exception as exc:
             error = exc
+
+
+def _renew_interval(plan: core.Plan[Any]) -> float:
+    return max(plan.lease / 3.0, 0.01)
 
 
 class _AsyncRenewal:
@@ -668,15 +682,18 @@ class _AsyncRenewal:
         self.lost = False
         self.started = False
         self.done = anyio.Event()
+        self.created = time.monotonic()
         self.task: Any = None
 
     async def run(self) -> None:
         self.started = True
-        interval = max(self.plan.lease / 3.0, 0.01)
+        interval = _renew_interval(self.plan)
+        due = self.created + interval  # (a task started late by _renew_later renews at once)
         try:
             while True:
-                with anyio.move_on_after(interval):
+                with anyio.move_on_after(max(0.0, due - time.monotonic())):
                     await self.stop.wait()
+                due = time.monotonic() + interval
                 if self.stop.is_set():
                     return
                 if not _claim_committed(self.plan):
@@ -689,6 +706,10 @@ class _AsyncRenewal:
                     _logger.warning("renewing the lease of %s failed", self.plan.function, exc_info=True)
         finally:
             self.done.set()
+
+
+#: ``group`` of a lease-mode run on asyncio: renewals start through :func:`_renew_later`.
+_LATER: Any = object()
 
 
 def _renew_later(plan: core.Plan[Any]) -> tuple[_AsyncRenewal | None, Any]:
@@ -718,6 +739,12 @@ async def run_async(
     """Perform the operations of ``flow`` with awaited I/O; cleanup after an error is shielded."""
     if not plan.extra.get("renew"):
         return await _run_async(plan, flow, handle, call, None)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # another event loop (trio): a task group
+        loop = None
+    if loop is not None:  # a timer per call, and a renewal task only once one is due
+        return await _run_async(plan, flow, handle, call, _LATER)
     result: Any = None
     failure: BaseException | None = None
     async with anyio.create_task_group() as group:
@@ -763,6 +790,8 @@ async def _run_async(
                     conn: Any = await obj.connection() if handle.is_session else obj  # type: ignore[union-attr]
                     _watch_transaction(plan, handle, conn.engine)
                     renewal, timer = _renew_later(plan)
+                elif group is _LATER and not cleaning:
+                    renewal, timer = _renew_later(plan)
                 elif group is not None and not cleaning:
                     renewal = _AsyncRenewal(plan)
                     group.start_soon(renewal.run)
@@ -793,6 +822,8 @@ async def _perform_async(
     plan: core.Plan[Any], op: core.Op, handle: AsyncHandle | None, obj: Any, call: Any, group: Any
 ) -> Any:
     kind = type(op)
+    if kind is core.Ask:
+        return await op.target.ask_async(op.name, op.args, op.kwargs)  # type: ignore[attr-defined]
     if kind is core.Exec:
         if op.own:  # type: ignore[attr-defined]
             return await _exec_own_async(plan, op)  # type: ignore[arg-type]

@@ -29,6 +29,7 @@ from idempotent.core import (
 )
 from idempotent.errors import ConfigurationError, IdempotencyError, TableMissing
 from idempotent.schema import DEFAULT_TABLE, make_table
+from idempotent.stores import SQLLeaseMethods
 
 __all__ = ["SQLStore", "classify", "now_sql"]
 
@@ -142,8 +143,11 @@ def _existing(request: ClaimRequest, rows: Any) -> Existing | None:
     return Existing(record, int(row[len(_READ_COLUMNS)]))
 
 
-class SQLStore:
+class SQLStore(SQLLeaseMethods):
     """Keys in a SQL table; atomic with the caller's writes in transaction mode.
+
+    It also implements the lease-store protocol on its ``engine`` (``claim``, ``aclaim``, ...;
+    see :mod:`idempotent.stores`).
 
     ``engine`` is needed only for lease mode (claims commit on their own connection) and the
     command line. ``clock_offset`` (seconds) is added to the database clock: tests use it to

@@ -17,7 +17,7 @@ import time
 import warnings
 from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from idempotent.codec import Serializer, encode_checked
 from idempotent.errors import (
@@ -32,8 +32,11 @@ from idempotent.errors import (
 from idempotent.events import Event, Hooks
 
 __all__ = [
+    "AsyncLeaseStore",
     "ClaimRequest",
     "Decision",
+    "Existing",
+    "LeaseStore",
     "Record",
     "Status",
     "decide",
@@ -234,6 +237,20 @@ class StopRenewal(Op):
     __slots__ = ()
 
 
+@dataclass(slots=True)
+class Ask(Op):
+    """Ask a store of the lease-store protocol (:class:`LeaseStore`) one question. Result: its answer.
+
+    ``target`` is the adapter in :mod:`idempotent.stores`: the sync driver calls
+    ``target.ask(name, args, kwargs)``, the async driver awaits ``target.ask_async(...)`` alike.
+    """
+
+    target: Any
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
 Steps = Generator[Op, Any, T]
 
 
@@ -319,6 +336,102 @@ class BoundStore(Protocol):
 
     def renew(self, request: ClaimRequest) -> Steps[bool]:
         """Push ``locked_until`` to now + lease while ``request.owner`` owns the key."""
+        ...
+
+
+# ---------------------------------------------------------------------------------------------
+# The lease-store protocol: what a store outside SQL implements (Redis, DynamoDB, etcd, ...).
+# ---------------------------------------------------------------------------------------------
+@runtime_checkable
+class LeaseStore(Protocol):
+    """A store for lease mode, with blocking methods. It answers "what is stored now"; the
+    decision core decides what a call does about it.
+
+    A record is the :class:`Record` of one ``(scope, key)``. Every method is one atomic step on
+    the store (a conditional write, a Lua script, a transaction), never a read followed by a
+    separate write. Times are epoch milliseconds read from the store's own clock (plus its
+    ``clock_offset``, so tests move time without sleeping).
+
+    - :meth:`claim` stores a new in-progress record for ``request`` (owner ``request.owner``,
+      ``locked_until = now + lease_ms``, ``created_at = now``, ``expires_at = now + ttl_ms``,
+      no result) when there is no record, or when ``replacing`` is given and the stored record
+      is still that one (same owner, status and ``locked_until``): then it returns None.
+      Otherwise it changes nothing and returns the stored record with the clock's ``now``.
+      (A claim sent again after its reply was lost finds the caller's own record; the core
+      recognises it by its owner.) A store may raise :class:`ClaimAborted` for a conflict
+      worth retrying; the core retries it.
+    - :meth:`renew`, :meth:`complete` and :meth:`release` act only while ``request.owner``
+      holds the record in progress, and answer whether they did. ``renew`` sets
+      ``locked_until = now + lease_ms``; ``complete`` sets the status (``completed`` or
+      ``failed``), ``result_codec``, ``result`` and ``error_type``, and keeps the record at
+      least ``request.wait_ms`` (``expires_at = max(expires_at, now + wait_ms)``), so that a
+      duplicate that waited for it replays it; ``release`` deletes the record.
+    - :meth:`read` returns the stored record and ``now`` without changing anything.
+
+    A record may vanish by itself once its ``expires_at`` and, while in progress, its
+    ``locked_until`` have passed (a TTL); it must not vanish earlier.
+    """
+
+    def claim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
+        """Store a new claim (None), or return the record found and the store's clock."""
+        ...
+
+    def renew(self, request: ClaimRequest) -> bool:
+        """Push ``locked_until`` to now + ``request.lease_ms`` while the owner holds the key."""
+        ...
+
+    def complete(
+        self,
+        request: ClaimRequest,
+        *,
+        status: str,
+        codec: str | None,
+        result: str | None,
+        error_type: str | None = None,
+    ) -> bool:
+        """Store the outcome while ``request.owner`` holds the key in progress."""
+        ...
+
+    def release(self, request: ClaimRequest) -> bool:
+        """Delete the record while ``request.owner`` holds it in progress."""
+        ...
+
+    def read(self, scope: str, key: str) -> Existing | None:
+        """The stored record and the store's clock, or None."""
+        ...
+
+
+@runtime_checkable
+class AsyncLeaseStore(Protocol):
+    """:class:`LeaseStore` for asyncio: the same methods, awaitable, named with an ``a`` prefix
+    (so one class may implement both)."""
+
+    async def aclaim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
+        """:meth:`LeaseStore.claim`."""
+        ...
+
+    async def arenew(self, request: ClaimRequest) -> bool:
+        """:meth:`LeaseStore.renew`."""
+        ...
+
+    async def acomplete(
+        self,
+        request: ClaimRequest,
+        *,
+        status: str,
+        codec: str | None,
+        result: str | None,
+        error_type: str | None = None,
+    ) -> bool:
+        """:meth:`LeaseStore.complete`."""
+        ...
+
+    async def arelease(self, request: ClaimRequest) -> bool:
+        """:meth:`LeaseStore.release`."""
+        ...
+
+    async def aread(self, scope: str, key: str) -> Existing | None:
+        """:meth:`LeaseStore.read`."""
         ...
 
 

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from typing_extensions import ParamSpec
 
-from idempotent import _drivers, core
+from idempotent import _drivers, core, stores
 from idempotent._sql import SQLStore
 from idempotent.codec import DEFAULT_MAX_BYTES, JsonCodec, Serializer
 from idempotent.errors import ConfigurationError, IdempotencyWarning, MissingKey
@@ -245,6 +245,10 @@ class _Spec:
         self.serializer = serializer
         self.commit = commit
         self.required = required
+        if store is not None:  # a store that cannot serve this mode fails at decoration
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", IdempotencyWarning)  # warned once, at the first call
+                stores.resolve(store, mode, self.name)
         self.store = store
         self.max_result_bytes = None if max_result_bytes is None else _max_bytes(max_result_bytes)
         self.hooks = tuple(hooks)
@@ -355,7 +359,9 @@ class _Spec:
             wait = self.wait if self.wait is not None else defaults.wait
             settings = self._settings = _Settings(
                 defaults=defaults,
-                store=self.store if self.store is not None else defaults.store,
+                store=stores.resolve(
+                    self.store if self.store is not None else defaults.store, self.mode, self.name
+                ),
                 ttl_ms=int(ttl * 1000),
                 lease_ms=int(lease * 1000),
                 wait_ms=int(wait * 1000),
@@ -370,11 +376,11 @@ class _Spec:
             )
         return settings
 
-    def plan(self, key: str, fingerprint: str | None) -> core.Plan[Any]:
+    def plan(self, key: str, fingerprint: str | None, scope: str | None = None) -> core.Plan[Any]:
         settings = self.settings()
         store = settings.store
         request = core.ClaimRequest(
-            self.scope,
+            scope or self.scope,
             key,
             fingerprint,
             core.new_owner(),
@@ -408,11 +414,23 @@ class _Spec:
         if key is None:
             return None
         fingerprint = self.fingerprint(args, kwargs, arguments)
-        plan = self.plan(key, fingerprint)
+        return self.start(key, fingerprint, lambda: self.handle(arguments), is_async)
+
+    def start(
+        self,
+        key: str,
+        fingerprint: str | None,
+        session: Callable[[], Any],
+        is_async: bool,
+        scope: str | None = None,
+    ) -> tuple[core.Plan[Any], core.Steps[Any], Any]:
+        """The plan, flow and handle of a call whose key and fingerprint are known; ``session``
+        returns the caller's Session/Connection (looked up only when the mode needs it)."""
+        plan = self.plan(key, fingerprint, scope)
         raw: Any = plan.store
         handle: Any = None
         if self.mode == "transaction" and getattr(raw, "atomic", False):
-            obj = self.handle(arguments)
+            obj = session()
             if obj is None:
                 raise ConfigurationError(
                     f"{self.name} runs in transaction mode but received no Session, Connection, AsyncSession "
@@ -439,7 +457,7 @@ class _Spec:
             plan.store = raw.for_dialect(raw.engine.dialect)
             plan.extra["renew"] = True
             if isinstance(raw, SQLStore):
-                _check_sqlite_self_wait(self, arguments, raw)
+                _check_sqlite_self_wait(self.name, session(), raw)
             return plan, core.lease_flow(plan), None
         plan.store = raw.for_dialect(None)
         plan.extra["renew"] = self.mode == "lease"
@@ -467,17 +485,16 @@ def _return_hint(func: Callable[..., Any]) -> Any:
         ) from exc
 
 
-def _check_sqlite_self_wait(spec: _Spec, arguments: dict[str, Any], store: SQLStore) -> None:
+def _check_sqlite_self_wait(name: str, obj: Any, store: SQLStore) -> None:
     """Lease mode inside the caller's open SQLite write transaction would wait on itself."""
     if store.engine is None or store.engine.dialect.name != "sqlite":
         return
-    obj = spec.handle(arguments)
     if not isinstance(obj, (Session, sa.Connection)) or not obj.in_transaction():
         return  # async handles are not inspected (their driver lives on another thread)
     dbapi = _drivers.SyncHandle(obj).connection().connection.driver_connection
     if getattr(dbapi, "in_transaction", False):
         raise ConfigurationError(
-            f"{spec.name} uses lease mode on SQLite while the caller's connection holds an open write "
+            f"{name} uses lease mode on SQLite while the caller's connection holds an open write "
             "transaction on the same database: the claim would wait for that transaction, i.e. for itself. "
             "Commit first, or use transaction mode"
         )
@@ -573,3 +590,76 @@ def _async_wrapper(spec: _Spec, target: Callable[..., Awaitable[Any]]) -> Callab
             spec.observe(plan.replayed)
 
     return wrapper
+
+
+class Guard:
+    """Run calls under a key, scope and fingerprint that the caller computed.
+
+    ``@idempotent`` reads those from a function's arguments; an integration that computes them
+    from something else (an HTTP request) hands them to :meth:`run` or :meth:`run_async` and gets
+    the decorator's claim, run, store and replay, in transaction or lease mode. ``name`` appears
+    in errors and hooks; ``return_hint`` is what results are rebuilt as on replay. The options
+    are the decorator's and default to the ``configure`` values in the same way.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        return_hint: Any = Any,
+        mode: Mode = "transaction",
+        ttl: Seconds = _UNSET,
+        lease: Seconds = _UNSET,
+        wait: Seconds = _UNSET,
+        store_errors: Sequence[type[BaseException]] = (),
+        serializer: Serializer | None = None,
+        commit: bool = False,
+        store: Any = None,
+        max_result_bytes: int | None = None,
+        hooks: Sequence[Hook] = (),
+    ) -> None:
+        def call() -> Any:  # pragma: no cover - stands for the calls run() receives
+            raise AssertionError
+
+        call.__qualname__ = call.__name__ = name
+        self._spec = _Spec(
+            call, call, name, None, mode, ttl, lease, wait, False, store_errors, serializer, commit,
+            True, store, max_result_bytes, hooks,
+        )  # fmt: skip
+        self._spec._hint = return_hint
+        self._spec.name = name
+
+    @property
+    def mode(self) -> str:
+        """``"transaction"`` or ``"lease"``."""
+        return self._spec.mode
+
+    def run(
+        self,
+        call: Callable[[], R],
+        *,
+        key: str,
+        scope: str,
+        fingerprint: str | None,
+        session: Any = None,
+    ) -> tuple[R, bool]:
+        """Run ``call`` once for ``(scope, key)``: return its result, or the stored one, and
+        whether it was replayed. ``session`` (transaction mode) is the caller's Session or
+        Connection; raises what the decorator raises (KeyReused, InProgress, ...)."""
+        plan, flow, handle = self._spec.start(
+            key, fingerprint, lambda: session, False, normalise_scope(scope)
+        )
+        return _drivers.run_sync(plan, flow, handle, call), plan.replayed
+
+    async def run_async(
+        self,
+        call: Callable[[], Awaitable[R]],
+        *,
+        key: str,
+        scope: str,
+        fingerprint: str | None,
+        session: Any = None,
+    ) -> tuple[R, bool]:
+        """:meth:`run` for coroutines; ``session`` is an AsyncSession or AsyncConnection."""
+        plan, flow, handle = self._spec.start(key, fingerprint, lambda: session, True, normalise_scope(scope))
+        return await _drivers.run_async(plan, flow, handle, call), plan.replayed

@@ -4,6 +4,9 @@
 server, one thread per direction. ``cut()`` closes every connection open now (the server and
 the client both see it drop; new connections work as before), so a test can make a pooled
 connection die between two statements. ``url(database_url)`` points a database URL at the proxy.
+``drop_next_request()`` swallows the next chunk a client sends and closes that connection (the
+server never sees the request); ``drop_next_reply()`` lets the next request through but swallows
+the server's answer and closes the connection (the server acted, the client never hears of it).
 
     with Proxy.for_url(POSTGRES_URL) as proxy:
         engine = sa.create_engine(proxy.url(POSTGRES_URL))
@@ -33,6 +36,8 @@ class Proxy:
         self._lock = threading.Lock()
         self._open: list[socket.socket] = []
         self.accepted = 0
+        self.cuts = 0  # connections closed by drop_next_request/drop_next_reply
+        self._drop = {True: False, False: False}  # direction (towards the server?) -> armed
         self._closed = False
         threading.Thread(target=self._accept, name="test-proxy", daemon=True).start()
 
@@ -66,12 +71,32 @@ class Proxy:
                     return
                 self._open += [client, server]
                 self.accepted += 1
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, to_server in ((client, server, True), (server, client, False)):
+                threading.Thread(target=self._pump, args=(source, sink, to_server), daemon=True).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def drop_next_request(self) -> None:
+        """Swallow the next chunk any client sends, then close its connection."""
+        with self._lock:
+            self._drop[True] = True
+
+    def drop_next_reply(self) -> None:
+        """Swallow the next chunk the server sends, then close that connection."""
+        with self._lock:
+            self._drop[False] = True
+
+    def _dropping(self, to_server: bool) -> bool:
+        with self._lock:
+            if not self._drop[to_server]:
+                return False
+            self._drop[to_server] = False
+            self.cuts += 1
+            return True
+
+    def _pump(self, source: socket.socket, sink: socket.socket, to_server: bool) -> None:
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if self._dropping(to_server):
+                    break
                 sink.sendall(data)
         for sock in (source, sink):
             with contextlib.suppress(OSError):

@@ -32,6 +32,7 @@ class Backend:
 
 POSTGRES_URL = os.environ.get("IDEMPOTENT_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test")
 MARIADB_URL = os.environ.get("IDEMPOTENT_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+REDIS_URL = os.environ.get("IDEMPOTENT_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 
 def _async_variant(url: str) -> str:

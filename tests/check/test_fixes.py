@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from idempotent.check import check
+from idempotent.check import check, fixes
 from idempotent.check.config import CheckConfig
 from idempotent.check.fixes import (
     FixTemplate,
@@ -26,10 +26,24 @@ from tests.check.conftest import CORPUS, FAKE_FASTAPI, run_cli
 FIXABLE = CORPUS / "fixable"
 PRELUDE = (
     "from tests.check.conftest import FAKE_DJANGO, FAKE_FASTAPI\n"
+    "from idempotent.check import fixes\n"
     "from idempotent.check.fixes import register_fix_template\n"
     "register_fix_template('fastapi', FAKE_FASTAPI)\n"
     "register_fix_template('django', FAKE_DJANGO)\n"
+    "_real = fixes.integration_available\n"
+    "fixes.integration_available = lambda t: not t.module.startswith('idempotent.contrib.') and _real(t)\n"
 )
+
+
+@pytest.fixture(autouse=True)
+def library_integrations_absent(monkeypatch: pytest.MonkeyPatch) -> None:
+    """These tests describe the library's own integrations as not installed, so what they expect
+    does not change as integration modules land (the test integration stands in for them)."""
+    real = fixes.integration_available
+    monkeypatch.setattr(
+        fixes, "integration_available", lambda t: not t.module.startswith("idempotent.contrib.") and real(t)
+    )
+
 
 EXPECTED_DIFF = [
     "--- a/api.py",

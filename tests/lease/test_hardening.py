@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from idempotent import InProgress, SQLStore, idempotent
-from idempotent.core import ClaimRequest, Record, Status, Steps
+from idempotent.core import ClaimRequest, Existing, Record, Status
 from idempotent.decorator import PEEK_AT
 from idempotent.testing import MemoryStore
 from tests.lease.conftest import LeaseDb, Recorder, make_ldb
@@ -308,13 +308,14 @@ def test_forked_child_does_not_renew_the_parents_lease(sync_ldb: LeaseDb) -> Non
 class RacedMemoryStore(MemoryStore):
     """A MemoryStore in which another caller takes the key over and completes it just before us."""
 
-    def takeover(self, request: ClaimRequest, seen: Record) -> Steps[bool]:
-        now = self.now()
-        self.records[(request.scope, request.key)] = Record(
-            request.scope, request.key, request.fingerprint, Status.COMPLETED.value, "the-winner",
-            now + 60_000, now, now + 3_600_000, "json", '"winner"',
-        )  # fmt: skip
-        return (yield from super().takeover(request, seen))
+    def _claim(self, request: ClaimRequest, replacing: Record | None) -> Existing | None:
+        if replacing is not None:  # the takeover: someone else got there first
+            now = self.now()
+            self.records[(request.scope, request.key)] = Record(
+                request.scope, request.key, request.fingerprint, Status.COMPLETED.value, "the-winner",
+                now + 60_000, now, now + 3_600_000, "json", '"winner"',
+            )  # fmt: skip
+        return super()._claim(request, replacing)
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
@@ -520,9 +521,8 @@ def test_connection_drop_during_the_call(server_ldb: LeaseDb, outcome: str) -> N
 class ReleaseFailsStore(MemoryStore):
     """A MemoryStore whose release fails, as a database gone for good would."""
 
-    def release(self, request: ClaimRequest, *, own: bool) -> Steps[bool]:
+    def _release(self, request: ClaimRequest) -> bool:
         raise ConnectionError("database unreachable")
-        yield
 
 
 def test_failed_clean_up_never_replaces_the_functions_exception(caplog: pytest.LogCaptureFixture) -> None:

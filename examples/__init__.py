@@ -1,0 +1,1 @@
+"""Runnable example applications (``uvicorn examples.fastapi_app:app``), also used by the tests."""

@@ -1,0 +1,295 @@
+"""RedisStore against the real Redis server: races, a killed client, cut connections, the
+server's clock and key expiry, script loading, and the errors users meet."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import redis
+import redis.asyncio
+
+from idempotent import InProgress, configure, idempotent
+from idempotent.core import ClaimRequest
+from idempotent.errors import ConfigurationError
+from idempotent.redis import CLAIM, RedisStore, _Script
+from tests.proxy import Proxy
+from tests.services import REDIS_URL
+
+ROOT = Path(__file__).resolve().parents[2]
+CALLERS = 50
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis, redis_prefix: str) -> RedisStore:
+    """A RedisStore with a sync client under a random prefix."""
+    return RedisStore(redis_client, prefix=redis_prefix)
+
+
+def test_fifty_concurrent_calls_run_the_function_once(store: RedisStore) -> None:
+    """50 threads calling a lease-mode function with one key: it runs once, all get its result."""
+    runs: list[int] = []
+    barrier = threading.Barrier(CALLERS)
+    started, release = threading.Event(), threading.Event()
+
+    @idempotent(key_from="key", scope="tests.redis.race", mode="lease", wait=60, store=store)
+    def work(key: str) -> dict[str, int]:
+        runs.append(1)
+        started.set()
+        release.wait(30)
+        return {"runs": len(runs)}
+
+    results: list[Any] = []
+
+    def call() -> None:
+        barrier.wait()
+        results.append(work("same"))
+
+    threads = [threading.Thread(target=call) for _ in range(CALLERS)]
+    for thread in threads:
+        thread.start()
+    started.wait(30)  # the winner is inside the function: let it finish while the others wait
+    release.set()
+    for thread in threads:
+        thread.join()
+    assert runs == [1]
+    assert results == [{"runs": 1}] * CALLERS
+
+
+def test_fifty_concurrent_async_calls_run_the_function_once(redis_prefix: str) -> None:
+    """50 tasks on the async client: one run, 50 equal results."""
+    runs: list[int] = []
+
+    async def scenario() -> list[Any]:
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        store = RedisStore(client, prefix=redis_prefix)
+        started, gate = asyncio.Event(), asyncio.Event()
+
+        @idempotent(key_from="key", scope="tests.redis.arace", mode="lease", wait=60, store=store)
+        async def work(key: str) -> str:
+            runs.append(1)
+            started.set()
+            await gate.wait()
+            return "done"
+
+        calls = [asyncio.create_task(work("same")) for _ in range(CALLERS)]
+        await started.wait()
+        gate.set()
+        try:
+            return await asyncio.gather(*calls)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == ["done"] * CALLERS
+    assert runs == [1]
+
+
+def test_killed_client_is_taken_over_after_its_lease(store: RedisStore, redis_prefix: str) -> None:
+    """A process SIGKILLed inside the function keeps the key until its lease ends (by the
+    server's clock), then the next caller takes over and runs once."""
+    scope, key, lease = "tests.redis.crash", f"k-{uuid.uuid4().hex[:6]}", 30
+    child = subprocess.Popen(
+        [sys.executable, "-m", "tests.stores.redis_child", REDIS_URL, redis_prefix, scope, key, str(lease)],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "reached"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    runs: list[str] = []
+
+    @idempotent(key_from="key", scope=scope, mode="lease", wait=0, lease=lease, store=store)
+    def work(key: str) -> str:
+        runs.append(key)
+        return "parent"
+
+    store.clock_offset = lease - 1
+    with pytest.raises(InProgress):
+        work(key)
+    store.clock_offset = lease + 1
+    assert work(key) == "parent"
+    assert work(key) == "parent"
+    assert runs == [key]
+
+
+@pytest.fixture
+def proxy() -> Iterator[Proxy]:
+    """A cutting proxy in front of the Redis server."""
+    address = urlsplit(REDIS_URL)
+    with Proxy(address.hostname or "127.0.0.1", address.port or 6379) as running:
+        yield running
+
+
+@pytest.mark.parametrize("cut", ["request", "reply"])
+def test_connection_cut_during_a_claim(proxy: Proxy, redis_prefix: str, cut: str) -> None:
+    """A connection cut while the claim is on the wire (before Redis saw it, or after Redis
+    claimed but before the reply arrived): the client reconnects, sends the claim again, and
+    the function still runs exactly once."""
+    client = redis.Redis(host="127.0.0.1", port=proxy.port)
+    store = RedisStore(client, prefix=redis_prefix)
+    runs: list[str] = []
+
+    @idempotent(key_from="key", scope="tests.redis.cut", mode="lease", wait=0, store=store)
+    def work(key: str) -> str:
+        runs.append(key)
+        return f"ran {key}"
+
+    assert work("warm-up") == "ran warm-up"  # scripts loaded, connection open
+    (proxy.drop_next_request if cut == "request" else proxy.drop_next_reply)()
+    assert work("cut") == "ran cut"
+    assert proxy.cuts == 1
+    assert proxy.accepted == 2
+    assert work("cut") == "ran cut"
+    assert runs == ["warm-up", "cut"]
+    client.close()
+
+
+def test_lease_times_come_from_the_server_clock(store: RedisStore, redis_client: redis.Redis) -> None:
+    """The claim's times are the server's TIME, and the Redis key expires with the later of its
+    ttl and its lease (a running call is never evicted by its ttl)."""
+    seconds, micros = redis_client.time()
+    server_ms = seconds * 1000 + micros // 1000
+    request = ClaimRequest("tests.redis.clock", "k", None, "owner", 2_000, 30_000, 0)
+    assert store.claim(request) is None
+    seen = store.read("tests.redis.clock", "k")
+    assert seen is not None
+    assert 0 <= seen.record.created_at - server_ms < 5_000
+    key = store.redis_key("tests.redis.clock", "k")
+    assert 25_000 < redis_client.pttl(key) <= 30_000
+    assert store.complete(request, status="completed", codec="json", result="1")
+    assert 0 < redis_client.pttl(key) <= 2_000
+
+
+def test_noscript_falls_back_to_loading_the_script(store: RedisStore, redis_client: redis.Redis) -> None:
+    """A script the server does not know (NOSCRIPT) is loaded once and run."""
+    fresh = _Script(CLAIM.source + f"\n-- {uuid.uuid4().hex}\n")
+    assert redis_client.script_exists(fresh.sha) == [False]
+    key = store.redis_key("tests.redis.noscript", "k")
+    reply = store._eval(fresh, key, store._claim_args(ClaimRequest("s", "k", None, "o", 1000, 1000, 0), None))
+    assert reply[0] == 1
+    assert redis_client.script_exists(fresh.sha) == [True]
+
+
+def test_transaction_mode_is_refused(store: RedisStore) -> None:
+    """Transaction mode on RedisStore is a ConfigurationError saying why and what to use."""
+    with pytest.raises(ConfigurationError, match=r"cannot join the transaction.*mode='lease'"):
+
+        @idempotent(key_from="key", store=store, scope="tests.redis.tx")
+        def work(key: str) -> int:
+            return 1
+
+
+def test_transaction_mode_is_refused_for_a_configured_store(store: RedisStore) -> None:
+    """The same error when RedisStore is the configure() default, at the first call."""
+    from idempotent import decorator
+
+    saved = decorator._defaults
+
+    @idempotent(key_from="key", scope="tests.redis.tx2")
+    def work(key: str) -> int:
+        return 1
+
+    configure(store=store)
+    try:
+        with pytest.raises(ConfigurationError, match="cannot join the transaction"):
+            work("k")
+    finally:
+        decorator._defaults = saved
+
+
+def test_sync_function_needs_a_sync_client(redis_prefix: str) -> None:
+    """A plain function on a store with only an async client gets an error naming the fix."""
+    store = RedisStore(redis.asyncio.Redis.from_url(REDIS_URL), prefix=redis_prefix)
+
+    @idempotent(key_from="key", scope="tests.redis.noclient", mode="lease", store=store)
+    def work(key: str) -> int:
+        return 1
+
+    with pytest.raises(ConfigurationError, match=r"redis\.Redis too"):
+        work("k")
+
+
+def test_async_function_on_a_sync_client(store: RedisStore) -> None:
+    """An async function on a store with only a sync client works (calls run in a thread)."""
+    runs: list[str] = []
+
+    @idempotent(key_from="key", scope="tests.redis.thread", mode="lease", store=store)
+    async def work(key: str) -> str:
+        runs.append(key)
+        return "ok"
+
+    async def scenario() -> list[str]:
+        return [await work("a"), await work("a")]
+
+    assert asyncio.run(scenario()) == ["ok", "ok"]
+    assert runs == ["a"]
+
+
+def test_bad_client_is_named() -> None:
+    """Something that is not a Redis client is refused with what to pass instead."""
+    with pytest.raises(ConfigurationError, match=r"redis\.Redis or redis\.asyncio\.Redis"):
+        RedisStore("redis://localhost")  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="needs a client"):
+        RedisStore()
+
+
+def test_client_with_decoded_responses(redis_prefix: str) -> None:
+    """A client made with decode_responses=True works too: records and results come back as text."""
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    store = RedisStore(client, prefix=redis_prefix)
+    runs: list[str] = []
+
+    @idempotent(key_from="key", scope="tests.redis.decoded", mode="lease", store=store)
+    def work(key: str) -> dict[str, str]:
+        runs.append(key)
+        return {"text": "é€😀"}
+
+    assert work("k") == work("k") == {"text": "é€😀"}
+    assert runs == ["k"]
+    client.close()
+
+
+def test_cancelled_async_call_releases_its_key(redis_prefix: str) -> None:
+    """An async call cancelled inside the function releases its claim (in a shielded step), so a
+    retry runs at once."""
+    runs: list[str] = []
+
+    async def scenario() -> Any:
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        store = RedisStore(client, prefix=redis_prefix)
+        inside, never = asyncio.Event(), asyncio.Event()
+
+        @idempotent(key_from="key", scope="tests.redis.cancel", mode="lease", wait=0, store=store)
+        async def work(key: str, block: bool) -> str:
+            runs.append(key)
+            inside.set()
+            if block:
+                await never.wait()
+            return "done"
+
+        task = asyncio.create_task(work("k", True))
+        await inside.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        try:
+            assert await store.aread("tests.redis.cancel", "k") is None
+            return await work("k", False)
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == "done"
+    assert runs == ["k", "k"]
