@@ -1,1 +1,4 @@
-"""Runnable example applications (``uvicorn examples.fastapi_app:app``), also used by the tests."""
+"""Runnable examples (``python examples/quickstart.py``, ``uvicorn examples.fastapi_app:app``).
+
+The tests run them too.
+"""

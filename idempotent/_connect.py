@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from idempotent.errors import ConfigurationError, IdempotencyError
 from idempotent.schema import DEFAULT_TABLE
 
-__all__ = ["Bind", "add_database_arguments", "check_sqlite_file", "explain", "with_connection"]
+__all__ = ["Bind", "add_database_arguments", "check_sqlite_file", "describe", "explain", "with_connection"]
 
 Bind = str | sa.URL | sa.Engine | sa.Connection
 _T = TypeVar("_T")
@@ -77,16 +77,47 @@ def explain(exc: Exception) -> str | None:
     from alembic.util import CommandError  # noqa: PLC0415  (keep the command line's start-up light)
 
     if isinstance(exc, sa.exc.NoSuchModuleError):
-        return f"unknown database in the URL: {_first_line(exc)}"
+        name = str(exc).rsplit(":", 1)[-1].strip()
+        hint = _URL_HINTS.get(name.split(".", 1)[0], "")
+        return f"unknown database in the URL: {_first_line(exc)}{hint}"
     if isinstance(exc, sa.exc.ArgumentError):
         return f"invalid database URL: {_first_line(exc)}"
     if isinstance(exc, ModuleNotFoundError):
-        return f"the database driver is not installed ({exc}); install it, e.g. idempotent[postgres]"
+        hint = _DRIVER_HINTS.get(exc.name or "", _ANY_DRIVER)
+        return f"the database driver is not installed ({exc}); {hint}"
     if isinstance(exc, sa.exc.DBAPIError):
         return f"database error: {_first_line(exc.orig if exc.orig is not None else exc)}"
     if isinstance(exc, (sa.exc.SQLAlchemyError, CommandError, IdempotencyError)):
         return _first_line(exc)
     return None
+
+
+#: A dialect name SQLAlchemy does not know -> the URL form to use instead.
+_URL_HINTS = {
+    "postgres": "; PostgreSQL URLs start with postgresql+psycopg:// (pip install 'idempotent[postgres]')",
+}
+
+#: A missing driver module -> the extra that installs a driver and the URL form that selects it.
+_DRIVER_HINTS = {
+    "psycopg2": "the postgresql:// URL selects psycopg2; install 'idempotent[postgres]' (psycopg 3) and "
+    "write postgresql+psycopg://user@host/db",
+    "psycopg": "install 'idempotent[postgres]' and write postgresql+psycopg://user@host/db",
+    "asyncpg": "install 'idempotent[asyncio]' and write postgresql+psycopg_async://user@host/db",
+    "MySQLdb": "the mysql:// and mariadb:// URLs select mysqlclient; install 'idempotent[mysql]' (PyMySQL) "
+    "and write mysql+pymysql://user@host/db (MySQL) or mariadb+pymysql://user@host/db (MariaDB)",
+    "pymysql": "install 'idempotent[mysql]' and write mysql+pymysql://user@host/db (or mariadb+pymysql://)",
+    "aiomysql": "install 'idempotent[asyncio]' and write mysql+aiomysql://user@host/db",
+    "aiosqlite": "install 'idempotent[asyncio]' and write sqlite+aiosqlite:///path.db",
+}
+_ANY_DRIVER = (
+    "install the extra for your database: 'idempotent[postgres]' (postgresql+psycopg://), "
+    "'idempotent[mysql]' (mysql+pymysql:// or mariadb+pymysql://) or 'idempotent[asyncio]'"
+)
+
+
+def describe(url: sa.URL) -> str:
+    """The URL of a database as messages show it: with its password masked."""
+    return url.render_as_string(hide_password=True)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -173,6 +173,9 @@ class AsyncHandle:
 def sync_handle_for(obj: object) -> SyncHandle:
     if isinstance(obj, (Session, sa.Connection)):
         return SyncHandle(obj)
+    adapt = getattr(obj, "idempotent_handle", None)  # another transaction API (Django's)
+    if adapt is not None:
+        return adapt()  # type: ignore[no-any-return]
     raise ConfigurationError(
         f"a sync function needs a Session or Connection for its transaction, got {type(obj).__name__}; "
         "pass one as an argument or name it with session=..."

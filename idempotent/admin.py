@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
-from idempotent._connect import Bind, add_database_arguments, explain, with_connection
+from idempotent._connect import Bind, add_database_arguments, describe, explain, with_connection
 from idempotent._sql import ABORTED, NO_TABLE, classify, now_sql
 from idempotent.core import Status
 from idempotent.errors import ConfigurationError, InProgress, TableMissing
@@ -70,16 +70,34 @@ def _table(table: str, schema: str | None) -> sa.Table:
     return make_table(sa.MetaData(), table, schema)
 
 
-def _translated(t: sa.Table, exc: Exception) -> Exception:
-    """A missing table becomes :class:`TableMissing` naming the command that creates it."""
+def _translated(t: sa.Table, exc: Exception, conn: sa.Connection) -> Exception:
+    """A missing table becomes :class:`TableMissing` naming the database it looked in and the
+    command that creates it, or first the missing schema, which that command cannot create."""
     if classify(exc) == NO_TABLE:
+        where = describe(conn.engine.url)
+        if t.schema and not _schema_exists(conn, t.schema):
+            return TableMissing(
+                f"the schema {t.schema!r} does not exist in {where}, so neither does the keys table "
+                f"{t.fullname!r}; create the schema first (CREATE SCHEMA {t.schema}), or give the "
+                "schema the table is in with --schema"
+            )
         options = "" if t.name == DEFAULT_TABLE else f" --table {t.name}"
         options += f" --schema {t.schema}" if t.schema else ""
         return TableMissing(
-            f"the idempotency keys table {t.fullname!r} does not exist; create it with "
+            f"the idempotency keys table {t.fullname!r} does not exist in {where}; create it with "
             f"`idempotent migrate --url <database URL>{options}`"
         )
     return exc
+
+
+def _schema_exists(conn: sa.Connection, schema: str) -> bool:
+    """Whether ``schema`` exists (True when the database cannot tell: then the table is what is missing)."""
+    try:
+        return bool(sa.inspect(conn).has_schema(schema))
+    except sa.exc.SQLAlchemyError:
+        return True
+    finally:
+        _finish(conn)
 
 
 def _finish(conn: sa.Connection) -> None:
@@ -188,7 +206,7 @@ def purge(
                     return total
         except sa.exc.DBAPIError as exc:
             _finish(conn)
-            raise _translated(t, exc) from exc
+            raise _translated(t, exc, conn) from exc
 
     return _with_connection(bind, run)
 
@@ -270,7 +288,7 @@ def _read(conn: sa.Connection, t: sa.Table, scope: str, key: str, clock_offset: 
         row = conn.execute(query).one_or_none()
     except sa.exc.DBAPIError as exc:
         _finish(conn)
-        raise _translated(t, exc) from exc
+        raise _translated(t, exc, conn) from exc
     _finish(conn)
     if row is None:
         return None
@@ -333,7 +351,7 @@ def evict(
             with conn.begin():
                 removed = conn.execute(statement).rowcount
         except sa.exc.DBAPIError as exc:
-            raise _translated(t, exc) from exc
+            raise _translated(t, exc, conn) from exc
         return info if removed else None
 
     return _with_connection(bind, run)

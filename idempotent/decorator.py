@@ -17,14 +17,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 from typing_extensions import ParamSpec
 
-from idempotent import _drivers, core, stores
+from idempotent import _drivers, _unsaved, core, stores
+from idempotent._connect import describe
 from idempotent._sql import SQLStore
 from idempotent.codec import DEFAULT_MAX_BYTES, JsonCodec, Serializer
-from idempotent.errors import ConfigurationError, IdempotencyWarning, MissingKey
+from idempotent.errors import ConfigurationError, IdempotencyWarning, MissingKey, TableMissing
 from idempotent.events import Hook, Hooks
 from idempotent.fingerprint import VERSION as FP_VERSION
 from idempotent.fingerprint import digest
-from idempotent.keys import normalise_key, normalise_scope, resolve_path
+from idempotent.keys import explain_none, normalise_key, normalise_scope, resolve_path
 from idempotent.schema import DEFAULT_TABLE
 
 __all__ = ["configure", "idempotent"]
@@ -206,8 +207,13 @@ class _Spec:
         elif not callable(key_from):
             raise ConfigurationError("key_from must be a parameter name (dotted paths allowed) or a callable")
         self.key_from = key_from
-        if isinstance(session, str) and session not in params:
-            raise ConfigurationError(f"session={session!r} names no parameter of {self.name}")
+        #: How messages name the key's source: the parameter path, or the callable's qualname.
+        self.key_name = key_from if isinstance(key_from, str) else _callable_name(key_from)
+        if isinstance(session, str) and session.split(".", 1)[0] not in params:
+            raise ConfigurationError(
+                f"session={session!r} names no parameter of {self.name}; its parameters are "
+                f"{', '.join(params) or 'none'} (dotted paths such as 'self.session' are allowed)"
+            )
         self.session = session
         if scope is None:
             scope = f"{func.__module__}:{func.__qualname__}"
@@ -216,12 +222,12 @@ class _Spec:
                     f"{self.name} gets the scope {scope!r}, which changes between runs or programs; "
                     "give it a stable one with @idempotent(..., scope='orders.place')",
                     IdempotencyWarning,
-                    stacklevel=4,
+                    stacklevel=3,  # _Spec -> decorate -> the line applying the decorator
                 )
         self.scope = normalise_scope(scope)
         self.skip = {n for n in list(params)[:1] if n in ("self", "cls")}
         if isinstance(session, str):
-            self.skip.add(session)
+            self.skip.add(session.split(".", 1)[0])  # the session, or the object that carries it
         if fingerprint is True:
             self.fp_names: tuple[str, ...] | None = None
             self.fp_func: Callable[..., Any] | None = None
@@ -310,20 +316,25 @@ class _Spec:
             try:
                 raw = resolve_path(self.key_from, arguments)
             except AttributeError as exc:
-                raise MissingKey(f"key_from={self.key_from!r} of {self.name}: {exc}") from None
+                raise ConfigurationError(f"key_from={self.key_from!r} of {self.name}: {exc}") from None
         else:
             raw = self.key_from(*args, **kwargs)
         key = normalise_key(raw)
         if key is None and self.required:
             raise MissingKey(
-                f"{self.name} was called without an idempotency key ({self.key_from!r} is None); pass one, "
+                f"{self.name} was called without an idempotency key ({self._why_none(arguments)}); pass one, "
                 "or decorate with required=False to run such calls without idempotency"
             )
         return key
 
+    def _why_none(self, arguments: dict[str, Any]) -> str:
+        if isinstance(self.key_from, str):
+            return explain_none(self.key_from, arguments)
+        return f"{self.key_name} returned None"
+
     def handle(self, arguments: dict[str, Any]) -> Any:
         if isinstance(self.session, str):
-            obj = arguments[self.session]
+            obj = resolve_path(self.session, arguments)
         elif self.session is not None:
             obj = self.session()
         else:
@@ -332,6 +343,16 @@ class _Spec:
             unwrap = getattr(obj, "registry", None)  # scoped_session / async_scoped_session
             if unwrap is not None and callable(obj):
                 obj = obj()
+        if obj is None and self.mode == "transaction":
+            # An Engine has no transaction to join: say so before the fingerprint trips over it.
+            obj = next((v for v in arguments.values() if _is_engine(v)), None)
+        if _is_engine(obj) and self.mode == "transaction":
+            raise ConfigurationError(
+                f"{self.name} received an Engine: pass a Session or Connection, not an Engine. Its key "
+                "commits in the transaction of the Session or Connection the function writes through, and "
+                "an Engine has none; open one, e.g. `with Session(engine) as session: f(session, ...)` "
+                "(the decorator then begins and commits the transaction)"
+            )
         return obj
 
     def fingerprint(
@@ -346,6 +367,8 @@ class _Spec:
             chosen = {n: arguments[n] for n in self.fp_names}
         else:
             chosen = {n: v for n, v in arguments.items() if n not in self.skip and not _drivers.is_handle(v)}
+            if self.mode == "transaction" and any(_is_engine(v) for v in chosen.values()):
+                self.handle(arguments)  # raises "pass a Session or Connection, not an Engine" when it is one
         return digest(chosen, self.name)
 
     def settings(self) -> _Settings:
@@ -464,6 +487,34 @@ class _Spec:
         return plan, core.lease_flow(plan), None
 
 
+def _name_database(exc: TableMissing, plan: core.Plan[Any], handle: Any) -> None:
+    """Add the database the keys table was looked for in (password masked) to ``exc``'s message."""
+    try:
+        if handle is not None:
+            obj = getattr(handle, "sync", handle.obj)
+            bind = obj.get_bind() if handle.is_session else obj.engine
+        else:
+            bind = plan.extra["engine"]
+        where = describe(getattr(bind, "engine", bind).url)
+    except Exception:  # the message stays as it was: the error itself is what matters
+        return
+    if exc.args and isinstance(exc.args[0], str) and " in " + where not in exc.args[0]:
+        exc.args = (exc.args[0].replace(" does not exist;", f" does not exist in {where};", 1), *exc.args[1:])
+
+
+def _is_engine(value: object) -> bool:
+    """An ``Engine`` or ``AsyncEngine`` (an ``AsyncConnection`` also has ``sync_engine``)."""
+    if isinstance(value, sa.Engine):
+        return True
+    return isinstance(getattr(value, "sync_engine", None), sa.Engine) and not _drivers.is_handle(value)
+
+
+def _callable_name(func: Callable[..., Any]) -> str:
+    """A callable as messages name it: ``module.qualname``, never ``<function <lambda> at 0x...>``."""
+    name = getattr(func, "__qualname__", None) or type(func).__qualname__
+    return f"{getattr(func, '__module__', None) or '?'}.{name}"
+
+
 def _return_hint(func: Callable[..., Any]) -> Any:
     """The return annotation, resolved; also when other annotations name things imported locally."""
     try:
@@ -569,10 +620,17 @@ def _sync_wrapper(spec: _Spec, target: Callable[..., Any]) -> Callable[..., Any]
         if prepared is None:
             return target(*args, **kwargs)
         plan, flow, handle = prepared
+        token = _unsaved.enter(plan, handle)
         try:
-            return _drivers.run_sync(plan, flow, handle, lambda: target(*args, **kwargs))
+            result = _drivers.run_sync(plan, flow, handle, lambda: target(*args, **kwargs))
+        except TableMissing as exc:
+            _name_database(exc, plan, handle)
+            raise
         finally:
+            _unsaved.leave(token)
             spec.observe(plan.replayed)
+        _unsaved.after_call(plan, handle)
+        return result
 
     return wrapper
 
@@ -584,10 +642,17 @@ def _async_wrapper(spec: _Spec, target: Callable[..., Awaitable[Any]]) -> Callab
         if prepared is None:
             return await target(*args, **kwargs)
         plan, flow, handle = prepared
+        token = _unsaved.enter(plan, handle)
         try:
-            return await _drivers.run_async(plan, flow, handle, lambda: target(*args, **kwargs))
+            result = await _drivers.run_async(plan, flow, handle, lambda: target(*args, **kwargs))
+        except TableMissing as exc:
+            _name_database(exc, plan, handle)
+            raise
         finally:
+            _unsaved.leave(token)
             spec.observe(plan.replayed)
+        _unsaved.after_call(plan, handle)
+        return result
 
     return wrapper
 

@@ -10,7 +10,7 @@ from typing import Any
 from idempotent.errors import InvalidKey
 from idempotent.schema import KEY_LENGTH
 
-__all__ = ["normalise_key", "normalise_scope", "resolve_path"]
+__all__ = ["explain_none", "normalise_key", "normalise_scope", "resolve_path"]
 
 _SCOPE_DIGEST_CHARS = 64  # hex SHA-256
 
@@ -90,11 +90,38 @@ def resolve_path(path: str, arguments: dict[str, Any]) -> object:
     if head not in arguments:
         raise KeyError(head)
     value: object = arguments[head]
-    for part in rest:
+    for index, part in enumerate(rest):
         if value is None:
             return None
-        value = value.get(part) if isinstance(value, dict) else getattr(value, part)
+        if isinstance(value, dict):
+            value = value.get(part)
+            continue
+        try:
+            value = getattr(value, part)
+        except AttributeError:
+            where = ".".join([head, *rest[:index]])
+            raise AttributeError(
+                f"{where} ({type(value).__name__}) has no attribute {part!r}; check the path's spelling"
+            ) from None
     return value
+
+
+def explain_none(path: str, arguments: dict[str, Any]) -> str:
+    """Say where a dotted path met ``None``: a mapping without the key, or a ``None`` on the way."""
+    head, *rest = path.split(".")
+    value: object = arguments.get(head)
+    for index, part in enumerate(rest):
+        where = ".".join([head, *rest[:index]])
+        if value is None:
+            return f"{where} is None"
+        if isinstance(value, dict):
+            if part not in value:
+                keys = ", ".join(map(str, list(value)[:10])) or "none"
+                return f"{where} has no key {part!r} (its keys: {keys})"
+            value = value[part]
+        else:
+            value = getattr(value, part, None)
+    return f"{path} is None"
 
 
 KeyFunction = Callable[..., object]

@@ -111,6 +111,7 @@ def head() -> str:
 def _scripts() -> ScriptDirectory:
     from alembic.script import ScriptDirectory  # noqa: PLC0415 (keep the command line's start-up light)
 
+    check_foreign_revisions()
     return ScriptDirectory(str(migrations_location()))
 
 
@@ -292,3 +293,70 @@ def run(args: argparse.Namespace) -> int:
     state = "upgraded to" if changed else "already at"
     print(f"{shown} on {where}: {state} revision {head()} ({version_table_name(table)} records it)")
     return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# A guard against revisions written into the installed package.
+# ---------------------------------------------------------------------------------------------
+#: The post-write hook type a project names in its ``[post_write_hooks]`` section.
+WRITE_HOOK = "idempotent_guard"
+
+
+def guard_revision(path: str, options: object = None) -> None:
+    """Alembic post-write hook: refuse a new revision file written among the library's revisions.
+
+    While the library's revision is the only head, a plain ``alembic revision`` extends it and
+    writes the new file next to it, inside the installed package, where the next upgrade of
+    the library deletes it. This hook deletes that file at once and fails the command, saying
+    how to create the revision in the project's own directory. Any other file is left alone.
+    """
+    from alembic.util import CommandError  # noqa: PLC0415 (keep the command line's start-up light)
+
+    written = Path(path).resolve()
+    ours = versions_location().resolve()
+    if written.parent != ours:
+        return
+    written.unlink(missing_ok=True)
+    raise CommandError(
+        f"alembic revision wrote {written.name} into the installed idempotent package ({ours}), because "
+        "the library's revision is the only head; the file was deleted. Create your revision in your own "
+        "versions directory and branch: alembic revision -m MESSAGE --head base --branch-label app "
+        "--version-path alembic/versions --depends-on idempotent@head (later revisions: --head app@head)"
+    )
+
+
+def check_foreign_revisions() -> None:
+    """Fail when the library's versions directory holds a revision that is not the library's.
+
+    Every revision the library ships imports this module (for :func:`target`); a file that does
+    not was written there by a plain ``alembic revision``. Left in place, it would be applied as
+    part of the ``idempotent`` branch and deleted by the next upgrade of the library, so every
+    Alembic command (and ``idempotent migrate``) refuses to run until it is moved out.
+    """
+    from alembic.util import CommandError  # noqa: PLC0415 (keep the command line's start-up light)
+
+    ours = versions_location()
+    foreign = sorted(
+        path.name
+        for path in ours.glob("*.py")
+        if "idempotent.migrate" not in path.read_text(encoding="utf-8", errors="replace")
+    )
+    if foreign:
+        raise CommandError(
+            f"{', '.join(foreign)} in {ours} is not one of the idempotent library's revisions: a plain "
+            "`alembic revision` wrote it into the installed package because the library's revision was "
+            "the only head. Delete it and create it again in your own versions directory and branch: "
+            "alembic revision -m MESSAGE --head base --branch-label app --version-path alembic/versions "
+            "--depends-on idempotent@head"
+        )
+
+
+def _register_write_hook() -> None:
+    from alembic.script import write_hooks  # noqa: PLC0415 (only when Alembic is running)
+
+    write_hooks.register(WRITE_HOOK)(guard_revision)
+
+
+if "alembic" in sys.modules:  # Alembic is loading the library's revisions, which import this module
+    _register_write_hook()
+    check_foreign_revisions()

@@ -74,10 +74,11 @@ METHOD_DECORATOR = "django.utils.decorators.method_decorator"
 class BaseClass:
     """A framework base class: which framework, how methods are served, and what it implies.
 
-    ``style`` is ``"view"`` (``post()``, ``put()``... methods serve HTTP methods) or
-    ``"viewset"`` (DRF actions ``create()``, ``update()``...). ``implicit`` lists the HTTP
-    methods the base class serves without the subclass defining anything, and ``writes``
-    describes the write it performs for them.
+    ``style`` is ``"view"`` (``post()``, ``put()``... methods serve HTTP methods),
+    ``"viewset"`` (DRF actions ``create()``, ``update()``...), ``"dispatch"`` (Flask's ``View``)
+    or ``"admin"`` (Django's ``AdminSite``, whose ``login()``/``logout()`` take POST).
+    ``implicit`` lists the HTTP methods the base class serves without the subclass defining
+    anything, and ``writes`` describes the write it performs for them.
     """
 
     framework: str
@@ -107,6 +108,8 @@ BASE_CLASSES: dict[tuple[str, str], BaseClass] = {
     ("django", "DeletionMixin"): BaseClass("django", "view", ("POST", "DELETE"), _DELETES),
     ("django", "BaseDeleteView"): BaseClass("django", "view", ("POST", "DELETE"), _DELETES),
     ("django", "DeleteView"): BaseClass("django", "view", ("POST", "DELETE"), _DELETES),
+    # An admin site serves its login and logout views from methods of the same names.
+    ("django", "AdminSite"): BaseClass("django", "admin"),
     ("rest_framework", "APIView"): BaseClass("drf", "view"),
     ("rest_framework", "GenericAPIView"): BaseClass("drf", "view"),
     ("rest_framework", "CreateAPIView"): BaseClass("drf", "view", ("POST",), _SAVES_SERIALIZER),

@@ -18,6 +18,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from idempotent.check._frameworks import STATE_CHANGING
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the same reader, released separately for Pythons without tomllib
+    import tomli as tomllib
 from idempotent.check.rules import DEFAULT_SELECT, RULES
 
 __all__ = ["DEFAULT_METHODS", "CheckConfig", "ConfigError", "find_pyproject", "load_config"]
@@ -89,27 +94,18 @@ def _read_section(path: Path) -> dict[str, object] | None:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot be read: {exc}") from None
-    if sys.version_info >= (3, 11):
-        import tomllib  # noqa: PLC0415 -- only the fallback parser is needed on 3.10
-
-        try:
-            document: dict[str, object] = tomllib.loads(text)
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        table: object = document
-        for part in _SECTION:
-            if not isinstance(table, dict) or part not in table:
-                return None
-            table = table[part]
-        if not isinstance(table, dict):
-            raise ConfigError(f"{path}: [tool.idempotent.check] must be a table")
-        return {str(k): v for k, v in table.items()}
-    from idempotent.check._toml import TOMLError, read_table  # noqa: PLC0415 -- 3.10 only
-
     try:
-        return read_table(text, _SECTION)
-    except TOMLError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        document: dict[str, object] = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    table: object = document
+    for part in _SECTION:
+        if not isinstance(table, dict) or part not in table:
+            return None
+        table = table[part]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [tool.idempotent.check] must be a table")
+    return {str(k): v for k, v in table.items()}
 
 
 def load_config(path: Path) -> CheckConfig:

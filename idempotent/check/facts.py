@@ -76,11 +76,41 @@ _SQL_STATEMENTS = frozenset({"insert", "update", "delete"})
 _STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _BODY_ATTRIBUTES = frozenset({"POST", "FILES", "body", "data"})
 _MAX_WRITES = 3
-#: Text that must appear in a file for its calls to matter (see ``_Collector.call``).
-_CALL_TRIGGERS = re.compile(
-    r"include_router|register_blueprint|\.mount\(|add_middleware|add_api_route|add_route|add_url_rule"
-    r"|init_app|Middleware|\b(?:re_)?path\(|\burl\(|MIDDLEWARE|Route\(|Mount\(|Host\("
+#: Statements that hold no other statement.
+_LEAF_STATEMENTS = (
+    ast.Assign,
+    ast.AnnAssign,
+    ast.AugAssign,
+    ast.Expr,
+    ast.Return,
+    ast.Raise,
+    ast.Assert,
+    ast.Delete,
+    ast.Pass,
+    ast.Break,
+    ast.Continue,
+    ast.Global,
+    ast.Nonlocal,
 )
+#: Text that must appear in a file for its calls to matter (see ``_Collector.call``).
+_TRIGGER_TEXTS = (
+    "include_router",
+    "register_blueprint",
+    ".mount(",
+    "add_middleware",
+    "add_middleware",
+    "add_api_route",
+    "add_route",
+    "add_url_rule",
+    "init_app",
+    "Middleware",
+    "path(",
+    "url(",
+    "MIDDLEWARE",
+    "Route(",
+    "Mount(",
+    "Host(",
+)  # plain substrings: a regular expression over the whole text costs as much as parsing it
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +127,9 @@ class Binding:
 
     target: str | None = None  # the imported dotted name, relative ones start with dots
     local: bool = False
+
+
+_LOCAL = Binding(local=True)
 
 
 @dataclass(slots=True)
@@ -117,6 +150,7 @@ class Decorator:
     name_kw: str | None
     inner: tuple[str, ...]  # dotted names passed as arguments (``method_decorator(idempotent(...))``)
     deps: tuple[str, ...]  # ``dependencies=[Depends(x)]``
+    str_args: tuple[str, ...] = ()  # every positional argument, when all are strings (``cors("POST")``)
 
 
 @dataclass(slots=True)
@@ -149,6 +183,7 @@ class Body:
     method_compares: frozenset[str] = frozenset()
     reads_body: bool = False
     depends: tuple[str, ...] = ()
+    request_calls: tuple[str, ...] = ()  # functions called with the request: ``form(request, ...)``
 
 
 @dataclass(slots=True)
@@ -228,6 +263,7 @@ class ModuleFacts:
                     method_compares=frozenset(scan.compares),
                     reads_body=scan.reads_body,
                     depends=tuple(scan.depends),
+                    request_calls=tuple(scan.request_calls),
                 )
         return function.body
 
@@ -357,6 +393,7 @@ class _BodyScan:
         self.compares: set[str] = set()
         self.reads_body = False
         self.depends: list[str] = []
+        self.request_calls: list[str] = []
         for arg in (*args.posonlyargs, *args.args, *args.kwonlyargs):
             if arg.annotation is not None:
                 self._scan(arg.annotation, depends=True)
@@ -392,6 +429,12 @@ class _BodyScan:
                         self.depends.append(target)
                 else:
                     self._call(node)
+                    if self.request and any(
+                        isinstance(a, ast.Name) and a.id == self.request for a in node.args
+                    ):
+                        name = dotted(node.func)
+                        if name is not None and name not in self.request_calls:
+                            self.request_calls.append(name)
             elif isinstance(node, ast.Compare) and self.request:
                 operands = [node.left, *node.comparators]
                 if any(_is_method_attribute(op, self.request) for op in operands):
@@ -421,7 +464,8 @@ class _BodyScan:
             if name in _WRITE_ANY or name.startswith(_WRITE_PREFIXES):
                 write = True
             elif name in _OUTBOUND:
-                write = bool(call.args or call.keywords)
+                # ``super().post(request)`` runs the inherited handler: not an outbound request.
+                write = bool(call.args or call.keywords) and not _is_super(func.value)
             elif name == "request":
                 values = _strings(_argument(call, 0, "method"))
                 write = bool(values) and values is not None and values[0].upper() in _STATE_CHANGING
@@ -447,6 +491,10 @@ class _BodyScan:
                 self.writes.append(text)
 
 
+def _is_super(node: ast.expr) -> bool:
+    return isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super"
+
+
 def _header_in(nodes: Iterable[ast.AST]) -> bool:
     for root in nodes:
         for node in ast.walk(root):
@@ -469,9 +517,12 @@ class _Collector:
         self.done: set[int] = set()  # ids of Route/Mount calls already read as part of a list
         # Walking every expression for calls is the slow part; a file that names none of the calls
         # that matter is not walked.
-        self.scan_calls = _CALL_TRIGGERS.search(facts.text) is not None or any(
-            name in facts.text for name in middleware_names
+        text = facts.text
+        self.scan_calls = any(trigger in text for trigger in _TRIGGER_TEXTS) or any(
+            name in text for name in middleware_names
         )
+        # Class bodies are searched for the header's name only in files that spell it somewhere.
+        self.header_text = "idempotency" in text.lower()
 
     # -- names -----------------------------------------------------------------------------
     def bind(self, scope: str, name: str, binding: Binding) -> None:
@@ -494,13 +545,13 @@ class _Collector:
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             function = self.function(node, scope)
             self.facts.functions.append(function)
-            self.bind(scope, node.name, Binding(local=True))
+            self.bind(scope, node.name, _LOCAL)
             for param in function.params:
-                self.bind(function.qualname, param, Binding(local=True))
+                self.bind(function.qualname, param, _LOCAL)
             self.statements(node.body, function.qualname)
         elif isinstance(node, ast.ClassDef):
             self.facts.classes.append(self.klass(node, scope))
-            self.bind(scope, node.name, Binding(local=True))
+            self.bind(scope, node.name, _LOCAL)
         elif isinstance(node, ast.Import):
             for alias in node.names:
                 self.facts.roots.add(alias.name.split(".")[0])
@@ -524,12 +575,18 @@ class _Collector:
                 self.assignment(node, scope)
             elif isinstance(node, ast.Expr) and isinstance(node.value, ast.Call):
                 self.passing(node.value, scope)
+            if isinstance(node, _LEAF_STATEMENTS):  # nothing inside but expressions
+                if self.scan_calls:
+                    for child in ast.iter_child_nodes(node):
+                        if isinstance(child, ast.expr):
+                            self.expression(child, scope)
+                return
             for child in ast.iter_child_nodes(node):
                 if isinstance(child, ast.stmt):
                     self.statement(child, scope)
                 elif isinstance(child, ast.ExceptHandler | ast.match_case):
                     if isinstance(child, ast.ExceptHandler) and child.name:
-                        self.bind(scope, child.name, Binding(local=True))
+                        self.bind(scope, child.name, _LOCAL)
                     self.statements(child.body, scope)
                 elif isinstance(child, ast.expr):
                     if self.scan_calls:
@@ -538,15 +595,18 @@ class _Collector:
                     if self.scan_calls:
                         self.expression(child.context_expr, scope)
                     if isinstance(child.optional_vars, ast.Name):
-                        self.bind(scope, child.optional_vars.id, Binding(local=True))
+                        self.bind(scope, child.optional_vars.id, _LOCAL)
 
     def assignment(self, node: ast.Assign | ast.AnnAssign | ast.AugAssign, scope: str) -> None:
         targets = node.targets if isinstance(node, ast.Assign) else [node.target]
         value = node.value
         for target in targets:
+            if isinstance(target, ast.Name):
+                self.bind(scope, target.id, _LOCAL)
+                continue
             for sub in ast.walk(target):
                 if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
-                    self.bind(scope, sub.id, Binding(local=True))
+                    self.bind(scope, sub.id, _LOCAL)
         if value is None:
             return
         for target in targets:
@@ -781,6 +841,7 @@ class _Collector:
             attr = func.attr
             receiver = dotted(func.value)
         first_str = first_list = methods_kw = name_kw = None
+        str_args: tuple[str, ...] = ()
         inner: list[str] = []
         deps: list[str] = []
         if call is not None:
@@ -790,6 +851,11 @@ class _Collector:
                     first_str = first.value
                 else:
                     first_list = _strings(first)
+                texts = [
+                    a.value for a in call.args if isinstance(a, ast.Constant) and isinstance(a.value, str)
+                ]
+                if len(texts) == len(call.args):
+                    str_args = tuple(texts)
             methods_kw = _strings(_keyword(call, "methods"))
             name_value = _keyword(call, "name")
             if isinstance(name_value, ast.Constant) and isinstance(name_value.value, str):
@@ -823,6 +889,7 @@ class _Collector:
             name_kw=name_kw,
             inner=tuple(inner),
             deps=tuple(deps),
+            str_args=str_args,
         )
 
     def function(
@@ -879,9 +946,8 @@ class _Collector:
             bases=tuple(bases),
             decorators=[self.decorator(i, d) for i, d in enumerate(node.decorator_list)],
             methods=methods,
-            reads_header=_header_in(
-                s for s in node.body if not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef)
-            ),
+            reads_header=self.header_text
+            and _header_in(s for s in node.body if not isinstance(s, ast.FunctionDef | ast.AsyncFunctionDef)),
             methods_attr=methods_attr,
         )
 

@@ -267,6 +267,15 @@ def plan_fixes(findings: Iterable[Finding]) -> list[FixPlan]:
         target = finding.target
         if target is None:
             continue
+        if target.kind == "move":
+            # Moving @idempotent below the route or task decorator needs only the core library.
+            plans.append(FixPlan(finding, None, [], True))
+            continue
+        if target.covered_by:
+            # Decorating this override too would run the idempotency check twice for one request.
+            note = f"the dispatch decorator suggested for its base `{target.covered_by}` covers it"
+            plans.append(FixPlan(finding, None, [], False, note))
+            continue
         label = FRAMEWORK_LABELS.get(finding.framework, finding.framework)
         template = fix_template(finding.framework)
         if template is None:
@@ -277,10 +286,6 @@ def plan_fixes(findings: Iterable[Finding]) -> list[FixPlan]:
         if template.module not in available:
             available[template.module] = integration_available(template)
         missing = f"the {label} integration ({template.module}) is not installed"
-        if target.kind == "move":
-            ready = available[template.module]
-            plans.append(FixPlan(finding, None, [], ready, "" if ready else missing))
-            continue
         decorator = template.decorator_for(target.kind)
         if decorator is None:
             plans.append(

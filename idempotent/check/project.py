@@ -9,6 +9,7 @@ and included into an app in another is the same object in both.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -42,6 +43,17 @@ __all__ = ["Project", "Verdict"]
 _MAX_DEPTH = 24
 _REGISTRAR_ATTRIBUTES = frozenset({"router", "wsgi_app", "asgi_app", "app"})
 _DJANGO_ROOTS = frozenset({"django", "rest_framework"})
+_REQUEST_NAMES = frozenset({"request", "req"})
+_HTTP_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", *STATE_CHANGING})
+_ADMIN_VIEWS = ("login", "logout")
+_HTTP_HANDLERS = frozenset({"get", "post", "put", "patch", "delete"})
+#: Bases that are never views, whatever defines what on them.
+_NOT_VIEWS = re.compile(
+    r"(^|\.)(object|Exception|BaseException|Protocol|Generic|ABC|Enum|NamedTuple|TypedDict)$|^django\.|^typing\.|^abc\.|^enum\."
+)
+_VIEW_METHOD_NAMES = frozenset({"get", "post", "put", "patch", "delete", "create", "update", "dispatch"})
+#: How many calls deep a view's request is followed into helper functions.
+_MAX_CALL_DEPTH = 3
 #: Methods of class-based views that run for every request, whatever its method.
 _PER_REQUEST = ("dispatch", "setup", "initial", "initialize_request")
 #: The framework a call registration belongs to when its router object is not known.
@@ -151,11 +163,15 @@ class Project:
         self._classes = {(m.path, c.qualname): c for m in modules for c in m.classes}
         self._functions = {(m.path, f.qualname): f for m in modules for f in m.functions}
         self._mro_cache: dict[tuple[str, str], list[tuple[str, ClassFacts]]] = {}
+        self._bases_cache: dict[tuple[str, str], list[tuple[str, BaseClass | None, str]]] = {}
+        self._class_level: dict[tuple[str, str], bool] = {}
         self._registrations: dict[Obj, list[tuple[ModuleFacts, Registration]]] = {}
         self._parents: dict[Resolved, set[Resolved]] = {}
         self._covered: set[Resolved] = set()
         self.django_covered = False
         self._aliases: dict[Resolved, Resolved] = {}
+        self._routing: bool | None = None
+        self._callers: set[Obj] | None = None
         self._alias_parameters()
         self._link()
 
@@ -540,10 +556,36 @@ class Project:
         if (
             api_view is None
             and not paths
-            and (not (module.roots & _DJANGO_ROOTS) or function.params[0] not in {"request", "req"})
+            and (not (module.roots & _DJANGO_ROOTS) or function.params[0] not in _REQUEST_NAMES)
         ):
             return None
+        wrapped = bool(paths) and all(r.wrapped for r in paths)
+        if api_view is not None:
+            api_view.wrapped = wrapped
+            return api_view
+        restriction, declared = self._method_restriction(module, function)
+        # A function that only reads the request is a view when a URLconf routes it. When the
+        # project's URLconfs are visible, an unrouted one is a helper of the views that call it;
+        # when they are not, the functions that call it with their request are preferred.
+        if not paths and not declared and (self._django_routing() or self._has_view_caller(module, function)):
+            return None
+        methods = self._request_methods(module, function, 0, set())
+        if restriction is not None:
+            methods = tuple(m for m in STATE_CHANGING if m in restriction)
+        if not methods:
+            return None
+        return _Reg("django", methods, None, None, wrapped, "django")
+
+    def _method_restriction(
+        self, module: ModuleFacts, function: FunctionFacts
+    ) -> tuple[tuple[str, ...] | None, bool]:
+        """The methods a function view's decorators allow, and whether a Django decorator said so.
+
+        ``@require_POST``/``@require_http_methods([...])`` declare a view; a decorator called with
+        only HTTP method names (``@cors("GET", "POST")``) restricts the methods of a routed one.
+        """
         restriction: tuple[str, ...] | None = None
+        declared = False
         for decorator in function.decorators:
             names = self._names_of(module, function.scope, decorator.func)
             for name in names:
@@ -553,21 +595,80 @@ class Project:
                 ):
                     fixed = DJANGO_METHOD_DECORATORS[last]
                     restriction = fixed if fixed is not None else decorator.first_list or ()
-        wrapped = bool(paths) and all(r.wrapped for r in paths)
-        if api_view is not None:
-            api_view.wrapped = wrapped
-            return api_view
+                    declared = True
+            if (
+                not declared
+                and decorator.str_args
+                and all(a.upper() in _HTTP_METHODS for a in decorator.str_args)
+            ):
+                restriction = tuple(a.upper() for a in decorator.str_args)
         if restriction is not None:
-            methods = tuple(m.upper() for m in restriction)
-        else:
-            body = module.body(function)
-            signals = set(body.method_compares) & set(STATE_CHANGING)
-            if body.reads_body and not body.method_compares:
-                signals.add("POST")
-            methods = tuple(m for m in STATE_CHANGING if m in signals)
-        if not methods:
-            return None
-        return _Reg("django", methods, None, None, wrapped, "django")
+            restriction = tuple(m.upper() for m in restriction)
+        return restriction, declared
+
+    def _request_methods(
+        self, module: ModuleFacts, function: FunctionFacts, depth: int, seen: set[tuple[str, str]]
+    ) -> tuple[str, ...]:
+        """The state-changing methods a function handles, itself or through functions it passes
+        its request to (``return order_form(request, order)``)."""
+        seen.add((module.path, function.qualname))
+        body = module.body(function)
+        signals = set(body.method_compares) & set(STATE_CHANGING)
+        if body.reads_body and not body.method_compares:
+            signals.add("POST")
+        if depth < _MAX_CALL_DEPTH:
+            for called in body.request_calls:
+                target = self.resolve(module, Ref(function.qualname, called))
+                if not isinstance(target, Obj) or (target.path, target.name) in seen:
+                    continue
+                callee = self._functions.get((target.path, target.name))
+                if callee is None or callee.scope or not callee.params:
+                    continue
+                callee_module = self.modules[target.path]
+                restriction, _ = self._method_restriction(callee_module, callee)
+                found = self._request_methods(callee_module, callee, depth + 1, seen)
+                if restriction is not None:
+                    found = tuple(m for m in found if m in restriction) or tuple(
+                        m for m in STATE_CHANGING if m in restriction
+                    )
+                signals.update(found)
+        return tuple(m for m in STATE_CHANGING if m in signals)
+
+    def _django_routing(self) -> bool:
+        """Whether a URLconf of the checked files routes at least one function or class."""
+        if self._routing is None:
+            self._routing = any(
+                registration.kind == "path"
+                and self._call_reg(module, registration, is_class=False) is not None
+                for registrations in self._registrations.values()
+                for module, registration in registrations
+            )
+        return self._routing
+
+    def _has_view_caller(self, module: ModuleFacts, function: FunctionFacts) -> bool:
+        """Whether another function or view method passes its request to ``function``."""
+        if self._callers is None:
+            self._callers = set()
+            for other in self.modules.values():
+                if not (other.roots & _DJANGO_ROOTS):
+                    continue
+                candidates = [
+                    f
+                    for f in other.functions
+                    if not f.scope and f.params[:1] and f.params[0] in _REQUEST_NAMES
+                ]
+                candidates += [
+                    m
+                    for c in other.classes
+                    for m in c.methods.values()
+                    if m.name in _VIEW_METHOD_NAMES and len(m.params) > 1
+                ]
+                for caller in candidates:
+                    for called in other.body(caller).request_calls:
+                        target = self.resolve(other, Ref(caller.qualname, called))
+                        if isinstance(target, Obj) and target != Obj(other.path, caller.qualname):
+                            self._callers.add(target)
+        return Obj(module.path, function.qualname) in self._callers
 
     def _function(
         self, module: ModuleFacts, function: FunctionFacts, findings: list[Finding], verdicts: list[Verdict]
@@ -760,23 +861,73 @@ class Project:
         return order
 
     def _framework_bases(self, path: str, cls: ClassFacts) -> list[tuple[str, BaseClass | None, str]]:
-        """Framework classes among the ancestors: (name, base class or None for a mixin, mixin name)."""
+        """Framework classes among the ancestors: (name, base class or None for a mixin, mixin name).
+
+        A class is a view when its ancestors reach a view class of a framework (Django's
+        ``View``, DRF's ``APIView``, Flask's and Starlette's): every class of ``django.views`` or of a
+        ``views`` module of ``django.contrib``, and every view, generic view and viewset of DRF,
+        whether it is known by name or not. A base imported from any other package, which the
+        checker cannot see, makes a view of a class that defines an HTTP method taking the
+        request or that a URLconf routes with ``as_view()``.
+        """
+        key = (path, cls.qualname)
+        cached = self._bases_cache.get(key)
+        if cached is not None:
+            return cached
         found: list[tuple[str, BaseClass | None, str]] = []
-        for owner_path, owner in self._mro(path, cls):
+        foreign: list[tuple[str, ModuleFacts]] = []
+        mro = self._mro(path, cls)
+        for owner_path, owner in mro:
             module = self.modules[owner_path]
             for base in owner.bases:
                 resolved = self.resolve(module, Ref(owner.scope, base))
                 if isinstance(resolved, Obj) and (resolved.path, resolved.name) in self._classes:
                     continue
+                known = False
                 for name in self.names(resolved):
                     root, last = name.split(".")[0], name.rsplit(".", 1)[-1]
                     roots = [root] if "." in name else sorted(module.roots & {*EXTERNAL_ROOTS})
                     for candidate_root in roots:
                         if (candidate_root, last) in BASE_CLASSES:
                             found.append((last, BASE_CLASSES[(candidate_root, last)], ""))
+                            known = True
                         elif candidate_root == "rest_framework" and last in DRF_MIXINS:
                             found.append((last, None, last))
+                            known = True
+                    if not known and "." in name:
+                        by_path = _view_by_path(name)
+                        if by_path is not None:
+                            found.append((last, by_path, ""))
+                            known = True
+                    if known:
+                        break
+                if (
+                    not known
+                    and not isinstance(resolved, Mod)
+                    and not _NOT_VIEWS.match(self.names(resolved)[-1])
+                ):
+                    foreign.append((self.names(resolved)[-1], module))
+        if (
+            not any(base is not None for _, base, _ in found)
+            and foreign
+            and self._acts_as_view(path, cls, mro)
+        ):
+            name, module = foreign[0]
+            found.append((name.rsplit(".", 1)[-1], _foreign_base(name, module), ""))
+        self._bases_cache[key] = found
         return found
+
+    def _acts_as_view(self, path: str, cls: ClassFacts, mro: list[tuple[str, ClassFacts]]) -> bool:
+        """Whether a class with a base the checker cannot see behaves as a view: it (or a class of
+        its own between it and that base) defines an HTTP method taking the request, or a URLconf
+        routes it with ``as_view()``."""
+        for _, owner in mro:
+            for name, method in owner.methods.items():
+                if name in _HTTP_HANDLERS and len(method.params) > 1 and method.params[1] in _REQUEST_NAMES:
+                    return True
+        return any(
+            registration.as_view for _, registration in self._registrations.get(Obj(path, cls.qualname), ())
+        )
 
     def _is_view(self, path: str, cls: ClassFacts) -> bool:
         return any(base is not None for _, base, _ in self._framework_bases(path, cls))
@@ -845,7 +996,13 @@ class Project:
             if source and source not in location.inherited_from:
                 location.inherited_from.append(source)
 
+        if style == "admin":
+            for name in _ADMIN_VIEWS:
+                if name in cls.methods:
+                    place("POST", (name,), cls.methods[name], "")
         for method in STATE_CHANGING:
+            if style == "admin":
+                break
             if style == "dispatch":
                 declared = next((c.methods_attr for _, c in mro if c.methods_attr is not None), None)
                 if declared is None or method not in declared:
@@ -853,6 +1010,15 @@ class Project:
                 chain: tuple[str, ...] = ("dispatch_request",)
             else:
                 chain = VIEWSET_CHAIN[method] if style == "viewset" else VIEW_CHAIN[method][:1]
+                if framework == "drf" and style == "view" and method in implicit:
+                    chain = VIEW_CHAIN[method]  # a generic view's post() calls create()
+                if framework == "drf" and method == "PATCH" and method in implicit:
+                    chain = (*chain, "update")  # the inherited partial_update() calls update()
+            # An override is reported where it is written, an inherited handler on the class line.
+            own = next((name for name in chain if name in cls.methods), None)
+            if own is not None:
+                place(method, chain, cls.methods[own], "")
+                continue
             definer = self._definer(mro, chain[0])
             if definer is not None and definer[2] is not None:
                 owner_path, owner, defined = definer
@@ -929,6 +1095,15 @@ class Project:
             inherited = (
                 f", inherited from {' and '.join(location.inherited_from)}" if location.inherited_from else ""
             )
+            message = _message(
+                "IDEM001", name, framework=framework, methods=checked, writes=writes, inherited=inherited
+            )
+            covering = self._covering_base(mro) if location.method is not None else None
+            if covering is not None:
+                message += (
+                    f"; the class-level dispatch decorator that fixes `{covering}` is inherited here "
+                    "and covers it too"
+                )
             self._emit(
                 findings,
                 verdicts,
@@ -940,21 +1115,31 @@ class Project:
                     line=anchor,
                     column=column,
                     code="IDEM001",
-                    message=_message(
-                        "IDEM001",
-                        name,
-                        framework=framework,
-                        methods=checked,
-                        writes=writes,
-                        inherited=inherited,
-                    ),
+                    message=message,
                     framework=framework,
                     handler=qualname,
                     methods=checked,
                     writes=writes,
-                    target=FixTarget(file=module.path, kind=kind, anchor_line=anchor),
+                    target=FixTarget(
+                        file=module.path, kind=kind, anchor_line=anchor, covered_by=covering or ""
+                    ),
                 ),
             )
+
+    def _covering_base(self, mro: list[tuple[str, ClassFacts]]) -> str | None:
+        """The nearest base view reported on its class line: its fix, a ``dispatch`` decorator on
+        the class, is inherited by every subclass and covers their overrides too."""
+        for path, parent in mro[1:]:
+            key = (path, parent.qualname)
+            reported = self._class_level.get(key)
+            if reported is None:
+                findings: list[Finding] = []
+                self._class(self.modules[path], parent, findings, [])
+                reported = any(f.target is not None and f.target.kind == "class" for f in findings)
+                self._class_level[key] = reported
+            if reported:
+                return parent.name
+        return None
 
     def _reads_header_for(
         self, mro: list[tuple[str, ClassFacts]], location: _Location, methods: tuple[str, ...]
@@ -1016,3 +1201,54 @@ def _message(
     if writes:
         return f"{subject} and writes: {', '.join(writes)}; {consequence} the write"
     return f"{subject}; no write seen in its body"
+
+
+_DJANGO_VIEW_PATH = re.compile(r"^django\.(views(\.|$)|contrib\.\w+\.views\.)")
+_DRF_VIEW_PATH = re.compile(r"^rest_framework\.(views|generics|viewsets)\.")
+#: Django's authentication views that handle a form's POST themselves.
+_DJANGO_FORM_VIEWS = re.compile(r"^(Login|Logout|PasswordChange|PasswordReset|PasswordResetConfirm)View$")
+
+
+def _view_by_path(name: str) -> BaseClass | None:
+    """A Django or DRF view class not listed by name, recognised by the module that defines it."""
+    last = name.rsplit(".", 1)[-1]
+    if last.endswith("Mixin"):
+        return None
+    if _DJANGO_VIEW_PATH.match(name):
+        implicit: tuple[str, ...] = ()
+        writes = ""
+        if "Create" in last or "Update" in last:
+            implicit, writes = ("POST", "PUT"), f"saves the form's object ({last})"
+        elif "Delet" in last:
+            implicit, writes = ("POST", "DELETE"), f"deletes the object ({last})"
+        elif "FormView" in last:
+            implicit = ("POST", "PUT")
+        elif _DJANGO_FORM_VIEWS.match(last):
+            implicit = ("POST",)
+        return BaseClass("django", "view", implicit, writes)
+    if _DRF_VIEW_PATH.match(name):
+        style = "viewset" if ".viewsets." in name or last.endswith("ViewSet") else "view"
+        drf_methods: list[str] = []
+        if "Create" in last:
+            drf_methods.append("POST")
+        if "Update" in last:
+            drf_methods += ["PUT", "PATCH"]
+        if "Destroy" in last:
+            drf_methods.append("DELETE")
+        writes = f"saves the serializer ({last})" if drf_methods else ""
+        return BaseClass("drf", style, tuple(drf_methods), writes)
+    return None
+
+
+def _foreign_base(name: str, module: ModuleFacts) -> BaseClass:
+    """A view base from a package the checker cannot see: the framework its module suggests, and
+    the methods its name implies (a ``...FormView`` handles the form's POST as Django's does)."""
+    root = name.split(".", maxsplit=1)[0]
+    last = name.rsplit(".", 1)[-1]
+    if root.startswith("rest_framework") or "rest" in root or "rest_framework" in module.roots:
+        drf = _view_by_path(f"rest_framework.generics.{last}")
+        return BaseClass("drf", "view", drf.implicit if drf else (), drf.writes if drf else "")
+    if "flask" in module.roots and "django" not in module.roots:
+        return BaseClass("flask", "view")
+    django = _view_by_path(f"django.views.generic.{last}")
+    return BaseClass("django", "view", django.implicit if django else (), django.writes if django else "")

@@ -84,6 +84,7 @@ class FixTarget:
     anchor_line: int  # 1-based line of the ``def``/``class`` keyword
     move_start: int = 0  # IDEM003: 1-based first and last line of the misplaced decorator
     move_end: int = 0
+    covered_by: str = ""  # a base class whose own fix (a dispatch decorator) covers this handler
 
 
 @dataclass(frozen=True, slots=True)

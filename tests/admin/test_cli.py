@@ -105,11 +105,27 @@ def test_missing_table_is_a_clear_error(sync_adb: AdminDb) -> None:
         keys = [] if command == "purge" else ["s", "k"]
         proc = run_cli(command, "--url", sync_adb.url, *options, *extra, *keys)
         assert proc.returncode == 1
+        where = sa.make_url(sync_adb.url).render_as_string(hide_password=True)
         assert proc.stderr == (
-            f"idempotent {command}: error: the idempotency keys table 'absent_keys' does not exist; "
-            "create it with `idempotent migrate --url <database URL> --table absent_keys`\n"
+            f"idempotent {command}: error: the idempotency keys table 'absent_keys' does not exist in "
+            f"{where}; create it with `idempotent migrate --url <database URL> --table absent_keys`\n"
         )
         assert proc.stdout == ""
+
+
+def test_missing_schema_is_named_before_migrate(sync_adb: AdminDb) -> None:
+    """``show --schema nosuch`` says the schema does not exist (which migrate cannot fix) and never
+    shows a password."""
+    if sync_adb.name == "sqlite":
+        pytest.skip("SQLite has no schemas to create; an unknown database name is its own error")
+    url = sa.make_url(sync_adb.url)
+    if sync_adb.name == "postgresql":  # trust authentication accepts any password: it must be masked
+        url = url.set(password="s3cret-pw")  # noqa: S106  (a made-up password the message must mask)
+    proc = run_cli("show", "--url", url.render_as_string(hide_password=False), "--schema", "nosuch_schema_x", "s", "k")
+    assert proc.returncode == 1
+    assert "the schema 'nosuch_schema_x' does not exist in " in proc.stderr
+    assert "s3cret-pw" not in proc.stderr
+    assert "create the schema first" in proc.stderr and "idempotent migrate" not in proc.stderr
 
 
 def test_custom_schema(sync_adb: AdminDb) -> None:
@@ -217,3 +233,23 @@ def test_usage_errors_exit_2() -> None:
     proc = run_cli("purge", "--url", "sqlite://", "--batch", "0")
     assert proc.returncode == 2
     assert "--batch: must be at least 1" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "hints"),
+    [
+        ("mysql://root@127.0.0.1/test", ["idempotent[mysql]", "mysql+pymysql://", "mariadb+pymysql://"]),
+        ("mariadb://root@127.0.0.1/test", ["idempotent[mysql]", "mariadb+pymysql://"]),
+        ("postgres://app@127.0.0.1/test", ["postgresql+psycopg://", "idempotent[postgres]"]),
+    ],
+    ids=["mysql-no-driver", "mariadb-no-driver", "postgres-scheme"],
+)
+def test_url_without_a_usable_driver_names_the_extra_and_url_form(
+    url: str, hints: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A MySQL/MariaDB URL without a driver, or a ``postgres://`` URL, names the right extra and URL form."""
+    assert main(["show", "--url", url, "orders.place", "k"]) == 1
+    err = capsys.readouterr().err
+    for hint in hints:
+        assert hint in err
+    assert ("idempotent[postgres]" in err) == url.startswith("postgres")

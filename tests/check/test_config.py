@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-from idempotent.check._toml import TOMLError, read_table
 from idempotent.check.config import CheckConfig, ConfigError, find_pyproject, load_config
 from idempotent.check.runner import _excluded, discover
 
@@ -91,43 +89,32 @@ def test_command_line_options_override() -> None:
     assert config.select == {"IDEM002"}
 
 
-def test_toml_fallback_matches_tomllib() -> None:
-    """The parser used on Python 3.10 reads the table exactly as tomllib does."""
-    table = read_table(PYPROJECT, ("tool", "idempotent", "check"))
-    assert table == {
-        "exclude": ["tests/", "scripts/*.py"],
-        "methods": ["post", "PUT", "PATCH", "DELETE"],
-        "decorators": ["company.http.with_key", "keyed"],
-        "middleware": ["KeyGuard"],
-        "extend-select": ["IDEM002"],
-        "ignore": ["IDEM003"],
-    }
-    if sys.version_info >= (3, 11):
-        import tomllib
-
-        assert table == tomllib.loads(PYPROJECT)["tool"]["idempotent"]["check"]
-    assert read_table("[tool.other]\nx = 1\n", ("tool", "idempotent", "check")) is None
-
-
-def test_toml_fallback_values_and_errors() -> None:
-    """Escapes, booleans and integers are read; anything else is a TOMLError with the line."""
-    text = '[a]\ns = "tab\\there \\u00e9"\nb = true\nn = 1_000\nq = "quote\\""\n'
-    assert read_table(text, ("a",)) == {"s": "tab\there é", "b": True, "n": 1000, "q": 'quote"'}
-    with pytest.raises(TOMLError, match="line 2"):
-        read_table("[a]\nx = {inline = 1}\n", ("a",))
-    with pytest.raises(TOMLError, match="unterminated string"):
-        read_table('[a]\nx = "open\n', ("a",))
-    with pytest.raises(TOMLError, match="expected 'key = value'"):
-        read_table("[a]\njust words\n", ("a",))
-
-
-def test_config_fallback_is_used_without_tomllib(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a Python without tomllib the same settings come out of the fallback parser."""
+def test_any_valid_toml_is_read(tmp_path: Path) -> None:
+    """Settings written with dotted keys, literal strings, multi-line arrays and inline tables are
+    read the way other tools read pyproject.toml."""
     path = tmp_path / "pyproject.toml"
-    path.write_text(PYPROJECT, encoding="utf-8")
-    expected = load_config(path)
-    monkeypatch.setattr(sys, "version_info", (3, 10, 0))
-    assert load_config(path) == expected
+    path.write_text(
+        "[tool]\n"
+        "black = { line-length = 100 }\n"
+        "[tool.idempotent]\n"
+        "check.methods = ['POST', \"delete\"]  # literal and basic strings\n"
+        "check.exclude = [\n"
+        "    'tests/',  # a comment inside the array\n"
+        '    """scripts/*.py""",\n'
+        "]\n",
+        encoding="utf-8",
+    )
+    config = load_config(path)
+    assert config.methods == {"POST", "DELETE"}
+    assert config.exclude == ("tests/", "scripts/*.py")
+
+
+def test_invalid_toml_is_a_config_error(tmp_path: Path) -> None:
+    """A pyproject.toml that is not valid TOML is reported with its path, not a traceback."""
+    path = tmp_path / "pyproject.toml"
+    path.write_text("[tool.idempotent.check]\nmethods = [POST]\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
 
 
 def test_find_pyproject(tmp_path: Path) -> None:

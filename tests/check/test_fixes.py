@@ -216,16 +216,20 @@ def test_fix_twice_changes_nothing_the_second_time(
 def test_fix_without_any_integration_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """With no integration installed every fix, the decorator move included, is left for review."""
+    """With no integration installed every decorator to add is left for review; moving a misplaced
+    @idempotent needs only the core library, so that fix is applied."""
     root = _copy(tmp_path)
     monkeypatch.chdir(root)
     assert main(["check", "--fix"]) == 1
     err = capsys.readouterr().err
-    assert "Fixed 0 findings in 0 files." in err
-    assert err.count("left for review") == 7
-    assert "api.py:37: IDEM003 left for review: the FastAPI integration" in err
-    for name in ("api.py", "views.py", "legacy_flask.py"):
+    assert "Fixed 1 finding in 1 file." in err
+    assert err.count("left for review") == 6
+    assert "IDEM003" not in err
+    for name in ("views.py", "legacy_flask.py"):
         assert (root / name).read_bytes() == (FIXABLE / name).read_bytes()
+    moved = (root / "api.py").read_text(encoding="utf-8")
+    assert moved != (FIXABLE / "api.py").read_text(encoding="utf-8")
+    assert main(["check", "--select", "IDEM003"]) == 0
 
 
 def test_fix_end_to_end_in_a_subprocess(tmp_path: Path) -> None:
@@ -347,10 +351,11 @@ def test_integration_available_uses_find_spec() -> None:
 
 
 def test_plans_for_frameworks_without_a_template() -> None:
-    """Without its integration a fix is not applicable, and the plan says why."""
+    """Without its integration a fix is not applicable, and the plan says why; moving a misplaced
+    decorator is always applicable."""
     report = check(["fixable"], CheckConfig(root=CORPUS), cwd=CORPUS, extra_handling=())
     plans = {p.finding.handler: p for p in plan_fixes(report.findings)}
-    assert not plans["patch_order"].applicable
+    assert plans["patch_order"].applicable
     assert plans["patch_order"].decorator is None
     assert not plans["legacy"].applicable
     assert plans["legacy"].note == "the Flask integration (idempotent.contrib.flask) is not installed"

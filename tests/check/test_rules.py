@@ -38,6 +38,7 @@ def _check(tmp_path: Path, source: str, config: CheckConfig | None = None) -> li
         ("order.save()", ("order.save()",)),
         ("Order.objects.get_or_create(pk=1)", ("Order.objects.get_or_create()",)),
         ("requests.put(url, json=body)", ("requests.put()",)),
+        ("super().post(request, *args)", ()),
         ("client.request('POST', url)", ("client.request()",)),
         ("client.request('GET', url)", ()),
         ("charge_card.delay(order_id)", ("charge_card.delay()",)),

@@ -213,3 +213,70 @@ def test_stamp_after_idempotent_migrate(installed: Installed, tmp_path: Path) ->
     assert "Running upgrade" not in upgraded.stderr  # nothing left to create
     current = installed.run(*alembic, "current", cwd=project)
     assert "90375989d197 (head)" in current.stdout
+
+
+def documented_hook_lines() -> list[str]:
+    """The lines of the README's ``ini`` block that configures the post-write guard."""
+    blocks = re.findall(r"```ini\n(.*?)```", DOC.read_text(encoding="utf-8"), re.DOTALL)
+    (block,) = (b for b in blocks if "[post_write_hooks]" in b)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_plain_revision_into_the_installed_package_fails_loudly(installed: Installed, tmp_path: Path) -> None:
+    """With the documented guard, a plain ``alembic revision`` whose only head is the library's fails,
+    names the fix, and leaves no file inside the installed package; with ``--version-path`` it works."""
+    project = make_project(installed, tmp_path, backend_url("sqlite", tmp_path), "alembic_version")
+    ini = project / "alembic.ini"
+    text = ini.read_text(encoding="utf-8")
+    assert text.count("\n[post_write_hooks]\n") == 1
+    ini.write_text(text.replace("\n[post_write_hooks]\n", "\n" + "\n".join(documented_hook_lines()) + "\n"))
+    package_versions = Path(
+        installed.run(
+            installed.python,
+            "-c",
+            "import idempotent.migrate as m; print(m.versions_location())",
+            cwd=project,
+        ).stdout.strip()
+    )
+    shipped = sorted(p.name for p in package_versions.glob("*.py"))
+    alembic = (installed.python, "-m", "alembic")
+
+    refused = installed.run(*alembic, "revision", "-m", "create orders", cwd=project, check=False)
+    assert refused.returncode != 0
+    said = refused.stdout + refused.stderr  # Alembic prints "FAILED: <message>" on stdout
+    assert "FAILED: alembic revision wrote" in said and "into the installed idempotent package" in said
+    assert "--version-path alembic/versions --depends-on idempotent@head" in said
+    assert sorted(p.name for p in package_versions.glob("*.py")) == shipped  # nothing left behind
+
+    installed.run(
+        *alembic, "revision", "-m", "create orders", "--head", "base", "--branch-label", "app",
+        "--version-path", "alembic/versions", "--depends-on", "idempotent@head", cwd=project,
+    )  # fmt: skip
+    assert len(list((project / "alembic" / "versions").glob("*_create_orders.py"))) == 1
+
+
+def test_without_the_guard_the_next_command_fails_loudly(installed: Installed, tmp_path: Path) -> None:
+    """Without the hook, a plain ``alembic revision`` lands in the package (Alembic offers no way to
+    stop it), but every later Alembic command refuses to run until that file is gone."""
+    project = make_project(installed, tmp_path, backend_url("sqlite", tmp_path), "alembic_version")
+    alembic = (installed.python, "-m", "alembic")
+    written = installed.run(
+        *alembic, "revision", "-m", "stray orders", "--rev-id", "str4y0000001", cwd=project
+    )
+    stray = next(
+        Path(line.split("Generating ", 1)[1].split(" ...", 1)[0])
+        for line in (written.stdout + written.stderr).splitlines()
+        if "Generating " in line
+    )
+    try:
+        assert stray.name.startswith("str4y0000001") and stray.parent.name == "versions"
+        assert not stray.is_relative_to(project)  # inside the installed package, as Alembic does it
+        refused = installed.run(*alembic, "upgrade", "heads", cwd=project, check=False)
+        assert refused.returncode != 0
+        said = refused.stdout + refused.stderr
+        assert (
+            f"FAILED: {stray.name} in {stray.parent} is not one of the idempotent library's revisions" in said
+        )
+    finally:
+        stray.unlink(missing_ok=True)
+    installed.run(*alembic, "upgrade", "heads", cwd=project)
