@@ -10,7 +10,9 @@ Variants, per dialect, timed round-robin in one run so that machine noise hits t
   decorator does on that dialect (claim with ``ON CONFLICT DO NOTHING``, then the result UPDATE),
   executed with ``Connection.execute``;
 * ``core_replay``: a reference for ``replay``, the least a hand-written replay does: read the
-  stored result by key in a transaction (one SELECT with SQLAlchemy Core) and decode it.
+  stored result by key in a transaction (one SELECT with SQLAlchemy Core) and decode it;
+* ``read``: a bare one-statement autocommit read through SQLAlchemy (one SELECT by primary key
+  on a connection in ``AUTOCOMMIT``), the floor a replay is compared with.
 
 Run ``python benchmarks/bench_core.py --help`` for the options; see ``benchmarks/README.md``.
 """
@@ -42,8 +44,11 @@ from idempotent.schema import make_table
 DEFAULT_POSTGRES_URL = os.environ.get(
     "IDEMPOTENT_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test"
 )
+DEFAULT_MARIADB_URL = os.environ.get(
+    "IDEMPOTENT_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
+)
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_core.json"
-VARIANTS = ("bare", "first", "replay", "core", "core_replay")
+VARIANTS = ("bare", "first", "replay", "core", "core_replay", "read")
 ACCOUNTS = 16
 SCOPE = "bench.place_order"
 SEED = 20240601
@@ -52,6 +57,7 @@ SEED = 20240601
 NOW_SQL = {
     "postgresql": "CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT)",
     "sqlite": "CAST(ROUND((julianday('now') - 2440587.5) * 86400000) AS INTEGER)",
+    "mariadb": "TIMESTAMPDIFF(MICROSECOND, '1970-01-01', UTC_TIMESTAMP(6)) DIV 1000",
 }
 TTL_MS = 24 * 3600 * 1000
 LEASE_MS = 60 * 1000
@@ -89,6 +95,8 @@ class Counter:
 def _engine(dialect: str, url: str) -> sa.Engine:
     if dialect == "postgresql":
         return sa.create_engine(url, isolation_level="READ COMMITTED")
+    if dialect == "mariadb":
+        return sa.create_engine(url, isolation_level="REPEATABLE READ")
     return sa.create_engine(url)
 
 
@@ -188,8 +196,22 @@ def build(dialect: str, url: str, suffix: str) -> Bench:
             assert row.status == "completed"
             json.loads(row.result)
 
+    balance = sa.select(accounts.c.balance).where(accounts.c.id == sa.bindparam("account"))
+    autocommit = engines["read"].execution_options(isolation_level="AUTOCOMMIT")
+
+    def read(engine: sa.Engine = autocommit) -> None:
+        with engine.connect() as conn:
+            conn.execute(balance, {"account": 3}).scalar_one()
+
     bench = Bench(dialect)
-    bench.run = {"bare": bare, "first": first, "replay": replay, "core": core, "core_replay": core_replay}
+    bench.run = {
+        "bare": bare,
+        "first": first,
+        "replay": replay,
+        "core": core,
+        "core_replay": core_replay,
+        "read": read,
+    }
 
     def cleanup() -> None:
         for each in engines.values():
@@ -241,19 +263,27 @@ def _hand_written(
         return claim_pg, complete
 
     now_col = sa.literal_column(now, sa.BigInteger)
+    claimed = {
+        "scope": sa.bindparam("scope"),
+        "key": sa.bindparam("key"),
+        "fingerprint": sa.bindparam("fingerprint"),
+        "status": "in_progress",
+        "owner": sa.bindparam("owner"),
+        "locked_until": now_col + LEASE_MS,
+        "created_at": now_col,
+        "expires_at": now_col + TTL_MS,
+    }
+    if dialect == "mariadb":
+        # A plain INSERT in the caller's transaction: a duplicate is a unique violation.
+        plain = sa.insert(keys).values(claimed)
+
+        def claim_plain(conn: sa.Connection, values: dict[str, Any]) -> bool:
+            return conn.execute(plain, values).rowcount == 1
+
+        return claim_plain, complete
+
     claim_stmt = (
-        sqlite_dialect.insert(keys)
-        .values(
-            scope=sa.bindparam("scope"),
-            key=sa.bindparam("key"),
-            fingerprint=sa.bindparam("fingerprint"),
-            status="in_progress",
-            owner=sa.bindparam("owner"),
-            locked_until=now_col + LEASE_MS,
-            created_at=now_col,
-            expires_at=now_col + TTL_MS,
-        )
-        .on_conflict_do_nothing(index_elements=["scope", "key"])
+        sqlite_dialect.insert(keys).values(claimed).on_conflict_do_nothing(index_elements=["scope", "key"])
     )
 
     def claim_sqlite(conn: sa.Connection, values: dict[str, Any]) -> bool:
@@ -347,11 +377,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--warmup", type=int, default=100, help="untimed calls of each first (default 100)")
     parser.add_argument(
-        "--dialects", default="sqlite,postgresql", help="comma-separated: sqlite, postgresql (default both)"
+        "--dialects",
+        default="sqlite,postgresql",
+        help="comma-separated: sqlite, postgresql, mariadb (default sqlite,postgresql)",
     )
     parser.add_argument(
         "--postgres-url", default=DEFAULT_POSTGRES_URL, help=f"default {DEFAULT_POSTGRES_URL}"
     )
+    parser.add_argument("--mariadb-url", default=DEFAULT_MARIADB_URL, help=f"default {DEFAULT_MARIADB_URL}")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args(argv)
     dialects = [d.strip() for d in args.dialects.split(",") if d.strip()]
@@ -364,7 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="idempotent-bench-") as tmp:
         try:
             for dialect in dialects:
-                url = f"sqlite:///{Path(tmp) / 'bench.db'}" if dialect == "sqlite" else args.postgres_url
+                url = {
+                    "sqlite": f"sqlite:///{Path(tmp) / 'bench.db'}",
+                    "postgresql": args.postgres_url,
+                    "mariadb": args.mariadb_url,
+                }[dialect]
                 try:
                     benches.append(build(dialect, url, suffix))
                 except sa.exc.OperationalError as exc:
