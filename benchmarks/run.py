@@ -10,7 +10,8 @@ Scenarios (see ``benchmarks/README.md`` for what each one times and why):
    counted in the database (must be exactly one);
 4. ``keys-table``: first call and replay with 1,000 vs 5,000,000 rows in the keys table on
    PostgreSQL (rows loaded with ``generate_series`` into a table created and dropped here);
-5. ``http``: the HTTP endpoints, through ``bench_http.scenario()`` when ``bench_http.py`` is present.
+5. ``http``: the HTTP endpoints through real servers on PostgreSQL, FastAPI on uvicorn
+   (``bench_http.scenario()``) and Flask on werkzeug (``bench_flask.scenario()``).
 
     python benchmarks/run.py                 # everything, several minutes
     python benchmarks/run.py --quick         # a smoke run: few calls, fewer rows
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import multiprocessing
 import os
@@ -491,25 +493,22 @@ def scenario_keys_table(
 
 
 def scenario_http(quick: bool) -> list[dict[str, Any]]:
-    """Hook: ``bench_http.scenario(quick=...)`` returns rows shaped like :func:`row`'s."""
-    try:
-        import bench_http  # type: ignore[import-not-found]
-    except ImportError:
-        return [
-            row("http", "-", "HTTP endpoints", None, note="not run: benchmarks/bench_http.py is not present")
-        ]
-    scenario = getattr(bench_http, "scenario", None)
-    if scenario is None:
-        return [
-            row(
-                "http",
-                "-",
-                "HTTP endpoints",
-                None,
-                note="not run: bench_http.py has no scenario(quick) function returning rows",
-            )
-        ]
-    return list(scenario(quick=quick))
+    """Hook: each of ``bench_http`` (FastAPI) and ``bench_flask`` has ``scenario(quick=...)``
+    returning rows shaped like :func:`row`'s."""
+    rows: list[dict[str, Any]] = []
+    for module in ("bench_http", "bench_flask"):
+        try:
+            bench = importlib.import_module(module)
+        except ImportError as exc:
+            rows.append(row("http", "-", module, None, note=f"not run: {exc}"))
+            continue
+        scenario = getattr(bench, "scenario", None)
+        if scenario is None:
+            note = f"not run: {module}.py has no scenario(quick) function returning rows"
+            rows.append(row("http", "-", module, None, note=note))
+            continue
+        rows += scenario(quick=quick)
+    return rows
 
 
 # --- report -----------------------------------------------------------------------------------
