@@ -492,9 +492,12 @@ def scenario_keys_table(
 # --- 5. HTTP ----------------------------------------------------------------------------------
 
 
-def scenario_http(quick: bool) -> list[dict[str, Any]]:
+def scenario_http(quick: bool, databases: list[str]) -> list[dict[str, Any]]:
     """Hook: each of ``bench_http`` (FastAPI) and ``bench_flask`` has ``scenario(quick=...)``
-    returning rows shaped like :func:`row`'s."""
+    returning rows shaped like :func:`row`'s; both serve their endpoints on PostgreSQL."""
+    if "postgresql" not in databases:
+        note = "not run: the endpoints run on PostgreSQL (add postgresql to --databases)"
+        return [row("http", "postgresql", "HTTP endpoints", None, note=note)]
     rows: list[dict[str, Any]] = []
     for module in ("bench_http", "bench_flask"):
         try:
@@ -700,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         if "keys-table" in scenarios and "postgresql" in databases:
             rows += scenario_keys_table(urls["postgresql"], 1000, large, iterations, warmup, suffix)
         if "http" in scenarios:
-            rows += scenario_http(args.quick)
+            rows += scenario_http(args.quick, databases)
     elapsed = time.monotonic() - started
     checks = check_targets(rows)
     print_table(rows, checks)
