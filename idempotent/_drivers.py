@@ -222,17 +222,48 @@ def _peek_sync(handle: SyncHandle, op: core.Peek) -> Any:
         obj.rollback()
         return []
     try:
-        rows = conn.exec_driver_sql(op.sql, op.params).fetchall()
-    except BaseException:
+        if _observed(conn):
+            rows = conn.exec_driver_sql(op.sql, op.params).fetchall()
+        else:
+            with driver.cursor() as cursor:  # type: ignore[union-attr]
+                cursor.execute(op.sql, op.params)
+                rows = cursor.fetchall()
+    except BaseException as exc:
         # The read failed or was interrupted, possibly with the connection closed under it: put
         # it back as well as can be, and let the original error (or interruption) through.
         try:
             _end_peek_sync(handle, conn, driver)
         except Exception:
             _logger.debug("could not reset the connection after an interrupted replay read", exc_info=True)
+        _raise_wrapped(conn.dialect, op, exc, driver)  # psycopg: the DBAPI connection itself
         raise
     _end_peek_sync(handle, conn, driver)
     return rows
+
+
+def _observed(conn: sa.Connection) -> bool:
+    """True when event listeners or ``echo`` watch ``conn``'s statements: the peek then goes
+    through SQLAlchemy like every other statement. Otherwise it runs on the DBAPI cursor, which
+    spares the result metadata SQLAlchemy rebuilds on every call, and the autobegin and rollback
+    around it: most of a replay's Python time (see benchmarks/README.md)."""
+    return bool(
+        getattr(conn, "_has_events", True)
+        or getattr(conn.engine, "_has_events", True)
+        or getattr(conn, "_echo", True)
+    )
+
+
+def _raise_wrapped(dialect: sa.Dialect, op: core.Peek, exc: BaseException, dbapi_connection: Any) -> None:
+    """Raise a driver error of the peek as SQLAlchemy would have (what the store translates)."""
+    if isinstance(exc, dialect.loaded_dbapi.Error):
+        raise sa.exc.DBAPIError.instance(
+            op.sql,
+            op.params,
+            exc,
+            dialect.loaded_dbapi.Error,
+            connection_invalidated=dialect.is_disconnect(exc, dbapi_connection, None),
+            dialect=dialect,
+        ) from exc
 
 
 def _end_peek_sync(handle: SyncHandle, conn: sa.Connection, driver: Any) -> None:
@@ -253,15 +284,20 @@ async def _peek_async(handle: AsyncHandle, op: core.Peek) -> Any:
         await obj.begin()  # explicitly: an AsyncSession(autobegin=False) begins nothing by itself
     conn = await obj.connection() if handle.is_session else obj
     raw = await conn.get_raw_connection()
-    driver = raw.driver_connection
+    driver, adapted = raw.driver_connection, raw.dbapi_connection
     try:
         await driver.set_autocommit(True)
     except Exception:  # the driver refuses here (say, mid-transaction): claim as usual instead
         await obj.rollback()
         return []
     try:
-        rows = (await conn.exec_driver_sql(op.sql, op.params)).fetchall()
-    except BaseException:
+        if _observed(conn.sync_connection):
+            rows = (await conn.exec_driver_sql(op.sql, op.params)).fetchall()
+        else:
+            async with driver.cursor() as cursor:
+                await cursor.execute(op.sql, op.params)
+                rows = await cursor.fetchall()
+    except BaseException as exc:
         # Cancelled or failed mid-read (the driver may have closed the connection): reset in a
         # shielded step and let the cancellation or the original error through.
         with anyio.CancelScope(shield=True):
@@ -271,6 +307,7 @@ async def _peek_async(handle: AsyncHandle, op: core.Peek) -> Any:
                 _logger.debug(
                     "could not reset the connection after an interrupted replay read", exc_info=True
                 )
+        _raise_wrapped(conn.dialect, op, exc, adapted)
         raise
     await _end_peek_async(obj, conn, driver)
     return rows

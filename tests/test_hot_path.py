@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from idempotent import InProgress, KeyReused
-from idempotent.decorator import _Spec
+from idempotent.decorator import PEEK_AT, _Spec
 from idempotent.fingerprint import digest
 from tests.conftest import Db, _make_db
 from tests.shop import Receipt, Shop
@@ -245,3 +245,21 @@ def test_frequent_replays_read_first_and_still_refuse_reuse(pg_db: Db) -> None:
     other = shop.call("hp-9", 10)
     assert other != first
     assert (shop.executions, pg_db.count(), len(pg_db.key_rows())) == (2, 2, 2)
+
+
+def test_replay_read_leaves_the_connection_as_found(pg_sync: Db) -> None:
+    """With no event listener on the engine the replay read runs on the driver's cursor; the
+    caller's connection comes back out of autocommit and outside any transaction, so its next
+    transaction still rolls back."""
+    shop = Shop(pg_sync)
+    first = shop.call("hp-8")
+    while shop.place.__idempotent__.replay_rate < PEEK_AT:
+        assert shop.call("hp-8") == first
+    with pg_sync.engine.connect() as conn:
+        assert shop.place(conn, "hp-8", 10) == first
+        assert conn.connection.driver_connection.autocommit is False  # type: ignore[union-attr]
+        assert not conn.in_transaction()
+        with conn.begin() as tx:
+            conn.execute(pg_sync.orders.insert().values(ref="hp-8-undone", amount=1))
+            tx.rollback()
+    assert (shop.executions, pg_sync.count()) == (1, 1)

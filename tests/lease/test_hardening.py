@@ -680,3 +680,37 @@ def test_interrupted_replay_read_raises_the_interruption(pg_sync_ldb: LeaseDb) -
         sa.event.remove(ldb.engine, "before_cursor_execute", interrupt)
     assert not armed
     assert call("o-1") == "paid o-1"
+
+
+def test_cancelled_sync_replay_read_raises_the_driver_error(pg_sync_ldb: LeaseDb) -> None:
+    """Sync: a replay read cancelled by the server (here while it waits on a table lock) reaches the
+    caller as SQLAlchemy's error, as any statement's would, and the next call replays normally."""
+    ldb = pg_sync_ldb
+    _, call = replayed_often(ldb, {})
+    outcome: list[BaseException | str] = []
+
+    def replay() -> None:
+        try:
+            outcome.append(call("o-1"))
+        except BaseException as exc:  # the test asserts on it
+            outcome.append(exc)
+
+    with ldb.engine.connect() as locker:
+        locker.exec_driver_sql(f"LOCK TABLE {ldb.table} IN ACCESS EXCLUSIVE MODE")
+        worker = threading.Thread(target=replay)
+        worker.start()
+        while worker.is_alive() and not blocked_on_lock(ldb):  # until the replay read waits
+            worker.join(0.01)
+        assert worker.is_alive(), outcome
+        with ldb.engine.connect() as admin:
+            admin.exec_driver_sql(
+                "SELECT pg_cancel_backend(pid) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND query LIKE %s",
+                (f"%FROM {ldb.table}%",),
+            )
+            admin.rollback()
+        worker.join()
+        locker.rollback()
+    assert len(outcome) == 1 and isinstance(outcome[0], sa.exc.OperationalError), outcome
+    assert call("o-1") == "paid o-1"
+    assert ldb.payment_count() == 1
