@@ -343,6 +343,9 @@ class _Renewer:
         self._pending: collections.deque[_SyncRenewal] = collections.deque()
         #: How often the thread looks at ``_pending``: the shortest interval watched so far.
         self._period = math.inf
+        #: When the thread, waiting on ``_cond``, wakes by itself (-inf while it is not waiting:
+        #: it looks at ``_due`` before it waits again). A renewal due later needs no wake-up.
+        self._wake_at = -math.inf
 
     def watch(self, renewal: _SyncRenewal) -> None:
         """Like :meth:`add`, for renewals that are seldom needed (transaction mode renews only a
@@ -361,11 +364,12 @@ class _Renewer:
 
     def add(self, renewal: _SyncRenewal) -> None:
         with self._cond:
-            heapq.heappush(self._due, (time.monotonic() + renewal.interval, next(self._order), renewal))
+            due = time.monotonic() + renewal.interval
+            heapq.heappush(self._due, (due, next(self._order), renewal))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="idempotent-lease", daemon=True)
                 self._thread.start()
-            if self._due[0][2] is renewal:  # due first: the thread must wait less than it does
+            if due < self._wake_at:  # the waiting thread would wake too late for it
                 self._cond.notify()
 
     def _next(self) -> _SyncRenewal | None:
@@ -382,7 +386,7 @@ class _Renewer:
                 period = None if self._period == math.inf else self._period
                 if not self._due:
                     idle = self.IDLE if period is None else min(self.IDLE, period)
-                    if not self._cond.wait(idle) and not self._due and not self._pending:
+                    if not self._wait(idle) and not self._due and not self._pending:
                         self._thread = None  # under the lock: add() and watch() start a new thread
                         return None
                     continue
@@ -391,7 +395,15 @@ class _Renewer:
                 if delay <= 0:
                     heapq.heappop(self._due)
                     return renewal
-                self._cond.wait(delay if period is None else min(delay, period))
+                self._wait(delay if period is None else min(delay, period))
+
+    def _wait(self, timeout: float) -> bool:
+        """Wait on ``_cond`` (held) for at most ``timeout`` seconds; False when the time ran out."""
+        self._wake_at = time.monotonic() + timeout
+        try:
+            return self._cond.wait(timeout)
+        finally:
+            self._wake_at = -math.inf
 
     def _run(self) -> None:
         while True:
