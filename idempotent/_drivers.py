@@ -693,23 +693,33 @@ def _renew_interval(plan: core.Plan[Any]) -> float:
 class _AsyncRenewal:
     def __init__(self, plan: core.Plan[Any]) -> None:
         self.plan = plan
-        self.stop = anyio.Event()
         self.lost = False
-        self.started = False
-        self.done = anyio.Event()
+        self.stopped = False
+        #: Made when :meth:`run` starts (most calls end before a renewal is due and never start it):
+        #: ``stop`` wakes the task early, ``done`` is set when it has ended.
+        self.stop: anyio.Event | None = None
+        self.done: anyio.Event | None = None
         self.created = time.monotonic()
         self.task: Any = None
 
+    def request_stop(self) -> None:
+        """Ask the renewal to end: at once when it never started, at its next wake-up otherwise."""
+        self.stopped = True
+        if self.stop is not None:
+            self.stop.set()
+
     async def run(self) -> None:
-        self.started = True
+        stop = self.stop = anyio.Event()
+        done = self.done = anyio.Event()
         interval = _renew_interval(self.plan)
         due = self.created + interval  # (a task started late by _renew_later renews at once)
         try:
             while True:
-                with anyio.move_on_after(max(0.0, due - time.monotonic())):
-                    await self.stop.wait()
+                if not self.stopped:
+                    with anyio.move_on_after(max(0.0, due - time.monotonic())):
+                        await stop.wait()
                 due = time.monotonic() + interval
-                if self.stop.is_set():
+                if self.stopped:
                     return
                 if not _claim_committed(self.plan):
                     continue
@@ -720,7 +730,7 @@ class _AsyncRenewal:
                 except Exception:
                     _logger.warning("renewing the lease of %s failed", self.plan.function, exc_info=True)
         finally:
-            self.done.set()
+            done.set()
 
 
 #: ``group`` of a lease-mode run on asyncio: renewals start through :func:`_renew_later`.
@@ -815,8 +825,8 @@ async def _run_async(
                     timer.cancel()
                     timer = None
                 if renewal is not None:
-                    renewal.stop.set()
-                    if renewal.started:  # a task cancelled before its first step never sets ``done``
+                    renewal.request_stop()
+                    if renewal.done is not None:  # a task cancelled before its first step never sets it
                         with anyio.CancelScope(shield=True):
                             await renewal.done.wait()
                     value = not renewal.lost
@@ -830,7 +840,7 @@ async def _run_async(
             error = exc
             cleaning = True
             if renewal is not None:
-                renewal.stop.set()
+                renewal.request_stop()
 
 
 async def _perform_async(
