@@ -106,7 +106,8 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run(url: str, requests: int, warmup: int) -> dict[str, Any]:
+def measure(url: str, requests: int, warmup: int) -> dict[str, list[float]]:
+    """Start the server on ``url``, time every variant (seconds per request), stop it."""
     suffix = uuid.uuid4().hex[:8]
     port = _free_port()
     command = [sys.executable, __file__, "--serve", "--url", url, "--suffix", suffix, "--port", str(port)]
@@ -161,6 +162,11 @@ def run(url: str, requests: int, warmup: int) -> dict[str, Any]:
             for table in (f"bench_orders_{suffix}", f"bench_keys_{suffix}"):
                 conn.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
         engine.dispose()
+    return timings
+
+
+def run(url: str, requests: int, warmup: int) -> dict[str, Any]:
+    timings = measure(url, requests, warmup)
     bare = statistics.median(timings["bare"])
     return {
         variant: {
@@ -170,6 +176,42 @@ def run(url: str, requests: int, warmup: int) -> dict[str, Any]:
         }
         for variant, samples in timings.items()
     }
+
+
+#: (variant, name in ``run.py``'s table, the variant its ratio is taken against)
+ROWS = (
+    ("bare", "Flask bare", ""),
+    ("route-first", "Flask @idempotent_route first", "bare"),
+    ("route-replay", "Flask @idempotent_route replay", "bare"),
+    ("mw-first", "Flask middleware first", "bare"),
+    ("mw-replay", "Flask middleware replay", "bare"),
+)
+
+
+def scenario(quick: bool) -> list[dict[str, Any]]:
+    """Rows for ``run.py``'s ``http`` scenario (shaped by ``run.row``): one request at a time."""
+    from run import row
+
+    requests, warmup = (40, 10) if quick else (1000, 50)
+    try:
+        timings = measure(DEFAULT_URL, requests, warmup)
+    except (SystemExit, Exception) as exc:  # a server that fails to start is reported, never faked
+        return [row("http", "postgresql", "Flask (werkzeug)", None, note=f"not run: {exc}")]
+    samples = {variant: [round(t * 1e9) for t in times] for variant, times in timings.items()}
+    names = {variant: name for variant, name, _ in ROWS}
+    note = f"werkzeug threaded server, one request at a time, {requests} per variant"
+    return [
+        row(
+            "http",
+            "postgresql",
+            name,
+            samples[variant],
+            names.get(ref, ""),
+            samples.get(ref),
+            "" if ref else note,
+        )
+        for variant, name, ref in ROWS
+    ]
 
 
 def main() -> None:

@@ -123,8 +123,10 @@ class Server:
         self.process.wait(30)
 
 
-async def _batch(client: Any, variant: str, keys: list[str], concurrency: int) -> float:
-    """Send one request per key (None: no key) with ``concurrency`` in flight; return seconds."""
+async def _batch(client: Any, variant: str, keys: list[str], concurrency: int, latencies: list[int]) -> float:
+    """Send one request per key (None: no key) with ``concurrency`` in flight; return seconds.
+
+    Each request's own time, in nanoseconds, is appended to ``latencies``."""
     queue = list(keys)
     body = {"item": "tea", "quantity": 2}
     failures: list[str] = []
@@ -133,7 +135,9 @@ async def _batch(client: Any, variant: str, keys: list[str], concurrency: int) -
         while queue:
             key = queue.pop()
             headers = {"Idempotency-Key": key} if key else {}
+            sent = time.perf_counter_ns()
             response = await client.post(PATHS[variant], json=body, headers=headers)
+            latencies.append(time.perf_counter_ns() - sent)
             replayed = response.headers.get("idempotent-replayed") == "true"
             if response.status_code != 201 or replayed != variant.endswith("_replay"):
                 failures.append(
@@ -148,11 +152,15 @@ async def _batch(client: Any, variant: str, keys: list[str], concurrency: int) -
     return elapsed
 
 
-async def _run(base: str, rounds: int, per_round: int, warmup: int, concurrency: int) -> dict[str, float]:
+async def _run(
+    base: str, rounds: int, per_round: int, warmup: int, concurrency: int
+) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Requests per second of each variant, and each timed request's latency in nanoseconds."""
     import httpx
 
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     totals = dict.fromkeys(VARIANTS, 0.0)
+    latencies: dict[str, list[int]] = {variant: [] for variant in VARIANTS}
     async with httpx.AsyncClient(base_url=base, limits=limits, timeout=60) as client:
         for index in range(rounds + 1):
             count = warmup if index == 0 else per_round
@@ -163,10 +171,63 @@ async def _run(base: str, rounds: int, per_round: int, warmup: int, concurrency:
             for variant in order:
                 family = variant.split("_", 1)[0]
                 keys = [""] * count if variant == "bare" else first_keys[family]
-                seconds = await _batch(client, variant, keys, concurrency)
+                timed: list[int] = latencies[variant] if index else []
+                seconds = await _batch(client, variant, keys, concurrency, timed)
                 if index:
                     totals[variant] += seconds
-    return {variant: rounds * per_round / seconds for variant, seconds in totals.items()}
+    rates = {variant: rounds * per_round / seconds for variant, seconds in totals.items()}
+    return rates, latencies
+
+
+def measure(
+    url: str, rounds: int, per_round: int, warmup: int, concurrency: int
+) -> tuple[dict[str, float], dict[str, list[int]]]:
+    """Start the server on ``url``, time every variant, stop it and drop its tables."""
+    suffix = uuid.uuid4().hex[:8]
+    server = Server(url, suffix)
+    try:
+        return asyncio.run(_run(server.base, rounds, per_round, warmup, concurrency))
+    finally:
+        server.stop()
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE IF EXISTS bench_orders_{suffix}, bench_keys_{suffix}")
+        engine.dispose()
+
+
+#: (variant, name in ``run.py``'s table, the variant its ratio is taken against)
+ROWS = (
+    ("bare", "FastAPI bare", ""),
+    ("decorated_first", "FastAPI @idempotent_route first", "bare"),
+    ("decorated_replay", "FastAPI @idempotent_route replay", "bare"),
+    ("middleware_first", "FastAPI middleware first", "bare"),
+    ("middleware_replay", "FastAPI middleware replay", "bare"),
+)
+
+
+def scenario(quick: bool) -> list[dict[str, Any]]:
+    """Rows for ``run.py``'s ``http`` scenario (shaped by ``run.row``).
+
+    calls/s is the throughput with 8 requests in flight (Flask: one at a time); p50/p99 and the
+    ratio are per-request latencies, the ratio against the bare endpoint of the same server."""
+    from run import row
+
+    rounds, per_round, warmup = (2, 40, 20) if quick else (6, 300, 100)
+    concurrency = 8
+    rows: list[dict[str, Any]] = []
+    try:
+        rates, latencies = measure(DEFAULT_POSTGRES_URL, rounds, per_round, warmup, concurrency)
+    except (SystemExit, Exception) as exc:  # a server that fails to start is reported, never faked
+        rows.append(row("http", "postgresql", "FastAPI (uvicorn)", None, note=f"not run: {exc}"))
+    else:
+        names = {variant: name for variant, name, _ in ROWS}
+        for variant, name, reference in ROWS:
+            ref = latencies[reference] if reference else None
+            note = "" if reference else f"uvicorn, {concurrency} in flight, {rounds} rounds of {per_round}"
+            out = row("http", "postgresql", name, latencies[variant], names.get(reference, ""), ref, note)
+            out["calls_per_s"] = round(rates[variant], 1)
+            rows.append(out)
+    return rows
 
 
 def main() -> None:
@@ -183,16 +244,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
     args = parser.parse_args()
 
-    suffix = uuid.uuid4().hex[:8]
-    server = Server(args.postgres_url, suffix)
-    try:
-        rates = asyncio.run(_run(server.base, args.rounds, args.requests, args.warmup, args.concurrency))
-    finally:
-        server.stop()
-        engine = sa.create_engine(args.postgres_url)
-        with engine.begin() as conn:
-            conn.exec_driver_sql(f"DROP TABLE IF EXISTS bench_orders_{suffix}, bench_keys_{suffix}")
-        engine.dispose()
+    rates, _ = measure(args.postgres_url, args.rounds, args.requests, args.warmup, args.concurrency)
 
     bare = rates["bare"]
     print(f"{'variant':<20} {'requests/s':>11} {'time vs bare':>13}")

@@ -10,7 +10,8 @@ Scenarios (see ``benchmarks/README.md`` for what each one times and why):
    counted in the database (must be exactly one);
 4. ``keys-table``: first call and replay with 1,000 vs 5,000,000 rows in the keys table on
    PostgreSQL (rows loaded with ``generate_series`` into a table created and dropped here);
-5. ``http``: the HTTP endpoints, through ``bench_http.scenario()`` when ``bench_http.py`` is present.
+5. ``http``: the HTTP endpoints through real servers on PostgreSQL, FastAPI on uvicorn
+   (``bench_http.scenario()``) and Flask on werkzeug (``bench_flask.scenario()``).
 
     python benchmarks/run.py                 # everything, several minutes
     python benchmarks/run.py --quick         # a smoke run: few calls, fewer rows
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import json
 import multiprocessing
 import os
@@ -490,26 +492,26 @@ def scenario_keys_table(
 # --- 5. HTTP ----------------------------------------------------------------------------------
 
 
-def scenario_http(quick: bool) -> list[dict[str, Any]]:
-    """Hook: ``bench_http.scenario(quick=...)`` returns rows shaped like :func:`row`'s."""
-    try:
-        import bench_http  # type: ignore[import-not-found]
-    except ImportError:
-        return [
-            row("http", "-", "HTTP endpoints", None, note="not run: benchmarks/bench_http.py is not present")
-        ]
-    scenario = getattr(bench_http, "scenario", None)
-    if scenario is None:
-        return [
-            row(
-                "http",
-                "-",
-                "HTTP endpoints",
-                None,
-                note="not run: bench_http.py has no scenario(quick) function returning rows",
-            )
-        ]
-    return list(scenario(quick=quick))
+def scenario_http(quick: bool, databases: list[str]) -> list[dict[str, Any]]:
+    """Hook: each of ``bench_http`` (FastAPI) and ``bench_flask`` has ``scenario(quick=...)``
+    returning rows shaped like :func:`row`'s; both serve their endpoints on PostgreSQL."""
+    if "postgresql" not in databases:
+        note = "not run: the endpoints run on PostgreSQL (add postgresql to --databases)"
+        return [row("http", "postgresql", "HTTP endpoints", None, note=note)]
+    rows: list[dict[str, Any]] = []
+    for module in ("bench_http", "bench_flask"):
+        try:
+            bench = importlib.import_module(module)
+        except ImportError as exc:
+            rows.append(row("http", "-", module, None, note=f"not run: {exc}"))
+            continue
+        scenario = getattr(bench, "scenario", None)
+        if scenario is None:
+            note = f"not run: {module}.py has no scenario(quick) function returning rows"
+            rows.append(row("http", "-", module, None, note=note))
+            continue
+        rows += scenario(quick=quick)
+    return rows
 
 
 # --- report -----------------------------------------------------------------------------------
@@ -701,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
         if "keys-table" in scenarios and "postgresql" in databases:
             rows += scenario_keys_table(urls["postgresql"], 1000, large, iterations, warmup, suffix)
         if "http" in scenarios:
-            rows += scenario_http(args.quick)
+            rows += scenario_http(args.quick, databases)
     elapsed = time.monotonic() - started
     checks = check_targets(rows)
     print_table(rows, checks)

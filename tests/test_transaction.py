@@ -90,7 +90,7 @@ def test_caller_catches_error_and_commits_anyway(db: Db, handle: str) -> None:
 
 
 def test_caller_rollback_discards_joined_key(db: Db) -> None:
-    """When the caller rolls back after a joined call, the key and order go with it."""
+    """When the caller rolls back after a joined call, the key and order go with it, and it is reported."""
     shop = Shop(db)
     if db.is_async:
 
@@ -100,12 +100,18 @@ def test_caller_rollback_discards_joined_key(db: Db) -> None:
                 await shop.aplace(conn, "order-5", 1)
                 await conn.rollback()
 
-        db.run(scenario())
+        with pytest.warns(IdempotencyWarning, match="ended without a commit"):
+            db.run(scenario())
     else:
-        with db.engine.connect() as conn:
-            conn.begin()
-            shop.place(conn, "order-5", 1)
-            conn.rollback()
+
+        def sync_scenario() -> None:
+            with db.engine.connect() as conn:
+                conn.begin()
+                shop.place(conn, "order-5", 1)
+                conn.rollback()
+
+        with pytest.warns(IdempotencyWarning, match="ended without a commit"):
+            sync_scenario()
     assert (db.count(), db.key_rows()) == (0, [])
     shop.call("order-5", 1)
     assert (shop.executions, db.count()) == (2, 1)
@@ -157,7 +163,7 @@ def test_commit_true_commits_autobegun_transaction(db: Db, handle: str) -> None:
 
 
 def test_autobegun_without_commit_true_leaves_commit_to_caller(db: Db) -> None:
-    """Without commit=True, an auto-begun transaction is joined and closing without commit discards it."""
+    """Without commit=True, an auto-begun transaction is joined; closing without commit discards it, reported."""
     shop = Shop(db)
     if db.is_async:
 
@@ -166,11 +172,17 @@ def test_autobegun_without_commit_true_leaves_commit_to_caller(db: Db) -> None:
                 await conn.execute(sa.select(1))
                 await shop.aplace(conn, "order-9", 3)
 
-        db.run(scenario())
+        with pytest.warns(IdempotencyWarning, match="ended without a commit"):
+            db.run(scenario())
     else:
-        with db.engine.connect() as conn:
-            conn.execute(sa.select(1))
-            shop.place(conn, "order-9", 3)
+
+        def sync_scenario() -> None:
+            with db.engine.connect() as conn:
+                conn.execute(sa.select(1))
+                shop.place(conn, "order-9", 3)
+
+        with pytest.warns(IdempotencyWarning, match="ended without a commit"):
+            sync_scenario()
     assert (db.count(), db.key_rows()) == (0, [])
 
 
