@@ -380,6 +380,9 @@ class _Renewer:
         self._pending: collections.deque[_SyncRenewal] = collections.deque()
         #: How often the thread looks at ``_pending``: the shortest interval watched so far.
         self._period = math.inf
+        #: When the thread, waiting on ``_cond``, wakes by itself (-inf while it is not waiting:
+        #: it looks at ``_due`` before it waits again). A renewal due later needs no wake-up.
+        self._wake_at = -math.inf
 
     def watch(self, renewal: _SyncRenewal) -> None:
         """Like :meth:`add`, for renewals that are seldom needed (transaction mode renews only a
@@ -398,11 +401,12 @@ class _Renewer:
 
     def add(self, renewal: _SyncRenewal) -> None:
         with self._cond:
-            heapq.heappush(self._due, (time.monotonic() + renewal.interval, next(self._order), renewal))
+            due = time.monotonic() + renewal.interval
+            heapq.heappush(self._due, (due, next(self._order), renewal))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="idempotent-lease", daemon=True)
                 self._thread.start()
-            if self._due[0][2] is renewal:  # due first: the thread must wait less than it does
+            if due < self._wake_at:  # the waiting thread would wake too late for it
                 self._cond.notify()
 
     def _next(self) -> _SyncRenewal | None:
@@ -419,7 +423,7 @@ class _Renewer:
                 period = None if self._period == math.inf else self._period
                 if not self._due:
                     idle = self.IDLE if period is None else min(self.IDLE, period)
-                    if not self._cond.wait(idle) and not self._due and not self._pending:
+                    if not self._wait(idle) and not self._due and not self._pending:
                         self._thread = None  # under the lock: add() and watch() start a new thread
                         return None
                     continue
@@ -428,7 +432,15 @@ class _Renewer:
                 if delay <= 0:
                     heapq.heappop(self._due)
                     return renewal
-                self._cond.wait(delay if period is None else min(delay, period))
+                self._wait(delay if period is None else min(delay, period))
+
+    def _wait(self, timeout: float) -> bool:
+        """Wait on ``_cond`` (held) for at most ``timeout`` seconds; False when the time ran out."""
+        self._wake_at = time.monotonic() + timeout
+        try:
+            return self._cond.wait(timeout)
+        finally:
+            self._wake_at = -math.inf
 
     def _run(self) -> None:
         while True:
@@ -718,23 +730,33 @@ def _renew_interval(plan: core.Plan[Any]) -> float:
 class _AsyncRenewal:
     def __init__(self, plan: core.Plan[Any]) -> None:
         self.plan = plan
-        self.stop = anyio.Event()
         self.lost = False
-        self.started = False
-        self.done = anyio.Event()
+        self.stopped = False
+        #: Made when :meth:`run` starts (most calls end before a renewal is due and never start it):
+        #: ``stop`` wakes the task early, ``done`` is set when it has ended.
+        self.stop: anyio.Event | None = None
+        self.done: anyio.Event | None = None
         self.created = time.monotonic()
         self.task: Any = None
 
+    def request_stop(self) -> None:
+        """Ask the renewal to end: at once when it never started, at its next wake-up otherwise."""
+        self.stopped = True
+        if self.stop is not None:
+            self.stop.set()
+
     async def run(self) -> None:
-        self.started = True
+        stop = self.stop = anyio.Event()
+        done = self.done = anyio.Event()
         interval = _renew_interval(self.plan)
         due = self.created + interval  # (a task started late by _renew_later renews at once)
         try:
             while True:
-                with anyio.move_on_after(max(0.0, due - time.monotonic())):
-                    await self.stop.wait()
+                if not self.stopped:
+                    with anyio.move_on_after(max(0.0, due - time.monotonic())):
+                        await stop.wait()
                 due = time.monotonic() + interval
-                if self.stop.is_set():
+                if self.stopped:
                     return
                 if not _claim_committed(self.plan):
                     continue
@@ -745,7 +767,7 @@ class _AsyncRenewal:
                 except Exception:
                     _logger.warning("renewing the lease of %s failed", self.plan.function, exc_info=True)
         finally:
-            self.done.set()
+            done.set()
 
 
 #: ``group`` of a lease-mode run on asyncio: renewals start through :func:`_renew_later`.
@@ -840,8 +862,8 @@ async def _run_async(
                     timer.cancel()
                     timer = None
                 if renewal is not None:
-                    renewal.stop.set()
-                    if renewal.started:  # a task cancelled before its first step never sets ``done``
+                    renewal.request_stop()
+                    if renewal.done is not None:  # a task cancelled before its first step never sets it
                         with anyio.CancelScope(shield=True):
                             await renewal.done.wait()
                     value = not renewal.lost
@@ -855,7 +877,7 @@ async def _run_async(
             error = exc
             cleaning = True
             if renewal is not None:
-                renewal.stop.set()
+                renewal.request_stop()
 
 
 async def _perform_async(

@@ -29,6 +29,8 @@ _NONE_TYPE = type(None)
 #: Ints longer than this are stored as hex: Python refuses decimal text past a digit limit
 #: (4300 by default, at least 640), and 2000 bits are 603 digits.
 _BIG_INT_BITS = 2000
+#: ``json.dumps(data, ensure_ascii=False, separators=(",", ":"))`` without a new encoder per call.
+_encode_result = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
 @runtime_checkable
@@ -102,8 +104,33 @@ class JsonCodec:
     # -- encoding -------------------------------------------------------------------------------
     def _enc(self, value: Any, hint: Any, path: str) -> Any:
         cls = type(value)
-        if value is None or cls is str or cls is bool:
+        if value is None or cls is str or cls is bool or cls is float:
             return value
+        if cls is int:
+            if value.bit_length() > _BIG_INT_BITS:  # past what int <-> decimal text may convert
+                return {_TAG: "bigint", "v": format(value, "x")}
+            return value
+        if cls is dict:
+            if all(isinstance(k, str) for k in value) and _TAG not in value:
+                out: dict[str, Any] = {}
+                val_hint: Any = None
+                for k, v in value.items():
+                    kind = type(v)
+                    if v is None or kind is str or kind is bool or kind is float:
+                        out[k] = v  # what _enc returns for these, under any hint: no path to build
+                    else:
+                        if val_hint is None:
+                            _, val_hint = _args_for(hint, dict) or (Any, Any)
+                        out[k] = self._enc(v, val_hint, f"{path}[{k!r}]")
+                return out
+            key_hint, val_hint = _args_for(hint, dict) or (Any, Any)
+            return {
+                _TAG: "dict",
+                "v": [
+                    [self._enc(k, key_hint, path), self._enc(v, val_hint, f"{path}[{k!r}]")]
+                    for k, v in value.items()
+                ],
+            }
         if isinstance(value, enum.Enum):
             if _pick(_classes_in(hint), cls) is not None:
                 return {_TAG: "enum", "c": cls.__qualname__, "v": self._enc(value.value, Any, path)}
@@ -112,12 +139,6 @@ class JsonCodec:
             # A str or int enum the annotation does not name is stored as its plain value.
             return self._enc(value.value, hint, path)
         if isinstance(value, str):
-            return value
-        if cls is int:
-            if value.bit_length() > _BIG_INT_BITS:  # past what int <-> decimal text may convert
-                return {_TAG: "bigint", "v": format(value, "x")}
-            return value
-        if cls is float:
             return value
         if isinstance(value, decimal.Decimal):
             return {_TAG: "decimal", "v": str(value)}
@@ -149,17 +170,6 @@ class JsonCodec:
         if cls in (set, frozenset):
             (item,) = _args_for(hint, cls) or (Any,)
             return {_TAG: cls.__name__, "v": [self._enc(v, item, f"{path}{{}}") for v in value]}
-        if cls is dict:
-            key_hint, val_hint = _args_for(hint, dict) or (Any, Any)
-            if all(isinstance(k, str) for k in value) and _TAG not in value:
-                return {k: self._enc(v, val_hint, f"{path}[{k!r}]") for k, v in value.items()}
-            return {
-                _TAG: "dict",
-                "v": [
-                    [self._enc(k, key_hint, path), self._enc(v, val_hint, f"{path}[{k!r}]")]
-                    for k, v in value.items()
-                ],
-            }
         if dataclasses.is_dataclass(value):
             if _pick(_classes_in(hint), cls) is None:
                 raise _Refused(f"dataclass {cls.__qualname__}", path)
@@ -186,7 +196,7 @@ class JsonCodec:
             ) from None
         except RecursionError:
             raise SerializationError("cannot store the result: it refers to itself") from None
-        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        text = _encode_result(data)
         if not text.isascii():
             try:
                 text.encode("utf-8")

@@ -13,6 +13,7 @@ import decimal
 import enum
 import hashlib
 import json
+import re
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -83,12 +84,31 @@ def _int(value: int) -> list[str]:
         return ["ix", format(value, "x")]
 
 
+#: Keys whose JSON text is the key between quotes, with no character below the quote that ends
+#: it: such keys sort in the same order as their encoded pairs, so no pair needs encoding to sort.
+_PLAIN_KEY = re.compile(r"[#-\[\]-~]*").fullmatch
+
+
+def _dict(value: dict[Any, Any]) -> object:
+    """A plain dict: the Mapping encoding, sorted without encoding each pair when its keys allow."""
+    for k in value:
+        if type(k) is not str or _PLAIN_KEY(k) is None:
+            pairs = sorted(([canonical(k), canonical(v)] for k, v in value.items()), key=_sort_key)
+            return ["m", pairs]
+    return ["m", [[["s", k], canonical(value[k])] for k in sorted(value)]]
+
+
 #: The most common argument types, looked up by exact type before the isinstance chain above
-#: (subclasses such as enums or bool still take the chain). Same encoding as the chain.
+#: (subclasses such as enums, bool or OrderedDict still take the chain). Same encoding as the chain.
 _EXACT: dict[type, Callable[[Any], object]] = {
     str: lambda value: ["s", value],
     int: _int,
     float: lambda value: ["f", value.hex()],
+    bool: lambda value: ["b", value],
+    type(None): lambda value: None,
+    list: lambda value: ["l", [canonical(item) for item in value]],
+    tuple: lambda value: ["tu", [canonical(item) for item in value]],
+    dict: _dict,
 }
 
 #: ``json.dumps`` with fixed options builds a new encoder per call; these are built once.

@@ -3,6 +3,7 @@ final record in the same round trip, direct argument binding and the fingerprint
 
 from __future__ import annotations
 
+import collections
 import decimal
 import inspect
 import itertools
@@ -230,6 +231,17 @@ def test_fingerprint_encoding_is_stable() -> None:
         "price": decimal.Decimal("1.10"),
     }
     assert digest(arguments, "f") == "v1:5507b29fff6735d6b95eae0a5f3e6b02a060fc497804d27d5ca09829346679dc"
+
+
+def test_fingerprint_of_dicts_is_stable() -> None:
+    """Dicts keep their v1 fingerprint whatever their keys: plain text, keys that sort differently once
+    quoted ("a" after "a!"), quotes, non-ASCII, non-text keys, an OrderedDict, and nesting."""
+    arguments = {
+        "order": {"id": "o1", "amount": 100, "a": 1, "a!": 2, 'b"': 3, "é": 4, "": [{"x": 1.5}]},
+        "mixed": {1: "i", "k": None},
+        "ordered": collections.OrderedDict(z=1, y=(True,)),
+    }
+    assert digest(arguments, "f") == "v1:3e7f17536b0aca3e0751682dd1ebd9219cccabd7b16dadebb562df10fb415df5"
 
 
 def test_frequent_replays_read_first_and_still_refuse_reuse(pg_db: Db) -> None:
