@@ -71,6 +71,8 @@ def is_renewal(statement: str) -> bool:
 def test_renewed_call_past_its_ttl_is_not_taken_over(ldb: LeaseDb, recorder: Recorder) -> None:
     """A call still renewing its lease keeps its key after ``ttl``: a duplicate gets InProgress, not a run.
 
+    The lease is 3 s (renewed every second) so a loaded machine is unlikely to delay a renewal past it.
+
     The store's clock is moved past the TTL while the call runs; once a renewal carried the
     moved clock, the row is expired by its TTL but its lease is live, and the lease wins.
     """
@@ -86,7 +88,7 @@ def test_renewed_call_past_its_ttl_is_not_taken_over(ldb: LeaseDb, recorder: Rec
         return "exported"
 
     fn = ldb.idempotent(
-        export_report, key_from="job_id", store=store, ttl=TTL, lease=0.9, wait=0, hooks=[recorder]
+        export_report, key_from="job_id", store=store, ttl=TTL, lease=3.0, wait=0, hooks=[recorder]
     )
     call = Background(ldb, fn, "j-1")
     gate.wait_entered()
