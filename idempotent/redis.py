@@ -39,105 +39,113 @@ import anyio
 
 from idempotent.core import ClaimRequest, Existing, Record
 from idempotent.errors import ConfigurationError
-from idempotent.stores import LeaseMethods, record_key
+from idempotent.stores import record_key
 
 __all__ = ["RedisStore"]
 
+#: Each record is one string: a header line, then the texts it gives the lengths of.
+#:
+#:     <status><created_at>,<locked_until - created_at>,<expires_at - created_at>,
+#:     <owner>,<fingerprint>,<result_codec>,<error_type>,<result>\n   (byte lengths; -1: None)
+#:     <owner><fingerprint><result_codec><error_type><result>
+#:
+#: The status is one letter (``i``, ``c``, ``f``). Times are epoch milliseconds on the server's
+#: clock plus the caller's offset (``ARGV[1]``); ``created_at`` is the claim script's ``TIME``.
 _NOW = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-local k = KEYS[1]
+local now = t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[1]
 """
 
-#: ARGV: clock offset, owner, lease ms, ttl ms, has fingerprint, fingerprint, replacing?,
-#: replaced owner, replaced status, replaced locked_until.
+#: The record under KEYS[1] (``v``), its header and where its owner starts, and whether
+#: ARGV[2] is its owner (``mine``).
+_OWNER = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local st, ca, dlu, dea, ol, p = string.match(v, '^(%a)(%-?%d+),(%-?%d+),(%-?%d+),(%d+),[^\\n]*\\n()')
+local mine = tonumber(ol) == #ARGV[2] and string.sub(v, p, p + #ARGV[2] - 1) == ARGV[2]
+"""
+
+#: ARGV: offset, the header after created_at and the texts (``,lease,ttl,...\n owner fp``),
+#: the key's expiry (ms). Returns now (claimed) or {now, record}.
 _CLAIM = (
     _NOW
     + """
-local cur = redis.call('HMGET', k, 'fp', 'st', 'ow', 'lu', 'ca', 'ea', 'rc', 'r', 'et')
-if cur[3] then
-  if not (ARGV[7] == '1' and cur[3] == ARGV[8] and cur[2] == ARGV[9] and cur[4] == ARGV[10]) then
-    return {0, now, cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], cur[9]}
-  end
-  redis.call('DEL', k)
-end
-local lu = now + tonumber(ARGV[3])
-local ea = now + tonumber(ARGV[4])
-if ARGV[5] == '1' then
-  redis.call('HSET', k, 'st', 'in_progress', 'ow', ARGV[2], 'lu', string.format('%d', lu),
-    'ca', string.format('%d', now), 'ea', string.format('%d', ea), 'fp', ARGV[6])
-else
-  redis.call('HSET', k, 'st', 'in_progress', 'ow', ARGV[2], 'lu', string.format('%d', lu),
-    'ca', string.format('%d', now), 'ea', string.format('%d', ea))
-end
-redis.call('PEXPIRE', k, math.max(1, math.max(lu, ea) - now))
-return {1, now}
+local old = redis.call('GET', KEYS[1])
+if old then return {now, old} end
+redis.call('SET', KEYS[1], 'i' .. string.format('%d', now) .. ARGV[2], 'PX', ARGV[3])
+return now
 """
 )
 
-#: ARGV: clock offset, owner, lease ms.
-_RENEW = (
+#: ARGV: as for the claim, then the replaced record's owner, status letter and locked_until.
+_TAKEOVER = (
     _NOW
     + """
-local cur = redis.call('HMGET', k, 'ow', 'st', 'ea')
-if cur[1] ~= ARGV[2] or cur[2] ~= 'in_progress' then return 0 end
-local lu = now + tonumber(ARGV[3])
-redis.call('HSET', k, 'lu', string.format('%d', lu))
-redis.call('PEXPIRE', k, math.max(1, math.max(lu, tonumber(cur[3])) - now))
+local v = redis.call('GET', KEYS[1])
+if v then
+  local st, ca, dlu, ol, p = string.match(v, '^(%a)(%-?%d+),(%-?%d+),%-?%d+,(%d+),[^\\n]*\\n()')
+  if not (st == ARGV[5] and ca + dlu == tonumber(ARGV[6]) and tonumber(ol) == #ARGV[4]
+      and string.sub(v, p, p + #ARGV[4] - 1) == ARGV[4]) then
+    return {now, v}
+  end
+end
+redis.call('SET', KEYS[1], 'i' .. string.format('%d', now) .. ARGV[2], 'PX', ARGV[3])
+return now
+"""
+)
+
+#: ARGV: offset, owner, lease ms.
+_RENEW = (
+    _OWNER
+    + _NOW
+    + """
+if not mine or st ~= 'i' then return 0 end
+local lu = now + ARGV[3]
+redis.call('SET', KEYS[1], 'i' .. ca .. ',' .. string.format('%d', lu - ca) .. ',' .. dea .. string.sub(v, #st + #ca + #dlu + #dea + 3),
+  'PX', math.max(1, math.max(lu, ca + dea) - now))
 return 1
 """
 )
 
-#: ARGV: clock offset, owner, status, then flag and value of result_codec, result, error_type,
-#: then how long the outcome is kept at least (ms: the caller's wait, so that waiters see it).
+#: ARGV: offset, owner, status letter, how long the outcome is kept at least (ms: the caller's
+#: wait, so that waiters see it), the header after expires_at and the texts.
 _COMPLETE = (
-    _NOW
+    _OWNER
     + """
-local cur = redis.call('HMGET', k, 'ow', 'st', 'ea')
-if cur[1] ~= ARGV[2] then return 0 end
-if cur[2] == ARGV[3] then return 1 end
-if cur[2] ~= 'in_progress' then return 0 end
-local ea = math.max(tonumber(cur[3]), now + tonumber(ARGV[10]))
-local left = ea - now
-if left <= 0 then
-  redis.call('DEL', k)
+if not mine then return 0 end
+if st == ARGV[3] then return 1 end
+if st ~= 'i' then return 0 end
+"""
+    + _NOW
+    + """
+local ea = math.max(ca + dea, now + ARGV[4])
+if ea <= now then
+  redis.call('DEL', KEYS[1])
   return 1
 end
-local set, gone = {'st', ARGV[3], 'ea', string.format('%d', ea)}, {}
-local names = {'rc', 'r', 'et'}
-for i = 1, 3 do
-  if ARGV[2 + 2 * i] == '1' then
-    set[#set + 1] = names[i]
-    set[#set + 1] = ARGV[3 + 2 * i]
-  else
-    gone[#gone + 1] = names[i]
-  end
-end
-redis.call('HSET', k, unpack(set))
-if #gone > 0 then redis.call('HDEL', k, unpack(gone)) end
-redis.call('PEXPIRE', k, left)
+redis.call('SET', KEYS[1], ARGV[3] .. ca .. ',' .. dlu .. ',' .. string.format('%d', ea - ca) .. ARGV[5],
+  'PX', ea - now)
 return 1
 """
 )
 
-#: ARGV: clock offset, owner.
+#: ARGV: offset, owner.
 _RELEASE = (
-    _NOW
+    _OWNER
     + """
-local cur = redis.call('HMGET', k, 'ow', 'st')
-if cur[1] ~= ARGV[2] or cur[2] ~= 'in_progress' then return 0 end
-redis.call('DEL', k)
+if not mine or st ~= 'i' then return 0 end
+redis.call('DEL', KEYS[1])
 return 1
 """
 )
 
-#: ARGV: clock offset.
+#: ARGV: offset. Returns now (no record) or {now, record}.
 _READ = (
     _NOW
     + """
-local cur = redis.call('HMGET', k, 'fp', 'st', 'ow', 'lu', 'ca', 'ea', 'rc', 'r', 'et')
-if not cur[3] then return {0, now} end
-return {0, now, cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], cur[9]}
+local v = redis.call('GET', KEYS[1])
+if v then return {now, v} end
+return now
 """
 )
 
@@ -149,29 +157,109 @@ class _Script:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324  (the name Redis gives a script)
+        self.sha = hashlib.sha1(source.encode()).hexdigest().encode()  # noqa: S324  (the name Redis gives a script)
 
 
-CLAIM, RENEW, COMPLETE, RELEASE, READ = (_Script(s) for s in (_CLAIM, _RENEW, _COMPLETE, _RELEASE, _READ))
+CLAIM, TAKEOVER, RENEW, COMPLETE, RELEASE, READ = (
+    _Script(s) for s in (_CLAIM, _TAKEOVER, _RENEW, _COMPLETE, _RELEASE, _READ)
+)
+
+_LETTER = {"in_progress": b"i", "completed": b"c", "failed": b"f"}
+_STATUS = {ord(letter): status for status, letter in _LETTER.items()}
+_EVALSHA, _ONE = b"EVALSHA", b"1"
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogatepass")
-    return str(value)
+#: Errors after which redis-py has closed the connection: the command is sent again through
+#: the client's own retrying path (every step is safe to send again).
+_DROPPED = (_redis.ConnectionError, _redis.TimeoutError)
+#: redis-py before 5.3 asks for the command's name when lending a connection.
+_NAMED = tuple(int(part) for part in _redis.__version__.split(".")[:2] if part.isdigit()) < (5, 3)
+
+
+def _execute(client: Any, command: tuple[Any, ...]) -> Any:
+    """``client.execute_command(*command)`` on a pooled connection, without the per-call retry
+    wrapper and metrics; a dropped connection falls back to ``execute_command`` (retries)."""
+    if client.connection is not None:  # a single-connection client locks its connection
+        return client.execute_command(*command)
+    pool = client.connection_pool
+    conn = pool.get_connection(command[0]) if _NAMED else pool.get_connection()
+    try:
+        conn.send_command(*command)
+        return conn.read_response()
+    except _DROPPED:
+        pass
+    finally:
+        pool.release(conn)
+    return client.execute_command(*command)
+
+
+async def _aexecute(client: Any, command: tuple[Any, ...]) -> Any:
+    """:func:`_execute` on a ``redis.asyncio.Redis``."""
+    if client.single_connection_client:  # it locks its one connection
+        return await client.execute_command(*command)
+    pool = client.connection_pool
+    conn = await (pool.get_connection(command[0]) if _NAMED else pool.get_connection())
+    try:
+        await conn.send_command(*command)
+        return await conn.read_response()
+    except _DROPPED:
+        pass
+    finally:
+        await pool.release(conn)
+    return await client.execute_command(*command)
 
 
 def _raw(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def _optional(value: str | None) -> tuple[str, bytes]:
-    return ("0", b"") if value is None else ("1", _raw(value))
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogatepass")
 
 
-class RedisStore(LeaseMethods):
+def _texts(*texts: str | None) -> bytes:
+    """``,<len>,...\\n`` and the texts (UTF-8, -1 for None), as the record's header ends."""
+    raws = [b"" if text is None else _raw(text) for text in texts]
+    lengths = b",".join([b"-1" if text is None else b"%d" % len(raw) for text, raw in zip(texts, raws)])
+    return b"," + lengths + b"\n" + b"".join(raws)
+
+
+def _claim_tail(request: ClaimRequest) -> bytes:
+    """What follows ``created_at`` in a new claim's record."""
+    owner = _raw(request.owner)
+    fingerprint = request.fingerprint
+    if fingerprint is None:
+        return b",%d,%d,%d,-1,-1,-1,-1\n%s" % (request.lease_ms, request.ttl_ms, len(owner), owner)
+    fp = _raw(fingerprint)
+    return b",%d,%d,%d,%d,-1,-1,-1\n%s%s" % (request.lease_ms, request.ttl_ms, len(owner), len(fp), owner, fp)
+
+
+def _decode(scope: str, key: str, reply: Any) -> Existing | None:
+    """The record and the server's clock in a claim's or read's reply (None: no record)."""
+    if reply.__class__ is int:
+        return None
+    now, value = reply
+    if value.__class__ is str:  # a client with decode_responses=True
+        value = _raw(value)
+    end = value.index(b"\n")
+    created, lease, ttl, *lengths = (int(n) for n in value[1:end].split(b","))
+    texts: list[str | None] = []
+    at = end + 1
+    for length in lengths:
+        if length < 0:
+            texts.append(None)
+        else:
+            texts.append(_text(value[at : at + length]))
+            at += length
+    owner, fingerprint, codec, error_type, result = texts
+    record = Record(
+        scope, key, fingerprint, _STATUS[value[0]], owner or "", created + lease, created, created + ttl,
+        codec, result, error_type,
+    )  # fmt: skip
+    return Existing(record, int(now))
+
+
+class RedisStore:
     """Idempotency keys in Redis; implements the sync and async lease-store protocols.
 
     ``client`` is a ``redis.Redis`` (for plain functions, Celery tasks, WSGI) or a
@@ -235,80 +323,113 @@ class RedisStore(LeaseMethods):
     @clock_offset.setter
     def clock_offset(self, seconds: float) -> None:
         self._offset_ms = round(seconds * 1000)
+        self._offset_arg = b"%d" % self._offset_ms
 
     def redis_key(self, scope: str, key: str) -> bytes:
         """The Redis key of ``(scope, key)``: the prefix, the scope's length, the scope, the key."""
         return _raw(self.prefix + record_key(scope, key))
 
+    def _key(self, scope: str, key: str) -> bytes:
+        # redis_key() without the call: f"{len(scope)}:{scope}:{key}" is record_key()'s layout.
+        return f"{self.prefix}{len(scope)}:{scope}:{key}".encode("utf-8", "surrogatepass")
+
     # -- sending scripts ----------------------------------------------------------------------------
-    def _eval(self, script: _Script, key: bytes, args: tuple[Any, ...]) -> Any:
+    def _eval(self, script: _Script, key: bytes, *args: Any) -> Any:
         client = self.client
         if client is None:
             raise ConfigurationError(
                 f"{self!r} has only an async client, which plain (sync) functions cannot use: give it a "
                 "redis.Redis too, RedisStore(redis.Redis(...), async_client=...), or use RedisStore.from_url"
             )
+        command = (_EVALSHA, script.sha, _ONE, key, self._offset_arg, *args)
         try:
-            return client.evalsha(script.sha, 1, key, self._offset_ms, *args)
+            return _execute(client, command)
         except NoScriptError:
             client.script_load(script.source)
-            return client.evalsha(script.sha, 1, key, self._offset_ms, *args)
+            return _execute(client, command)
 
-    async def _aeval(self, script: _Script, key: bytes, args: tuple[Any, ...]) -> Any:
+    async def _aeval(self, script: _Script, key: bytes, *args: Any) -> Any:
         client = self.async_client
         if client is None:
-            return await anyio.to_thread.run_sync(self._eval, script, key, args)
+            return await anyio.to_thread.run_sync(lambda: self._eval(script, key, *args))
+        command = (_EVALSHA, script.sha, _ONE, key, self._offset_arg, *args)
         try:
-            return await client.evalsha(script.sha, 1, key, self._offset_ms, *args)
+            return await _aexecute(client, command)
         except NoScriptError:
             await client.script_load(script.source)
-            return await client.evalsha(script.sha, 1, key, self._offset_ms, *args)
+            return await _aexecute(client, command)
 
-    # -- LeaseMethods hooks: one script per step; arguments and answers shared by both sides -------
-    def _script(self, name: str, args: tuple[Any, ...]) -> tuple[_Script, bytes, tuple[Any, ...]]:
-        """The script, Redis key and script arguments of one protocol step."""
-        if name == "read":
-            return READ, self.redis_key(*args), ()
-        request = args[0]
-        key = self.redis_key(request.scope, request.key)
+    # -- each step: its script and arguments, and what its reply means ------------------------------
+    def _claim_call(self, request: ClaimRequest, replacing: Record | None) -> tuple[Any, ...]:
+        key = self._key(request.scope, request.key)
+        expiry = b"%d" % max(request.lease_ms, request.ttl_ms)
+        if replacing is None:
+            return CLAIM, key, _claim_tail(request), expiry
+        seen = (_raw(replacing.owner), _LETTER.get(replacing.status, b"?"), b"%d" % replacing.locked_until)
+        return TAKEOVER, key, _claim_tail(request), expiry, *seen
+
+    def _complete_call(
+        self, request: ClaimRequest, status: str, codec: str | None, result: str | None, error_type: str | None
+    ) -> tuple[Any, ...]:
         owner = _raw(request.owner)
-        if name == "claim":
-            return CLAIM, key, self._claim_args(request, args[1])
-        if name == "renew":
-            return RENEW, key, (owner, request.lease_ms)
-        if name == "release":
-            return RELEASE, key, (owner,)
-        status, codec, result, error_type = args[1:]
-        outcome = (*_optional(codec), *_optional(result), *_optional(error_type))
-        return COMPLETE, key, (owner, status, *outcome, request.wait_ms)
+        letter = _LETTER[status]
+        texts = _texts(request.owner, request.fingerprint, codec, error_type, result)
+        return COMPLETE, self._key(request.scope, request.key), owner, letter, b"%d" % request.wait_ms, texts
 
-    def _answer(self, name: str, args: tuple[Any, ...], reply: Any) -> Any:
-        if name == "claim":
-            return self._record(args[0].scope, args[0].key, reply)
-        if name == "read":
-            return self._record(args[0], args[1], reply)
-        return bool(reply)
+    def claim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
+        """Claim ``request``'s key (None), or return the stored record and the server's clock."""
+        return _decode(request.scope, request.key, self._eval(*self._claim_call(request, replacing)))
 
-    def _step(self, name: str, args: tuple[Any, ...]) -> Any:
-        return self._answer(name, args, self._eval(*self._script(name, args)))
+    async def aclaim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
+        """:meth:`claim`, awaited."""
+        return _decode(request.scope, request.key, await self._aeval(*self._claim_call(request, replacing)))
 
-    async def _astep(self, name: str, args: tuple[Any, ...]) -> Any:
-        return self._answer(name, args, await self._aeval(*self._script(name, args)))
+    def complete(
+        self,
+        request: ClaimRequest,
+        *,
+        status: str,
+        codec: str | None,
+        result: str | None,
+        error_type: str | None = None,
+    ) -> bool:
+        """Store the outcome while ``request.owner`` holds the key in progress."""
+        return bool(self._eval(*self._complete_call(request, status, codec, result, error_type)))
 
-    def _claim_args(self, request: ClaimRequest, replacing: Record | None) -> tuple[Any, ...]:
-        has_fp, fp = _optional(request.fingerprint)
-        seen: tuple[Any, ...] = ("0", b"", b"", b"")
-        if replacing is not None:
-            seen = ("1", _raw(replacing.owner), replacing.status, str(int(replacing.locked_until)))
-        return (_raw(request.owner), request.lease_ms, request.ttl_ms, has_fp, fp, *seen)
+    async def acomplete(
+        self,
+        request: ClaimRequest,
+        *,
+        status: str,
+        codec: str | None,
+        result: str | None,
+        error_type: str | None = None,
+    ) -> bool:
+        """:meth:`complete`, awaited."""
+        return bool(await self._aeval(*self._complete_call(request, status, codec, result, error_type)))
 
-    @staticmethod
-    def _record(scope: str, key: str, reply: Any) -> Existing | None:
-        if len(reply) < 3:
-            return None
-        fp, st, ow, lu, ca, ea, rc, r, et = reply[2:11]
-        record = Record(
-            scope, key, _text(fp), _text(st) or "", _text(ow) or "", int(lu), int(ca), int(ea),
-            _text(rc), _text(r), _text(et),
-        )  # fmt: skip
-        return Existing(record, int(reply[1]))
+    def renew(self, request: ClaimRequest) -> bool:
+        """Push the lease while ``request.owner`` holds the key in progress."""
+        key = self._key(request.scope, request.key)
+        return bool(self._eval(RENEW, key, _raw(request.owner), b"%d" % request.lease_ms))
+
+    async def arenew(self, request: ClaimRequest) -> bool:
+        """:meth:`renew`, awaited."""
+        key = self._key(request.scope, request.key)
+        return bool(await self._aeval(RENEW, key, _raw(request.owner), b"%d" % request.lease_ms))
+
+    def release(self, request: ClaimRequest) -> bool:
+        """Delete the record while ``request.owner`` holds it in progress."""
+        return bool(self._eval(RELEASE, self._key(request.scope, request.key), _raw(request.owner)))
+
+    async def arelease(self, request: ClaimRequest) -> bool:
+        """:meth:`release`, awaited."""
+        return bool(await self._aeval(RELEASE, self._key(request.scope, request.key), _raw(request.owner)))
+
+    def read(self, scope: str, key: str) -> Existing | None:
+        """The stored record and the server's clock, or None."""
+        return _decode(scope, key, self._eval(READ, self._key(scope, key)))
+
+    async def aread(self, scope: str, key: str) -> Existing | None:
+        """:meth:`read`, awaited."""
+        return _decode(scope, key, await self._aeval(READ, self._key(scope, key)))

@@ -177,10 +177,11 @@ def test_noscript_falls_back_to_loading_the_script(store: RedisStore, redis_clie
     """A script the server does not know (NOSCRIPT) is loaded once and run."""
     fresh = _Script(CLAIM.source + f"\n-- {uuid.uuid4().hex}\n")
     assert redis_client.script_exists(fresh.sha) == [False]
-    key = store.redis_key("tests.redis.noscript", "k")
-    reply = store._eval(fresh, key, store._claim_args(ClaimRequest("s", "k", None, "o", 1000, 1000, 0), None))
-    assert reply[0] == 1
+    _, key, *args = store._claim_call(ClaimRequest("tests.redis.noscript", "k", None, "o", 1000, 1000, 0), None)
+    assert isinstance(store._eval(fresh, key, *args), int)  # claimed: the reply is the server's clock
     assert redis_client.script_exists(fresh.sha) == [True]
+    seen = store.read("tests.redis.noscript", "k")
+    assert seen is not None and seen.record.owner == "o"
 
 
 def test_transaction_mode_is_refused(store: RedisStore) -> None:
