@@ -11,16 +11,21 @@ Install with ``pip install 'idempotent[redis]'``::
     @idempotent(key_from="payment_id", mode="lease", store=store)
     def charge(payment_id: str, amount: int) -> dict[str, str]: ...
 
-Every step is one Lua script run atomically by the server (``EVALSHA``; the script is sent
-with ``SCRIPT LOAD`` only when the server answers ``NOSCRIPT``): a claim is never a read
-followed by a write. Lease times come from the server's clock (``TIME`` inside the scripts),
-so clients with skewed clocks agree. Each record is a hash under ``prefix`` + the key, and
-expires by itself (``PEXPIRE``) once its ``ttl`` and, while it runs, its lease have passed:
-no purge is needed. The scripts are safe to send again after a lost reply (the client's
-``retry`` setting), because each claim, renewal and completion carries its owner's token.
+Every step is one atomic operation of the server, never a read followed by a separate write.
+A claim is ``SET key record NX PX ms GET``: it stores the new in-progress record only when
+there is none and returns the record already there; its time of creation is the key's own
+expiry time (``PEXPIRETIME``) minus the ``PX`` it was given, both on the server's clock. The
+server's ``TIME`` is read in the same round trip, for the caller's decision about a record it
+finds. Renewal, completion, release and takeover are Lua scripts (``EVALSHA``; sent with
+``SCRIPT LOAD`` only when the server answers ``NOSCRIPT``) that act only while the caller's
+owner token holds the key, with times from ``TIME``. Each record is one string under
+``prefix`` + the key, and expires by itself once its ``ttl`` and, while it runs, its lease have
+passed: no purge is needed. Every step is safe to send again after a lost reply (the client's
+``retry`` setting), because each carries its owner's token.
 
 Redis cannot share a transaction with your database, so transaction mode is refused: use
-``mode="lease"`` (at-least-once, with crash recovery) or the SQL store.
+``mode="lease"`` (at-least-once, with crash recovery) or the SQL store. Needs Redis 7.0 or
+later (``SET ... NX GET``, ``PEXPIRETIME``).
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from typing import Any
 try:
     import redis as _redis
     import redis.asyncio as _aredis
-    from redis.exceptions import NoScriptError
+    from redis.exceptions import NoScriptError, ResponseError
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("idempotent.redis needs the redis package: pip install 'idempotent[redis]'") from exc
 
@@ -43,79 +48,69 @@ from idempotent.stores import record_key
 
 __all__ = ["RedisStore"]
 
-#: Each record is one string: a header line, then the texts it gives the lengths of.
+#: Each record is one string:
 #:
-#:     <status><created_at>,<locked_until - created_at>,<expires_at - created_at>,
-#:     <owner>,<fingerprint>,<result_codec>,<error_type>,<result>\n   (byte lengths; -1: None)
-#:     <owner><fingerprint><result_codec><error_type><result>
+#:     <len(owner)>:<owner><status><created>,<locked_until - created_at>,
+#:     <expires_at - created_at>,<fingerprint>,<result_codec>,<error_type>,<result>\n
+#:     <fingerprint><result_codec><error_type><result>
 #:
-#: The status is one letter (``i``, ``c``, ``f``). Times are epoch milliseconds on the server's
-#: clock plus the caller's offset (``ARGV[1]``); ``created_at`` is the claim script's ``TIME``.
+#: after ``<status>`` (one letter: ``i``, ``c``, ``f``) the header gives byte lengths (-1:
+#: None) of the texts after its newline. ``<created>`` is ``created_at``, epoch milliseconds
+#: on the server's clock plus the writer's offset, or, in a record stored by the claim's
+#: ``SET`` (which cannot read the clock), ``*`` and ``PX - offset``: ``created_at`` is then
+#: the key's ``PEXPIRETIME`` minus that number. Owner first: "is it still mine and in
+#: progress?" is one comparison of the record's start with ``<len>:<owner>i``.
 _NOW = """
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[1]
 """
 
-#: The record under KEYS[1] (``v``), its header and where its owner starts, and whether
-#: ARGV[2] is its owner (``mine``).
-_OWNER = """
+#: The record ``v`` under KEYS[1]: its ``created_at`` (``ca``, a number), then as text
+#: ``locked_until - created_at`` and ``expires_at - created_at`` (``dlu``, ``dea``) and where
+#: the rest starts (``rest``), read from ``at`` (just after the status letter).
+_CREATED = """
+local star, ca, dlu, dea, rest = string.match(v, '^(%*?)(%-?%d+),(%d+),(%d+)()', at)
+if star == '*' then ca = redis.call('PEXPIRETIME', KEYS[1]) - ca else ca = tonumber(ca) end
+"""
+
+#: ARGV: offset, the owner's mark ``<len>:<owner>i``; the script goes on only while it holds
+#: the key in progress (``v`` is the record, ``at`` where its header starts).
+_HELD = """
 local v = redis.call('GET', KEYS[1])
 if not v then return 0 end
-local st, ca, dlu, dea, ol, p = string.match(v, '^(%a)(%-?%d+),(%-?%d+),(%-?%d+),(%d+),[^\\n]*\\n()')
-local mine = tonumber(ol) == #ARGV[2] and string.sub(v, p, p + #ARGV[2] - 1) == ARGV[2]
+local at = #ARGV[2] + 1
+if string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then
 """
 
-#: ARGV: offset, the header after created_at and the texts (``,lease,ttl,...\n owner fp``),
-#: the key's expiry (ms). Returns now (claimed) or {now, record}.
-_CLAIM = (
-    _NOW
-    + """
-local old = redis.call('GET', KEYS[1])
-if old then return {now, old} end
-redis.call('SET', KEYS[1], 'i' .. string.format('%d', now) .. ARGV[2], 'PX', ARGV[3])
-return now
-"""
-)
-
-#: ARGV: as for the claim, then the replaced record's owner, status letter and locked_until.
-_TAKEOVER = (
-    _NOW
-    + """
-local v = redis.call('GET', KEYS[1])
-if v then
-  local st, ca, dlu, ol, p = string.match(v, '^(%a)(%-?%d+),(%-?%d+),%-?%d+,(%d+),[^\\n]*\\n()')
-  if not (st == ARGV[5] and ca + dlu == tonumber(ARGV[6]) and tonumber(ol) == #ARGV[4]
-      and string.sub(v, p, p + #ARGV[4] - 1) == ARGV[4]) then
-    return {now, v}
-  end
-end
-redis.call('SET', KEYS[1], 'i' .. string.format('%d', now) .. ARGV[2], 'PX', ARGV[3])
-return now
-"""
-)
-
-#: ARGV: offset, owner, lease ms.
+#: ARGV: offset, owner's mark, lease ms.
 _RENEW = (
-    _OWNER
+    _HELD
+    + """
+  return 0
+end
+"""
+    + _CREATED
     + _NOW
     + """
-if not mine or st ~= 'i' then return 0 end
 local lu = now + ARGV[3]
-redis.call('SET', KEYS[1], 'i' .. ca .. ',' .. string.format('%d', lu - ca) .. ',' .. dea .. string.sub(v, #st + #ca + #dlu + #dea + 3),
-  'PX', math.max(1, math.max(lu, ca + dea) - now))
+local record = ARGV[2] .. string.format('%d', ca) .. ',' .. string.format('%d', lu - ca) .. ',' .. dea
+  .. string.sub(v, rest)
+redis.call('SET', KEYS[1], record, 'PX', string.format('%d', math.max(1, math.max(lu, ca + dea) - now)))
 return 1
 """
 )
 
-#: ARGV: offset, owner, status letter, how long the outcome is kept at least (ms: the caller's
-#: wait, so that waiters see it), the header after expires_at and the texts.
+#: ARGV: offset, owner's mark, the outcome's mark (``<len>:<owner><c|f>``), how long the
+#: outcome is kept at least (ms: the caller's wait, so that waiters see it), the header after
+#: expires_at and the texts. A completion sent again after a lost reply finds its own outcome.
 _COMPLETE = (
-    _OWNER
+    _HELD
     + """
-if not mine then return 0 end
-if st == ARGV[3] then return 1 end
-if st ~= 'i' then return 0 end
+  if string.sub(v, 1, #ARGV[3]) == ARGV[3] then return 1 end
+  return 0
+end
 """
+    + _CREATED
     + _NOW
     + """
 local ea = math.max(ca + dea, now + ARGV[4])
@@ -123,28 +118,54 @@ if ea <= now then
   redis.call('DEL', KEYS[1])
   return 1
 end
-redis.call('SET', KEYS[1], ARGV[3] .. ca .. ',' .. dlu .. ',' .. string.format('%d', ea - ca) .. ARGV[5],
-  'PX', ea - now)
+local record = ARGV[3] .. string.format('%d', ca) .. ',' .. dlu .. ','
+  .. string.format('%d', ea - ca) .. ARGV[5]
+redis.call('SET', KEYS[1], record, 'PX', string.format('%d', ea - now))
 return 1
 """
 )
 
-#: ARGV: offset, owner.
+#: ARGV: offset, owner's mark.
 _RELEASE = (
-    _OWNER
+    _HELD
     + """
-if not mine or st ~= 'i' then return 0 end
+  return 0
+end
 redis.call('DEL', KEYS[1])
 return 1
 """
 )
 
-#: ARGV: offset. Returns now (no record) or {now, record}.
+#: ARGV: offset. Returns now (no record) or {now, record, its PEXPIRETIME}.
 _READ = (
     _NOW
     + """
 local v = redis.call('GET', KEYS[1])
-if v then return {now, v} end
+if not v then return now end
+return {now, v, redis.call('PEXPIRETIME', KEYS[1])}
+"""
+)
+
+#: ARGV: offset, the new owner's mark, the header after created_at and the texts, the key's
+#: expiry (ms), then the replaced record's owner's mark (with its status letter) and
+#: locked_until. Replaces the record only while it is still the one seen (or is gone);
+#: returns now (claimed) or {now, record, its PEXPIRETIME}.
+_TAKEOVER = (
+    _NOW
+    + """
+local v = redis.call('GET', KEYS[1])
+if v then
+  local at = #ARGV[5] + 1
+  local same = string.sub(v, 1, #ARGV[5]) == ARGV[5]
+  if same then
+"""
+    + _CREATED
+    + """
+    same = ca + dlu == tonumber(ARGV[6])
+  end
+  if not same then return {now, v, redis.call('PEXPIRETIME', KEYS[1])} end
+end
+redis.call('SET', KEYS[1], ARGV[2] .. string.format('%d', now) .. ARGV[3], 'PX', ARGV[4])
 return now
 """
 )
@@ -160,14 +181,13 @@ class _Script:
         self.sha = hashlib.sha1(source.encode()).hexdigest().encode()  # noqa: S324  (the name Redis gives a script)
 
 
-CLAIM, TAKEOVER, RENEW, COMPLETE, RELEASE, READ = (
-    _Script(s) for s in (_CLAIM, _TAKEOVER, _RENEW, _COMPLETE, _RELEASE, _READ)
+RENEW, COMPLETE, RELEASE, READ, TAKEOVER = (
+    _Script(s) for s in (_RENEW, _COMPLETE, _RELEASE, _READ, _TAKEOVER)
 )
 
 _LETTER = {"in_progress": b"i", "completed": b"c", "failed": b"f"}
 _STATUS = {ord(letter): status for status, letter in _LETTER.items()}
-_EVALSHA, _ONE = b"EVALSHA", b"1"
-
+_EVALSHA, _ONE, _SET, _NX, _PX, _GET, _TIME = b"EVALSHA", b"1", b"SET", b"NX", b"PX", b"GET", b"TIME"
 
 #: Errors after which redis-py has closed the connection: the command is sent again through
 #: the client's own retrying path (every step is safe to send again).
@@ -176,37 +196,72 @@ _DROPPED = (_redis.ConnectionError, _redis.TimeoutError)
 _NAMED = tuple(int(part) for part in _redis.__version__.split(".")[:2] if part.isdigit()) < (5, 3)
 
 
-def _execute(client: Any, command: tuple[Any, ...]) -> Any:
-    """``client.execute_command(*command)`` on a pooled connection, without the per-call retry
-    wrapper and metrics; a dropped connection falls back to ``execute_command`` (retries)."""
+def _pack(commands: tuple[tuple[bytes, ...], ...]) -> list[bytes]:
+    """``commands`` (every argument bytes) in the Redis protocol, as one piece."""
+    pieces = []
+    for command in commands:
+        pieces.append(b"*%d\r\n" % len(command))
+        pieces.extend([b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in command])
+    return [b"".join(pieces)]
+
+
+def _replies(conn: Any, count: int) -> list[Any]:
+    """``count`` replies from ``conn``, all read even when one is an error (then raised)."""
+    replies, error = [], None
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except ResponseError as exc:  # read whole: the connection stays in step
+            error = error or exc
+    if error is not None:
+        raise error
+    return replies
+
+
+async def _areplies(conn: Any, count: int) -> list[Any]:
+    """:func:`_replies`, awaited."""
+    replies, error = [], None
+    for _ in range(count):
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+    return replies
+
+
+def _execute(client: Any, commands: tuple[tuple[bytes, ...], ...]) -> list[Any] | None:
+    """The raw replies of ``commands``, sent together on one pooled connection (one round
+    trip, without redis-py's per-command retry wrapper and metrics); None when the
+    connection dropped (redis-py closed it) or the client keeps a single connection: the
+    caller then sends them through the client's own methods, which retry."""
     if client.connection is not None:  # a single-connection client locks its connection
-        return client.execute_command(*command)
+        return None
     pool = client.connection_pool
-    conn = pool.get_connection(command[0]) if _NAMED else pool.get_connection()
+    conn = pool.get_connection(commands[0][0]) if _NAMED else pool.get_connection()
     try:
-        conn.send_command(*command)
-        return conn.read_response()
+        conn.send_packed_command(_pack(commands))
+        return _replies(conn, len(commands))
     except _DROPPED:
-        pass
+        return None
     finally:
         pool.release(conn)
-    return client.execute_command(*command)
 
 
-async def _aexecute(client: Any, command: tuple[Any, ...]) -> Any:
+async def _aexecute(client: Any, commands: tuple[tuple[bytes, ...], ...]) -> list[Any] | None:
     """:func:`_execute` on a ``redis.asyncio.Redis``."""
-    if client.single_connection_client:  # it locks its one connection
-        return await client.execute_command(*command)
+    if client.single_connection_client:
+        return None
     pool = client.connection_pool
-    conn = await (pool.get_connection(command[0]) if _NAMED else pool.get_connection())
+    conn = await (pool.get_connection(commands[0][0]) if _NAMED else pool.get_connection())
     try:
-        await conn.send_command(*command)
-        return await conn.read_response()
+        await conn.send_packed_command(_pack(commands))
+        return await _areplies(conn, len(commands))
     except _DROPPED:
-        pass
+        return None
     finally:
         await pool.release(conn)
-    return await client.execute_command(*command)
 
 
 def _raw(text: str) -> bytes:
@@ -217,46 +272,64 @@ def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogatepass")
 
 
-def _texts(*texts: str | None) -> bytes:
-    """``,<len>,...\\n`` and the texts (UTF-8, -1 for None), as the record's header ends."""
-    raws = [b"" if text is None else _raw(text) for text in texts]
-    lengths = b",".join([b"-1" if text is None else b"%d" % len(raw) for text, raw in zip(texts, raws)])
-    return b"," + lengths + b"\n" + b"".join(raws)
+def _mark(owner: str, letter: bytes) -> bytes:
+    """How a record of ``owner`` in status ``letter`` starts."""
+    raw = _raw(owner)
+    return b"%d:%s%s" % (len(raw), raw, letter)
 
 
-def _claim_tail(request: ClaimRequest) -> bytes:
-    """What follows ``created_at`` in a new claim's record."""
-    owner = _raw(request.owner)
+def _claim_rest(request: ClaimRequest) -> bytes:
+    """A new claim's record after ``<created>``."""
     fingerprint = request.fingerprint
     if fingerprint is None:
-        return b",%d,%d,%d,-1,-1,-1,-1\n%s" % (request.lease_ms, request.ttl_ms, len(owner), owner)
+        return b",%d,%d,-1,-1,-1,-1\n" % (request.lease_ms, request.ttl_ms)
     fp = _raw(fingerprint)
-    return b",%d,%d,%d,%d,-1,-1,-1\n%s%s" % (request.lease_ms, request.ttl_ms, len(owner), len(fp), owner, fp)
+    return b",%d,%d,%d,-1,-1,-1\n%s" % (request.lease_ms, request.ttl_ms, len(fp), fp)
 
 
-def _decode(scope: str, key: str, reply: Any) -> Existing | None:
-    """The record and the server's clock in a claim's or read's reply (None: no record)."""
-    if reply.__class__ is int:
-        return None
-    now, value = reply
+def _outcome_rest(*texts: str | None) -> bytes:
+    """A completed record after ``expires_at - created_at``: the lengths of ``texts``
+    (fingerprint, codec, error type, result), a newline, the texts."""
+    raws = [None if text is None else _raw(text) for text in texts]
+    lengths = b",".join([b"-1" if raw is None else b"%d" % len(raw) for raw in raws])
+    return b"," + lengths + b"\n" + b"".join([raw for raw in raws if raw is not None])
+
+
+def _ms(time_reply: Any) -> int:
+    """Epoch milliseconds of a ``TIME`` reply (raw, or redis-py's ``(seconds, micros)``)."""
+    return int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
+
+
+def _decode(scope: str, key: str, value: Any, now: int, expiry: Any = None) -> Existing | None:
+    """The record stored as ``value`` (``expiry``: its key's ``PEXPIRETIME``), read at ``now``;
+    None when its creation time is unknown (a claim's record read without its expiry)."""
     if value.__class__ is str:  # a client with decode_responses=True
         value = _raw(value)
-    end = value.index(b"\n")
-    created, lease, ttl, *lengths = (int(n) for n in value[1:end].split(b","))
+    colon = value.index(b":")
+    at = colon + 1 + int(value[:colon])
+    owner = _text(value[colon + 1 : at])
+    status = _STATUS[value[at]]
+    end = value.index(b"\n", at)
+    created, lease, ttl, *lengths = value[at + 1 : end].split(b",")
+    if created[:1] == b"*":
+        if expiry is None or int(expiry) < 0:
+            return None
+        ca = int(expiry) - int(created[1:])
+    else:
+        ca = int(created)
     texts: list[str | None] = []
     at = end + 1
-    for length in lengths:
+    for length in map(int, lengths):
         if length < 0:
             texts.append(None)
         else:
             texts.append(_text(value[at : at + length]))
             at += length
-    owner, fingerprint, codec, error_type, result = texts
+    fingerprint, codec, error_type, result = texts
     record = Record(
-        scope, key, fingerprint, _STATUS[value[0]], owner or "", created + lease, created, created + ttl,
-        codec, result, error_type,
-    )  # fmt: skip
-    return Existing(record, int(now))
+        scope, key, fingerprint, status, owner, ca + int(lease), ca, ca + int(ttl), codec, result, error_type
+    )
+    return Existing(record, now)
 
 
 class RedisStore:
@@ -333,56 +406,108 @@ class RedisStore:
         # redis_key() without the call: f"{len(scope)}:{scope}:{key}" is record_key()'s layout.
         return f"{self.prefix}{len(scope)}:{scope}:{key}".encode("utf-8", "surrogatepass")
 
-    # -- sending scripts ----------------------------------------------------------------------------
-    def _eval(self, script: _Script, key: bytes, *args: Any) -> Any:
+    # -- sending ----------------------------------------------------------------------------------
+    def _sync_client(self) -> Any:
         client = self.client
         if client is None:
             raise ConfigurationError(
                 f"{self!r} has only an async client, which plain (sync) functions cannot use: give it a "
                 "redis.Redis too, RedisStore(redis.Redis(...), async_client=...), or use RedisStore.from_url"
             )
+        return client
+
+    def _eval(self, script: _Script, key: bytes, *args: bytes) -> Any:
+        client: Any = self._sync_client()
         command = (_EVALSHA, script.sha, _ONE, key, self._offset_arg, *args)
         try:
-            return _execute(client, command)
+            replies = _execute(client, (command,))
+            return client.execute_command(*command) if replies is None else replies[0]
         except NoScriptError:
             client.script_load(script.source)
-            return _execute(client, command)
+            return client.execute_command(*command)
 
-    async def _aeval(self, script: _Script, key: bytes, *args: Any) -> Any:
-        client = self.async_client
+    async def _aeval(self, script: _Script, key: bytes, *args: bytes) -> Any:
+        client: Any = self.async_client
         if client is None:
             return await anyio.to_thread.run_sync(lambda: self._eval(script, key, *args))
         command = (_EVALSHA, script.sha, _ONE, key, self._offset_arg, *args)
         try:
-            return await _aexecute(client, command)
+            replies = await _aexecute(client, (command,))
+            return await client.execute_command(*command) if replies is None else replies[0]
         except NoScriptError:
             await client.script_load(script.source)
-            return await _aexecute(client, command)
+            return await client.execute_command(*command)
 
-    # -- each step: its script and arguments, and what its reply means ------------------------------
-    def _claim_call(self, request: ClaimRequest, replacing: Record | None) -> tuple[Any, ...]:
+    # -- claim: SET NX GET and TIME in one round trip; a takeover is a script ------------------------
+    def _claim_commands(self, request: ClaimRequest) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        px = max(request.lease_ms, request.ttl_ms)
+        value = b"%s*%d%s" % (_mark(request.owner, b"i"), px - self._offset_ms, _claim_rest(request))
+        return (_SET, self._key(request.scope, request.key), value, _NX, _PX, b"%d" % px, _GET), (_TIME,)
+
+    def _takeover_args(self, request: ClaimRequest, seen: Record) -> tuple[Any, ...]:
         key = self._key(request.scope, request.key)
+        mark, seen_mark = _mark(request.owner, b"i"), _mark(seen.owner, _LETTER.get(seen.status, b"?"))
         expiry = b"%d" % max(request.lease_ms, request.ttl_ms)
-        if replacing is None:
-            return CLAIM, key, _claim_tail(request), expiry
-        seen = (_raw(replacing.owner), _LETTER.get(replacing.status, b"?"), b"%d" % replacing.locked_until)
-        return TAKEOVER, key, _claim_tail(request), expiry, *seen
+        return TAKEOVER, key, mark, _claim_rest(request), expiry, seen_mark, b"%d" % seen.locked_until
 
-    def _complete_call(
-        self, request: ClaimRequest, status: str, codec: str | None, result: str | None, error_type: str | None
-    ) -> tuple[Any, ...]:
-        owner = _raw(request.owner)
-        letter = _LETTER[status]
-        texts = _texts(request.owner, request.fingerprint, codec, error_type, result)
-        return COMPLETE, self._key(request.scope, request.key), owner, letter, b"%d" % request.wait_ms, texts
+    def _found(self, request: ClaimRequest, replies: list[Any]) -> Existing | None:
+        """The record a claim found (its ``SET`` answered the old value), read at ``TIME``; None
+        for a claim's record, whose creation time is its key's expiry (read it with :meth:`read`)."""
+        old, time = replies
+        return _decode(request.scope, request.key, old, _ms(time) + self._offset_ms)
+
+    def _answer(self, scope: str, key: str, reply: Any) -> Existing | None:
+        """A read's or takeover's reply: now, or [now, record, its key's expiry]."""
+        if reply.__class__ is int:
+            return None
+        return _decode(scope, key, reply[1], int(reply[0]), reply[2])
 
     def claim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
         """Claim ``request``'s key (None), or return the stored record and the server's clock."""
-        return _decode(request.scope, request.key, self._eval(*self._claim_call(request, replacing)))
+        scope, key = request.scope, request.key
+        if replacing is not None:
+            return self._answer(scope, key, self._eval(*self._takeover_args(request, replacing)))
+        client: Any = self._sync_client()
+        commands = self._claim_commands(request)
+        while True:
+            replies = _execute(client, commands)
+            if replies is None:  # through the client's own (retrying) path
+                replies = [client.execute_command(*commands[0], get=True), client.execute_command(_TIME)]
+            if replies[0] is None:
+                return None
+            found = self._found(request, replies) or self.read(scope, key)
+            if found is not None:
+                return found
+            # the record was released in between: claim again
 
     async def aclaim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
         """:meth:`claim`, awaited."""
-        return _decode(request.scope, request.key, await self._aeval(*self._claim_call(request, replacing)))
+        scope, key = request.scope, request.key
+        if replacing is not None:
+            return self._answer(scope, key, await self._aeval(*self._takeover_args(request, replacing)))
+        client: Any = self.async_client
+        if client is None:
+            return await anyio.to_thread.run_sync(self.claim, request)
+        commands = self._claim_commands(request)
+        while True:
+            replies = await _aexecute(client, commands)
+            if replies is None:
+                old = await client.execute_command(*commands[0], get=True)
+                replies = [old, await client.execute_command(_TIME)]
+            if replies[0] is None:
+                return None
+            found = self._found(request, replies) or await self.aread(scope, key)
+            if found is not None:
+                return found
+
+    # -- the other steps: scripts ------------------------------------------------------------------
+    def _complete_args(
+        self, request: ClaimRequest, status: str, codec: str | None, result: str | None, error: str | None
+    ) -> tuple[Any, ...]:
+        key = self._key(request.scope, request.key)
+        mark, outcome = _mark(request.owner, b"i"), _mark(request.owner, _LETTER[status])
+        rest = _outcome_rest(request.fingerprint, codec, error, result)
+        return COMPLETE, key, mark, outcome, b"%d" % request.wait_ms, rest
 
     def complete(
         self,
@@ -394,7 +519,7 @@ class RedisStore:
         error_type: str | None = None,
     ) -> bool:
         """Store the outcome while ``request.owner`` holds the key in progress."""
-        return bool(self._eval(*self._complete_call(request, status, codec, result, error_type)))
+        return bool(self._eval(*self._complete_args(request, status, codec, result, error_type)))
 
     async def acomplete(
         self,
@@ -406,30 +531,31 @@ class RedisStore:
         error_type: str | None = None,
     ) -> bool:
         """:meth:`complete`, awaited."""
-        return bool(await self._aeval(*self._complete_call(request, status, codec, result, error_type)))
+        return bool(await self._aeval(*self._complete_args(request, status, codec, result, error_type)))
 
     def renew(self, request: ClaimRequest) -> bool:
         """Push the lease while ``request.owner`` holds the key in progress."""
         key = self._key(request.scope, request.key)
-        return bool(self._eval(RENEW, key, _raw(request.owner), b"%d" % request.lease_ms))
+        return bool(self._eval(RENEW, key, _mark(request.owner, b"i"), b"%d" % request.lease_ms))
 
     async def arenew(self, request: ClaimRequest) -> bool:
         """:meth:`renew`, awaited."""
         key = self._key(request.scope, request.key)
-        return bool(await self._aeval(RENEW, key, _raw(request.owner), b"%d" % request.lease_ms))
+        return bool(await self._aeval(RENEW, key, _mark(request.owner, b"i"), b"%d" % request.lease_ms))
 
     def release(self, request: ClaimRequest) -> bool:
         """Delete the record while ``request.owner`` holds it in progress."""
-        return bool(self._eval(RELEASE, self._key(request.scope, request.key), _raw(request.owner)))
+        return bool(self._eval(RELEASE, self._key(request.scope, request.key), _mark(request.owner, b"i")))
 
     async def arelease(self, request: ClaimRequest) -> bool:
         """:meth:`release`, awaited."""
-        return bool(await self._aeval(RELEASE, self._key(request.scope, request.key), _raw(request.owner)))
+        key = self._key(request.scope, request.key)
+        return bool(await self._aeval(RELEASE, key, _mark(request.owner, b"i")))
 
     def read(self, scope: str, key: str) -> Existing | None:
         """The stored record and the server's clock, or None."""
-        return _decode(scope, key, self._eval(READ, self._key(scope, key)))
+        return self._answer(scope, key, self._eval(READ, self._key(scope, key)))
 
     async def aread(self, scope: str, key: str) -> Existing | None:
         """:meth:`read`, awaited."""
-        return _decode(scope, key, await self._aeval(READ, self._key(scope, key)))
+        return self._answer(scope, key, await self._aeval(READ, self._key(scope, key)))

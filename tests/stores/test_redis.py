@@ -22,7 +22,7 @@ import redis.asyncio
 from idempotent import InProgress, configure, idempotent
 from idempotent.core import ClaimRequest
 from idempotent.errors import ConfigurationError
-from idempotent.redis import CLAIM, RedisStore, _Script
+from idempotent.redis import READ, RedisStore, _Script
 from tests.proxy import Proxy
 from tests.services import REDIS_URL
 
@@ -175,12 +175,12 @@ def test_lease_times_come_from_the_server_clock(store: RedisStore, redis_client:
 
 def test_noscript_falls_back_to_loading_the_script(store: RedisStore, redis_client: redis.Redis) -> None:
     """A script the server does not know (NOSCRIPT) is loaded once and run."""
-    fresh = _Script(CLAIM.source + f"\n-- {uuid.uuid4().hex}\n")
+    assert store.claim(ClaimRequest("tests.redis.noscript", "k", None, "o", 1000, 1000, 0)) is None
+    fresh = _Script(READ.source + f"\n-- {uuid.uuid4().hex}\n")
     assert redis_client.script_exists(fresh.sha) == [False]
-    _, key, *args = store._claim_call(ClaimRequest("tests.redis.noscript", "k", None, "o", 1000, 1000, 0), None)
-    assert isinstance(store._eval(fresh, key, *args), int)  # claimed: the reply is the server's clock
+    reply = store._eval(fresh, store.redis_key("tests.redis.noscript", "k"))
     assert redis_client.script_exists(fresh.sha) == [True]
-    seen = store.read("tests.redis.noscript", "k")
+    seen = store._answer("tests.redis.noscript", "k", reply)
     assert seen is not None and seen.record.owner == "o"
 
 
