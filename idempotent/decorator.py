@@ -479,6 +479,7 @@ class _Spec:
                 )
             plan.store = raw.for_dialect(raw.engine.dialect)
             plan.extra["renew"] = True
+            plan.peek = self.replay_rate >= PEEK_AT
             if isinstance(raw, SQLStore):
                 _check_sqlite_self_wait(self.name, session(), raw)
             return plan, core.lease_flow(plan), None
