@@ -28,11 +28,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import peers  # noqa: E402  (a sibling module of this script)
-import sqlalchemy as sa  # noqa: E402
+import peers
+import sqlalchemy as sa
 
-from idempotent import SQLStore, idempotent  # noqa: E402
-from idempotent.schema import make_table  # noqa: E402
+from idempotent import SQLStore, idempotent
+from idempotent.schema import make_table
 
 
 def async_url(url: str) -> str:
@@ -40,7 +40,7 @@ def async_url(url: str) -> str:
 
 
 def lease_async(url: str, suffix: str, loop: asyncio.AbstractEventLoop) -> peers.System:
-    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415
+    from sqlalchemy.ext.asyncio import create_async_engine
 
     sync_engine = sa.create_engine(url)
     table = make_table(sa.MetaData(), f"bench_alease_{suffix}")
@@ -63,7 +63,7 @@ def lease_async(url: str, suffix: str, loop: asyncio.AbstractEventLoop) -> peers
 
 def hand_async(url: str, suffix: str, loop: asyncio.AbstractEventLoop) -> peers.System:
     """``peers.hand_written_lease`` on the async driver."""
-    from sqlalchemy.ext.asyncio import create_async_engine  # noqa: PLC0415
+    from sqlalchemy.ext.asyncio import create_async_engine
 
     sync_engine = sa.create_engine(url)
     table = make_table(sa.MetaData(), f"bench_ahand_{suffix}")
@@ -77,7 +77,9 @@ def hand_async(url: str, suffix: str, loop: asyncio.AbstractEventLoop) -> peers.
     )
     c = table.c
     complete = peers.bench_core._hand_written("postgresql", table)[1]
-    stored = sa.select(c.status, c.result).where(c.scope == sa.bindparam("k_scope"), c.key == sa.bindparam("k_key"))
+    stored = sa.select(c.status, c.result).where(
+        c.scope == sa.bindparam("k_scope"), c.key == sa.bindparam("k_key")
+    )
 
     async def call(order_id: int) -> None:
         key = str(order_id)
@@ -104,8 +106,10 @@ def hand_async(url: str, suffix: str, loop: asyncio.AbstractEventLoop) -> peers.
     return peers._pair(system, lambda k: loop.run_until_complete(call(k)), peers._ids())
 
 
-def measure(run: dict[str, Callable[[], None]], iterations: int, warmup: int, seed: int) -> dict[str, list[int]]:
-    import time  # noqa: PLC0415
+def measure(
+    run: dict[str, Callable[[], None]], iterations: int, warmup: int, seed: int
+) -> dict[str, list[int]]:
+    import time
 
     order = list(run)
     for _ in range(warmup):

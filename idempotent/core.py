@@ -841,7 +841,7 @@ def lease_flow(plan: Plan[T]) -> Steps[T]:
         # Frequent replays: a replay is then one autocommit read of the stored result instead of
         # the claim statement; anything but a final record is claimed below.
         try:
-            seen = yield from store.read(request)
+            seen = yield from store.read(request)  # type: ignore[attr-defined]
         except (ClaimAborted, ClaimBlocked):
             seen = None  # the claim below decides
         if seen is not None and seen.record.status in (Status.COMPLETED, Status.FAILED):
