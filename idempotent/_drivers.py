@@ -586,7 +586,10 @@ def _exec_raw_sync(engine: sa.Engine, op: core.Exec) -> Any:
     return). A driver error is raised as SQLAlchemy's ``DBAPIError``, as a ``Connection`` raises
     it; see :func:`_hand_back_raw` for what becomes of the connection.
     """
-    fairy = engine.raw_connection()
+    try:
+        fairy = engine.raw_connection()
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise _connect_error(engine.dialect, exc) from exc
     driver: Any = fairy.driver_connection
     was = True
     try:
@@ -604,6 +607,19 @@ def _exec_raw_sync(engine: sa.Engine, op: core.Exec) -> Any:
         raise
     fairy.close()
     return value
+
+
+def _connect_error(dialect: sa.Dialect, exc: Any) -> BaseException:
+    """A failed checkout (say, the server refused the connection) as ``engine.connect()`` raises it."""
+    wrapped: BaseException = sa.exc.DBAPIError.instance(
+        None,
+        None,
+        exc,
+        dialect.loaded_dbapi.Error,
+        connection_invalidated=dialect.is_disconnect(exc, None, None),
+        dialect=dialect,
+    )
+    return wrapped
 
 
 def _hand_back_raw(dialect: sa.Dialect, pool: Any, fairy: Any, exc: BaseException, was: bool) -> bool:
@@ -793,7 +809,10 @@ async def _exec_raw_async(engine: Any, op: core.Exec) -> Any:
     discards its connection in a shielded step and the cancellation propagates."""
     from sqlalchemy.util import greenlet_spawn  # noqa: PLC0415  (the asyncio extra is installed here)
 
-    fairy = await engine.raw_connection()
+    try:
+        fairy = await greenlet_spawn(engine.sync_engine.raw_connection)
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise _connect_error(engine.dialect, exc) from exc
     driver: Any = fairy.driver_connection
     was = True
     try:

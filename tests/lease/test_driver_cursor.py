@@ -15,6 +15,7 @@ import asyncio
 import functools
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -470,3 +471,17 @@ def test_read_first_leaves_a_running_call_to_the_claim(ldb: LeaseDb) -> None:
     slow.__idempotent__.replay_rate = fn.__idempotent__.replay_rate
     with pytest.raises(InProgress):
         ldb.call(slow, "busy")
+
+
+def test_unreachable_server_raises_sqlalchemys_error(
+    pg: LeaseDb, make: Callable[..., Pg], raw: list[str]
+) -> None:
+    """A checkout that cannot connect raises SQLAlchemy's OperationalError, as engine.connect() does."""
+    with socket.socket() as sock:  # a loopback port nobody listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    h = make(sa.make_url(pg.url).set(host="127.0.0.1", port=port).render_as_string(hide_password=False))
+    fn = h.decorate(lambda key: key, key_from="key", scope="tests.lease.raw.unreachable")
+    with pytest.raises(sa.exc.OperationalError):
+        h.call(fn, "k")
+    assert raw
