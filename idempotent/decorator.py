@@ -132,9 +132,10 @@ _UNSET: Any = object()
 #: Weight of the latest call in a function's moving replay rate.
 _RATE_WEIGHT = 0.1
 #: From this replay rate on, decorator-owned calls (and lease-mode calls on the SQL store) look for
-#: a stored result with one autocommit read before claiming (PostgreSQL with psycopg). That read makes a replay one round trip instead
-#: of three but costs a first call one more: it pays off only while retries are frequent, as in a
-#: retry storm or a client that always retries. Three replays in a row reach it.
+#: a stored result with one autocommit read before claiming (PostgreSQL with psycopg). That read
+#: makes a replay one round trip instead of three (lease mode: a plain SELECT instead of the claim)
+#: but costs a first call one more: it pays off only while retries are frequent, as in a retry
+#: storm or a client that always retries. Three replays in a row reach it.
 PEEK_AT = 0.25
 _EMPTY: Any = inspect.Parameter.empty
 
