@@ -302,7 +302,7 @@ def _ms(time_reply: Any) -> int:
 
 def _decode(scope: str, key: str, value: Any, now: int, expiry: Any = None) -> Existing | None:
     """The record stored as ``value`` (``expiry``: its key's ``PEXPIRETIME``), read at ``now``;
-    None when its creation time is unknown (a claim's record read without its expiry)."""
+    None for a claim's record read without its key's expiry (its creation time)."""
     if value.__class__ is str:  # a client with decode_responses=True
         value = _raw(value)
     colon = value.index(b":")
@@ -312,9 +312,11 @@ def _decode(scope: str, key: str, value: Any, now: int, expiry: Any = None) -> E
     end = value.index(b"\n", at)
     created, lease, ttl, *lengths = value[at + 1 : end].split(b",")
     if created[:1] == b"*":
-        if expiry is None or int(expiry) < 0:
+        if expiry is None:
             return None
-        ca = int(expiry) - int(created[1:])
+        # A key whose expiry was removed behind the store's back (PERSIST) has no known creation
+        # time: its lease counts as ended, so callers see it as abandoned, not as running forever.
+        ca = int(expiry) - int(created[1:]) if int(expiry) >= 0 else now - int(lease)
     else:
         ca = int(created)
     texts: list[str | None] = []

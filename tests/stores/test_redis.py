@@ -20,7 +20,7 @@ import redis
 import redis.asyncio
 
 from idempotent import InProgress, configure, idempotent
-from idempotent.core import ClaimRequest
+from idempotent.core import ClaimRequest, Outcome, decide
 from idempotent.errors import ConfigurationError
 from idempotent.redis import READ, RedisStore, _Script
 from tests.proxy import Proxy
@@ -472,3 +472,16 @@ def test_single_connection_clients(redis_prefix: str) -> None:
     assert asyncio.run(scenario()) == ["async", "async"]
     assert runs == ["s", "a"]
     sync_client.close()
+
+
+def test_claim_without_its_key_expiry_counts_as_abandoned(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    """A claim whose key lost its expiry behind the store's back (PERSIST) has no known creation
+    time: another caller's claim finds it with its lease ended instead of waiting forever."""
+    scope = "tests.redis.persist"
+    assert store.claim(ClaimRequest(scope, "k", None, "holder", 60_000, 10_000, 0)) is None
+    assert redis_client.persist(store.redis_key(scope, "k"))
+    found = store.claim(ClaimRequest(scope, "k", None, "other", 60_000, 10_000, 0))
+    assert found is not None and found.record.owner == "holder"
+    assert decide(found.record, None, found.now).outcome is Outcome.TAKEOVER
