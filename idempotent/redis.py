@@ -442,14 +442,14 @@ class RedisStore:
 
     # -- claim: SET NX GET and TIME in one round trip; a takeover is a script ------------------------
     def _claim_commands(self, request: ClaimRequest) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
-        px = max(request.lease_ms, request.ttl_ms)
+        px = max(1, request.lease_ms, request.ttl_ms)
         value = b"%s*%d%s" % (_mark(request.owner, b"i"), px - self._offset_ms, _claim_rest(request))
         return (_SET, self._key(request.scope, request.key), value, _NX, _PX, b"%d" % px, _GET), (_TIME,)
 
     def _takeover_args(self, request: ClaimRequest, seen: Record) -> tuple[Any, ...]:
         key = self._key(request.scope, request.key)
         mark, seen_mark = _mark(request.owner, b"i"), _mark(seen.owner, _LETTER.get(seen.status, b"?"))
-        expiry = b"%d" % max(request.lease_ms, request.ttl_ms)
+        expiry = b"%d" % max(1, request.lease_ms, request.ttl_ms)
         return TAKEOVER, key, mark, _claim_rest(request), expiry, seen_mark, b"%d" % seen.locked_until
 
     def _found(self, request: ClaimRequest, replies: list[Any]) -> Existing | None:
