@@ -322,6 +322,74 @@ def test_connection_cut_during_a_completion(proxy: Proxy, redis_prefix: str, cut
     client.close()
 
 
+@pytest.mark.parametrize("cut", ["request", "reply"])
+def test_async_connection_cut_during_a_completion(proxy: Proxy, redis_prefix: str, cut: str) -> None:
+    """The same cut on ``redis.asyncio``: the completion goes again on a new connection, the
+    call returns its result once and the key replays it."""
+    runs: list[str] = []
+
+    async def scenario() -> list[str]:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=proxy.port)
+        store = RedisStore(client, prefix=redis_prefix)
+
+        @idempotent(key_from="key", scope="tests.redis.acutdone", mode="lease", wait=0, store=store)
+        async def work(key: str) -> str:
+            runs.append(key)
+            if key == "cut":
+                (proxy.drop_next_request if cut == "request" else proxy.drop_next_reply)()
+            return f"ran {key}"
+
+        try:
+            results = [await work("warm-up"), await work("cut"), await work("cut")]
+            seen = await store.aread("tests.redis.acutdone", "cut")
+            assert seen is not None and seen.record.status == "completed"
+            return results
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == ["ran warm-up", "ran cut", "ran cut"]
+    assert proxy.cuts == 1
+    assert runs == ["warm-up", "cut"]
+
+
+def test_async_client_with_health_checks(redis_prefix: str) -> None:
+    """An async client with ``health_check_interval`` keeps its health checks: the store sends
+    through redis-py's own send, which pings a connection idle for longer than the interval."""
+    runs: list[str] = []
+
+    async def scenario() -> list[str]:
+        client = redis.asyncio.Redis.from_url(REDIS_URL, health_check_interval=1)
+        store = RedisStore(client, prefix=redis_prefix)
+        pings = 0
+        pool = client.connection_pool
+        conn = await pool.get_connection()
+        original = type(conn).check_health
+
+        async def counted(self: Any) -> None:
+            nonlocal pings
+            pings += 1
+            await original(self)
+
+        await pool.release(conn)
+        type(conn).check_health = counted  # type: ignore[method-assign]
+
+        @idempotent(key_from="key", scope="tests.redis.health", mode="lease", store=store)
+        async def work(key: str) -> str:
+            runs.append(key)
+            return "ok"
+
+        try:
+            results = [await work("h"), await work("h")]
+        finally:
+            type(conn).check_health = original  # type: ignore[method-assign]
+            await client.aclose()
+        assert pings >= 2  # one per command sent: the claim, the completion, the replay
+        return results
+
+    assert asyncio.run(scenario()) == ["ok", "ok"]
+    assert runs == ["h"]
+
+
 def test_record_is_one_string_with_its_creation_in_the_key_expiry(
     store: RedisStore, redis_client: redis.Redis
 ) -> None:
