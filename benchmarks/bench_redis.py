@@ -106,6 +106,7 @@ def measure(
     make_async: Callable[[], dict[str, Callable[[], Awaitable[Any]]]],
     calls: int,
     rounds: int,
+    loop: str = "asyncio",
 ) -> dict[str, list[float]]:
     """Seconds per call of every variant, one sample per round; each round runs them all."""
     per_round = max(1, calls // rounds)
@@ -129,7 +130,12 @@ def measure(
                     await afn()
                 samples.setdefault(name, []).append((time.perf_counter() - start) / per_round)
 
-    asyncio.run(main())
+    if loop == "uvloop":
+        import uvloop  # the bench extra installs it
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
     return samples
 
 
@@ -138,6 +144,12 @@ def main() -> int:
     parser.add_argument("--url", default=DEFAULT_URL, help=f"Redis URL (default {DEFAULT_URL})")
     parser.add_argument("--calls", type=int, default=2000, help="timed calls per variant (default 2000)")
     parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (default 10)")
+    parser.add_argument(
+        "--loop",
+        choices=("asyncio", "uvloop"),
+        default="asyncio",
+        help="event loop of the whole run (default asyncio; uvloop is what uvicorn[standard] runs on)",
+    )
     parser.add_argument("--output", type=Path, default=OUTPUT, help=f"JSON report (default {OUTPUT})")
     args = parser.parse_args()
     os.environ.pop("POWERTOOLS_IDEMPOTENCY_DISABLED", None)  # it would turn Powertools off
@@ -149,11 +161,15 @@ def main() -> int:
     print(
         f"Python {platform.python_version()}, redis-py {redis.__version__}, Redis {info['redis_version']}, "
         f"aws-lambda-powertools {getattr(aws_lambda_powertools, '__version__', '?')}, "
-        f"{args.calls} calls per variant"
+        f"{args.calls} calls per variant, {args.loop} event loop"
     )
     try:
         samples = measure(
-            sync_variants(args.url, prefix), lambda: async_variants(args.url, prefix), args.calls, args.rounds
+            sync_variants(args.url, prefix),
+            lambda: async_variants(args.url, prefix),
+            args.calls,
+            args.rounds,
+            args.loop,
         )
     finally:
         keys = list(server.scan_iter(match=prefix + "*", count=1000))
