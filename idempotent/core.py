@@ -165,6 +165,21 @@ class Commit(Op):
     __slots__ = ()
 
 
+@dataclass(slots=True)
+class ExecCommit(Op):
+    """Run one precompiled statement on the caller's connection, then commit the transaction the
+    decorator owns (as :class:`Commit`). Result: the statement's row count.
+
+    The statement must fail when it has nothing to write, so that nothing commits then (the
+    store's guard): a driver that can sends the statement and COMMIT together, in one round trip
+    (psycopg's pipeline mode), and the server skips the COMMIT after the failed statement.
+    Errors of either are raised as they are, untranslated.
+    """
+
+    sql: str
+    params: Any
+
+
 class Rollback(Op):
     """Roll back the handle's current transaction (no-op when there is none)."""
 
@@ -724,7 +739,14 @@ def _transaction_attempt(plan: Plan[T], deadline: float) -> Steps[T]:
             raise
         ended = (yield Marker()) is not marker
         text = encode_checked(plan.serializer, result, plan.return_hint, plan.max_bytes)
-        if not (yield from store.complete(request, plan.serializer.name, text, own=False)):
+        # A unit the decorator owns and nothing else ended: the result and the COMMIT may go
+        # together (the store's guarded statement fails, so nothing commits, if no row matched).
+        single = plan.owned and not ended and errors_point is None and getattr(store, "pipelined", False)
+        if single:
+            stored = yield from store.complete_commit(request, plan.serializer.name, text)  # type: ignore[attr-defined]
+        else:
+            stored = yield from store.complete(request, plan.serializer.name, text, own=False)
+        if not stored:
             # No row of ours: the function (or the database, on a deadlock it caught) rolled the
             # claim back, or its committed claim was taken over. Never commit as if it worked.
             if ended:
@@ -734,7 +756,9 @@ def _transaction_attempt(plan: Plan[T], deadline: float) -> Steps[T]:
                 if ended
                 else "the database rolled it back"
             )
-        if ended:
+        if single:
+            pass  # committed with the result
+        elif ended:
             warnings.warn(
                 f"{plan.function} ended the transaction itself; its key committed with its writes and "
                 "the result was stored in a second, fenced transaction. Leave the commit to the decorator "

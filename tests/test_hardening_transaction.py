@@ -146,8 +146,10 @@ def test_function_that_ends_its_transaction_and_writes_again_is_undone(
 # 3. A step after the call fails or is cancelled.
 # ---------------------------------------------------------------------------------------------
 def _is_result_write(statement: str, db: Db) -> bool:
+    head = statement.lstrip().upper()
     return (
-        statement.lstrip().upper().startswith("UPDATE")
+        # PostgreSQL with psycopg: the guarded form, ``WITH idem_done AS (UPDATE ...) SELECT ...``
+        (head.startswith("UPDATE") or head.startswith("WITH IDEM_DONE AS (UPDATE"))
         and db.keys.name in statement
         and "result" in statement
     )
