@@ -347,11 +347,14 @@ def _pipeline_supported() -> bool:
     return bool(psycopg.Pipeline.is_supported())
 
 
-def _lean_connection(conn: Any, driver_name: str) -> Any:
+def _lean_connection(conn: Any, is_async: bool) -> Any:
     """The psycopg connection under the SQLAlchemy ``conn`` (sync), when the library may run its
     own statements on it directly: psycopg, and nothing watching ``conn``'s statements (event
     listeners, ``echo``: they keep seeing every statement through SQLAlchemy). Else None."""
-    if not _LEAN or not isinstance(conn, sa.Connection) or conn.dialect.driver != driver_name:
+    if not _LEAN or not isinstance(conn, sa.Connection):
+        return None
+    dialect = conn.dialect
+    if dialect.driver != "psycopg" or bool(getattr(dialect, "is_async", False)) is not is_async:
         return None
     if conn.invalidated or conn.closed or _observed(conn):
         return None
@@ -468,7 +471,7 @@ def _exec_lean_sync(conn: sa.Connection, driver: Any, op: core.Exec) -> Any:
 
 def _exec_commit_sync(handle: SyncHandle, op: core.ExecCommit) -> int:
     conn = handle.connection()
-    driver = _lean_connection(conn, "psycopg")
+    driver = _lean_connection(conn, False)
     if driver is None or not _commit_pipelined(handle, conn, driver):
         if driver is None:
             rowcount = conn.exec_driver_sql(op.sql, op.params).rowcount
@@ -772,7 +775,7 @@ def run_sync(
                 else:
                     if conn is None:
                         conn = handle.connection()  # type: ignore[union-attr]
-                    driver = _lean_connection(conn, "psycopg")
+                    driver = _lean_connection(conn, False)
                     if driver is not None:
                         value = _exec_lean_sync(conn, driver, op)  # type: ignore[arg-type]
                     else:
@@ -1094,7 +1097,7 @@ async def _exec_lean_async(conn: Any, driver: Any, op: core.Exec) -> Any:
 
 async def _exec_commit_async(handle: AsyncHandle, obj: Any, op: core.ExecCommit) -> int:
     conn = await obj.connection() if handle.is_session else obj
-    driver = _lean_connection(conn.sync_connection, "psycopg_async")
+    driver = _lean_connection(conn.sync_connection, True)
     if driver is None or not _commit_pipelined(handle, conn.sync_connection, driver):
         if driver is None:
             rowcount = (await conn.exec_driver_sql(op.sql, op.params)).rowcount
@@ -1125,7 +1128,7 @@ async def _perform_async(
         if op.own:  # type: ignore[attr-defined]
             return await _exec_own_async(plan, op)  # type: ignore[arg-type]
         conn = await obj.connection() if handle is not None and handle.is_session else obj
-        driver = _lean_connection(conn.sync_connection, "psycopg_async")
+        driver = _lean_connection(conn.sync_connection, True)
         if driver is not None:
             return await _exec_lean_async(conn, driver, op)  # type: ignore[arg-type]
         result = await conn.exec_driver_sql(op.sql, op.params)  # type: ignore[attr-defined]

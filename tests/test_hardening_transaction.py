@@ -149,7 +149,7 @@ def _is_result_write(statement: str, db: Db) -> bool:
     head = statement.lstrip().upper()
     return (
         # PostgreSQL with psycopg: the guarded form, ``WITH idem_done AS (UPDATE ...) SELECT ...``
-        (head.startswith("UPDATE") or head.startswith("WITH IDEM_DONE AS (UPDATE"))
+        head.startswith(("UPDATE", "WITH IDEM_DONE AS (UPDATE"))
         and db.keys.name in statement
         and "result" in statement
     )
