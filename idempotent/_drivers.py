@@ -11,6 +11,7 @@ import asyncio
 import collections
 import functools
 import heapq
+import ipaddress
 import itertools
 import logging
 import math
@@ -331,11 +332,29 @@ async def _end_peek_async(obj: Any, conn: Any, driver: Any) -> None:
 # ---------------------------------------------------------------------------------------------
 # psycopg: the library's own statements on the driver's cursor, BEGIN and COMMIT pipelined.
 # ---------------------------------------------------------------------------------------------
-#: Switches for measuring what each technique buys (benchmarks/bench_pipeline.py); both on in use.
 #: ``_LEAN``: the library's statements on the psycopg cursor instead of ``exec_driver_sql``.
-#: ``_PIPELINE``: BEGIN sent with the claim, and the result write with COMMIT (needs ``_LEAN``).
+#: ``_PIPELINE``: BEGIN sent with the claim, and the result write with COMMIT (needs ``_LEAN``):
+#: None (in use) pipelines only over a network, True and False always and never (for tests and
+#: benchmarks/bench_pipeline.py, which measures what each buys).
 _LEAN = True
-_PIPELINE = True
+_PIPELINE: bool | None = None
+
+
+@functools.lru_cache(maxsize=64)
+def _networked(host: str | None, hostaddr: str | None) -> bool:
+    """True unless the server is reached over loopback or a Unix socket.
+
+    psycopg's pipeline mode costs the client about 60-70 µs per batch (it flushes each command
+    on its own and syncs in Python), more than a loopback round trip (30-45 µs on the machine
+    of benchmarks/README.md); over any network a round trip costs more than that, and the
+    pipeline saves two per call.
+    """
+    if not host or host.startswith("/"):
+        return False
+    try:
+        return not ipaddress.ip_address(hostaddr or host).is_loopback
+    except ValueError:
+        return host != "localhost"
 
 
 @functools.cache
@@ -364,12 +383,14 @@ def _lean_connection(conn: Any, is_async: bool) -> Any:
 def _can_pipeline(driver: Any) -> bool:
     """True when pipeline mode may be entered here: supported by libpq, not already entered by the
     caller, and the psycopg attributes this relies on are there."""
-    return (
-        _PIPELINE
-        and _pipeline_supported()
-        and getattr(driver, "_pipeline", True) is None
-        and hasattr(driver, "_autocommit")
-    )
+    if _PIPELINE is False or not _pipeline_supported():
+        return False
+    if getattr(driver, "_pipeline", True) is not None or not hasattr(driver, "_autocommit"):
+        return False
+    if _PIPELINE is None:
+        info = driver.info
+        return _networked(info.host, info.hostaddr)
+    return True
 
 
 def _begin_due(driver: Any) -> bytes | None:

@@ -27,6 +27,12 @@ from tests.conftest import Db
 from tests.proxy import Proxy
 
 
+@pytest.fixture(autouse=True)
+def _pipelined(monkeypatch: Any) -> None:
+    """Pipeline whatever the server's address (in use, only a server across a network is)."""
+    monkeypatch.setattr(drivers, "_PIPELINE", True)
+
+
 def _place(db: Db, scope: str, body: Callable[[Any], Any] | None = None, store: Any = None) -> Any:
     """``place(conn, ref)``: insert one order, run ``body(conn)`` (awaited on async), return 1."""
     orders = db.orders
@@ -157,6 +163,21 @@ def test_without_the_pipeline_a_first_call_is_four_round_trips(pg_db: Db, monkey
     result, trips = _round_trips(db, lambda obj: place(obj, "rt-1"))
     assert (result, trips) == (1, 5)
     assert db.key_rows()[0].status == "completed"
+
+
+def test_loopback_server_is_not_pipelined_by_default(pg_db: Db, monkeypatch: Any) -> None:
+    """In use, a server on loopback or a Unix socket gets no pipeline (a round trip there costs
+    less than psycopg's pipeline bookkeeping); any other address does."""
+    monkeypatch.setattr(drivers, "_PIPELINE", None)
+    db = pg_db
+    place = _place(db, "tests.pipe.auto")
+    assert _round_trips(db, lambda obj: place(obj, "a-1")) == (1, 5)
+    networked = drivers._networked.__wrapped__
+    assert not networked("127.0.0.1", "127.0.0.1")
+    assert not networked("localhost", "::1")
+    assert not networked("/var/run/postgresql", "")
+    assert networked("db.internal", "10.1.2.3")
+    assert networked("2001:db8::1", "2001:db8::1")
 
 
 def test_session_with_a_before_commit_listener_commits_through_the_session(pg_db: Db) -> None:
