@@ -19,6 +19,7 @@ two round trips, to weigh what the SQL itself costs the server:
 
 * ``h-row``: the library's claim (returns the key's row beside the count), the guarded result write;
 * ``h-slim``: the same claim without the row (count and clock only), the guarded result write;
+* ``h-gated``: the library's claim with the row's join gated on the insert having found a row;
 * ``h-lock``: no claim row: ``pg_advisory_xact_lock`` on a hash of the key and a read of the key's
   row (two statements, so the read sees a row committed while the lock was awaited), then one
   INSERT of the completed row with the result, and COMMIT.
@@ -194,6 +195,12 @@ def build(url: str, suffix: str) -> tuple[dict[str, Callable[[], None]], Callabl
         + f"SELECT (SELECT count(*) FROM ins), set_config('lock_timeout', cfg.prev, true), {found}, "
         f"cfg.now FROM cfg LEFT JOIN {table} AS k ON k.scope = %(scope)s AND k.key = %(key)s"
     )
+    claim_gated = (
+        claim_head
+        + f"SELECT (SELECT count(*) FROM ins), set_config('lock_timeout', cfg.prev, true), {found}, "
+        f"cfg.now FROM cfg LEFT JOIN {table} AS k ON k.scope = %(scope)s AND k.key = %(key)s "
+        "AND NOT EXISTS (SELECT FROM ins)"
+    )
     claim_slim = claim_head + (
         "SELECT (SELECT count(*) FROM ins), set_config('lock_timeout', cfg.prev, true), cfg.now FROM cfg"
     )
@@ -243,6 +250,7 @@ def build(url: str, suffix: str) -> tuple[dict[str, Callable[[], None]], Callabl
 
     run["hand h-row"] = hand(claim_row)
     run["hand h-slim"] = hand(claim_slim)
+    run["hand h-gated"] = hand(claim_gated)
     run["hand h-lock"] = hand(None)
 
     def cleanup() -> None:

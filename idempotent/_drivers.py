@@ -344,10 +344,10 @@ _PIPELINE: bool | None = None
 def _networked(host: str | None, hostaddr: str | None) -> bool:
     """True unless the server is reached over loopback or a Unix socket.
 
-    psycopg's pipeline mode costs the client about 60-70 µs per batch (it flushes each command
-    on its own and syncs in Python), more than a loopback round trip (30-45 µs on the machine
-    of benchmarks/README.md); over any network a round trip costs more than that, and the
-    pipeline saves two per call.
+    A batch in psycopg's pipeline mode costs more than a loopback round trip: it flushes each
+    command on its own and syncs in Python (one ``SELECT 1`` took 118 µs in a pipeline against
+    45 µs without, on the machine of benchmarks/README.md), so on loopback the two round trips
+    it saves a first call do not pay for it. Over a network they do (see "What each way bought").
     """
     if not host or host.startswith("/"):
         return False
