@@ -498,20 +498,19 @@ def _exec_commit_sync(handle: SyncHandle, op: core.ExecCommit) -> int:
             rowcount = conn.exec_driver_sql(op.sql, op.params).rowcount
         else:
             rowcount = _exec_lean_sync(conn, driver, core.Exec(op.sql, op.params))
-        handle.obj.commit()
+        if rowcount == 1:
+            handle.obj.commit()
         return int(rowcount)
     try:
-        with driver.cursor() as cur, driver.cursor() as end:
-            with driver.pipeline():
-                cur.execute(op.sql, op.params)
-                end.execute(b"COMMIT", prepare=False)
-            rowcount = cur.rowcount
+        with driver.cursor() as cur, driver.cursor() as end, driver.pipeline():
+            cur.execute(op.guarded, op.params)
+            end.execute(b"COMMIT", prepare=False)
     except BaseException as exc:
-        _lean_failed_sync(conn, op, exc, driver, pipelined=True)
+        _lean_failed_sync(conn, core.Exec(op.guarded, op.params), exc, driver, pipelined=True)
         raise
     # The driver's transaction is over: SQLAlchemy's commit ends its own and sends nothing.
     handle.obj.commit()
-    return int(rowcount)
+    return 1  # the guarded statement wrote exactly one row, or failed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1124,19 +1123,18 @@ async def _exec_commit_async(handle: AsyncHandle, obj: Any, op: core.ExecCommit)
             rowcount = (await conn.exec_driver_sql(op.sql, op.params)).rowcount
         else:
             rowcount = await _exec_lean_async(conn, driver, core.Exec(op.sql, op.params))
-        await obj.commit()
+        if rowcount == 1:
+            await obj.commit()
         return int(rowcount)
     try:
-        async with driver.cursor() as cur, driver.cursor() as end:
-            async with driver.pipeline():
-                await cur.execute(op.sql, op.params)
-                await end.execute(b"COMMIT", prepare=False)
-            rowcount = cur.rowcount
+        async with driver.cursor() as cur, driver.cursor() as end, driver.pipeline():
+            await cur.execute(op.guarded, op.params)
+            await end.execute(b"COMMIT", prepare=False)
     except BaseException as exc:
-        await _lean_failed_async(conn, op, exc, driver, pipelined=True)
+        await _lean_failed_async(conn, core.Exec(op.guarded, op.params), exc, driver, pipelined=True)
         raise
     await obj.commit()  # the driver's transaction is over: SQLAlchemy's commit sends nothing
-    return int(rowcount)
+    return 1  # the guarded statement wrote exactly one row, or failed
 
 
 async def _perform_async(

@@ -542,9 +542,10 @@ class BoundSQLStore:
         """:meth:`complete`, then COMMIT the unit the decorator owns, in one round trip where the
         driver pipelines them (PostgreSQL with psycopg only, see ``pipelined``).
 
-        False when no row of ``request.owner`` was in progress: the guarded statement failed, so
-        the COMMIT did not happen and the transaction is left to be rolled back. Other errors of
-        the statement or of the COMMIT are raised untranslated, as a failed COMMIT always was.
+        False when no row of ``request.owner`` was in progress: nothing was committed (the plain
+        statement wrote no row, or the guarded one failed and the server skipped the COMMIT
+        behind it) and the transaction is left to be rolled back. Other errors of the statement or
+        of the COMMIT are raised untranslated, as a failed COMMIT always was.
         """
         values = self._values(
             request,
@@ -554,15 +555,15 @@ class BoundSQLStore:
             error_type=None,
             keep_ms=request.wait_ms,
         )
-        guarded = self._complete_guarded
+        complete = self._complete
         try:
-            yield ExecCommit(guarded.sql, guarded.bind(values))
+            written = yield ExecCommit(complete.sql, complete.bind(values), self._complete_guarded.sql)
         except Exception as exc:
             sqlstate, _, message = _codes(exc)
             if sqlstate == "22P02" and _NO_ROW in message:
                 return False
             raise
-        return True
+        return bool(written == 1)
 
     def fail(self, request: ClaimRequest, error_type: str, text: str, *, own: bool) -> Steps[bool]:
         values = self._values(

@@ -167,17 +167,19 @@ class Commit(Op):
 
 @dataclass(slots=True)
 class ExecCommit(Op):
-    """Run one precompiled statement on the caller's connection, then commit the transaction the
-    decorator owns (as :class:`Commit`). Result: the statement's row count.
+    """Write with one precompiled statement on the caller's connection, then commit the
+    transaction the decorator owns (as :class:`Commit`) if it wrote one row. Result: the row count
+    (nothing is committed unless it is 1).
 
-    The statement must fail when it has nothing to write, so that nothing commits then (the
-    store's guard): a driver that can sends the statement and COMMIT together, in one round trip
-    (psycopg's pipeline mode), and the server skips the COMMIT after the failed statement.
-    Errors of either are raised as they are, untranslated.
+    ``sql`` is the plain statement, sent alone and its row count checked before the COMMIT.
+    ``guarded`` is the same write made to fail when it writes no row, so that a driver that can
+    send it and COMMIT together, in one round trip (psycopg's pipeline mode), may: the server
+    skips a COMMIT queued behind a failed statement. Errors are raised as they are, untranslated.
     """
 
     sql: str
     params: Any
+    guarded: str
 
 
 class Rollback(Op):

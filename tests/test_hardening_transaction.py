@@ -146,10 +146,8 @@ def test_function_that_ends_its_transaction_and_writes_again_is_undone(
 # 3. A step after the call fails or is cancelled.
 # ---------------------------------------------------------------------------------------------
 def _is_result_write(statement: str, db: Db) -> bool:
-    head = statement.lstrip().upper()
     return (
-        # PostgreSQL with psycopg: the guarded form, ``WITH idem_done AS (UPDATE ...) SELECT ...``
-        head.startswith(("UPDATE", "WITH IDEM_DONE AS (UPDATE"))
+        statement.lstrip().upper().startswith("UPDATE")
         and db.keys.name in statement
         and "result" in statement
     )

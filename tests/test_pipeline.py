@@ -223,7 +223,7 @@ def test_engine_with_listeners_sees_the_library_statements(pg_db: Db) -> None:
     assert outcome == 1
     keys = [s for s in statements if db.keys.name in s]
     assert len(keys) == 2  # the claim and the (guarded) result write
-    assert "INSERT" in keys[0] and "idem_done" in keys[1]
+    assert keys[0].lstrip().startswith("WITH") and keys[1].lstrip().startswith("UPDATE")
     assert db.key_rows()[0].status == "completed"
 
 
@@ -256,10 +256,13 @@ def test_begin_sent_with_the_claim_keeps_the_isolation_level(pg_db: Db, level: s
 # ---------------------------------------------------------------------------------------------
 # 2. The function ended the transaction behind SQLAlchemy's back: the result write matches no row.
 # ---------------------------------------------------------------------------------------------
-def test_result_write_matching_no_row_never_commits(pg_db: Db) -> None:
+@pytest.mark.parametrize("pipeline", [True, False], ids=["pipeline", "apart"])
+def test_result_write_matching_no_row_never_commits(pg_db: Db, pipeline: bool, monkeypatch: Any) -> None:
     """The function rolls back with a raw ROLLBACK (SQLAlchemy still sees its transaction) and
-    writes again: the guarded result write fails, the COMMIT sent behind it does not run, the
-    later write is undone and TransactionAborted is raised; no key is left, and a retry runs."""
+    writes again: the result write matches no row (pipelined: the guarded write fails and the
+    COMMIT sent behind it does not run; apart: no COMMIT is sent), the later write is undone and
+    TransactionAborted is raised; no key is left, and a retry runs."""
+    monkeypatch.setattr(drivers, "_PIPELINE", pipeline)
     db = pg_db
     orders = db.orders
     rolled = [True]
@@ -308,7 +311,7 @@ def test_guarded_result_write_fails_only_without_a_row(pg_db: Db) -> None:
             op = next(steps)
             assert isinstance(op, ExecCommit)
             try:
-                conn.exec_driver_sql(op.sql, op.params)
+                conn.exec_driver_sql(op.guarded, op.params)
             except sa.exc.DBAPIError as exc:
                 conn.rollback()
                 with pytest.raises(StopIteration) as stop:
@@ -320,6 +323,11 @@ def test_guarded_result_write_fails_only_without_a_row(pg_db: Db) -> None:
             assert stop.value.value is own_row
     (row,) = db.key_rows()
     assert (row.status, row.result) == ("completed", "1")
+    steps = bound.complete_commit(request, "json", "2")  # type: ignore[attr-defined]
+    next(steps)
+    with pytest.raises(StopIteration) as stop:
+        steps.send(0)  # the plain statement, sent alone, wrote no row: nothing was committed
+    assert stop.value.value is False
 
 
 # ---------------------------------------------------------------------------------------------
