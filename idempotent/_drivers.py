@@ -259,15 +259,19 @@ def _raise_wrapped(
     op: core.Peek | core.Exec | core.ExecCommit,
     exc: BaseException,
     dbapi_connection: Any,
+    dropped: bool | None = None,
 ) -> None:
-    """Raise a driver error of the peek as SQLAlchemy would have (what the store translates)."""
+    """Raise a driver error of a statement run on the driver's cursor as SQLAlchemy would have
+    (what the store translates, and what the retry after a dropped connection looks for)."""
     if isinstance(exc, dialect.loaded_dbapi.Error):
+        if dropped is None:
+            dropped = dialect.is_disconnect(exc, dbapi_connection, None)
         raise sa.exc.DBAPIError.instance(
             op.sql,
             op.params,
             exc,
             dialect.loaded_dbapi.Error,
-            connection_invalidated=dialect.is_disconnect(exc, dbapi_connection, None),
+            connection_invalidated=dropped,
             dialect=dialect,
         ) from exc
 
@@ -735,6 +739,8 @@ def _exec_own_sync(plan: core.Plan[Any], op: core.Exec) -> Any:
 
 def _exec_own_once_sync(plan: core.Plan[Any], op: core.Exec) -> Any:
     engine = _lease_engine(plan)
+    if engine.dialect.driver == "psycopg" and not engine.dialect.is_async and not _engine_observed(engine):
+        return _exec_raw_sync(engine, op)
     if engine.dialect.name in _COMMIT_DIALECTS:
         with engine.begin() as conn:
             result = conn.exec_driver_sql(op.sql, op.params)
@@ -743,6 +749,91 @@ def _exec_own_once_sync(plan: core.Plan[Any], op: core.Exec) -> Any:
         conn = raw.execution_options(isolation_level="AUTOCOMMIT")
         result = conn.exec_driver_sql(op.sql, op.params)
         return result.fetchall() if op.fetch else result.rowcount
+
+
+def _engine_observed(engine: sa.Engine) -> bool:
+    """True when event listeners (on the engine or its dialect) or ``echo`` watch ``engine``'s
+    statements: the library's own statements then go through a SQLAlchemy ``Connection``."""
+    return bool(
+        getattr(engine, "_has_events", True)
+        or getattr(engine.dialect, "_has_events", True)
+        or engine._should_log_info()
+    )
+
+
+def _exec_raw_sync(engine: sa.Engine, op: core.Exec) -> Any:
+    """One of the library's own statements on psycopg's cursor, the connection in autocommit.
+
+    This is what ``execution_options(isolation_level="AUTOCOMMIT")`` and ``exec_driver_sql``
+    would do, without the ``Connection``, the autocommit switch through execution options and
+    the result metadata SQLAlchemy builds on every call (most of a lease-mode replay's Python
+    time; see benchmarks/README.md). The pool is used as usual (pre-ping, pool events, reset on
+    return). A driver error is raised as SQLAlchemy's ``DBAPIError``, as a ``Connection`` raises
+    it; see :func:`_hand_back_raw` for what becomes of the connection.
+    """
+    try:
+        fairy = engine.raw_connection()
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise _connect_error(engine.dialect, exc) from exc
+    driver: Any = fairy.driver_connection
+    was = True
+    try:
+        was = driver.autocommit  # an engine made with isolation_level="AUTOCOMMIT" keeps it
+        if not was:
+            driver.autocommit = True
+        with driver.cursor() as cursor:
+            cursor.execute(op.sql, op.params)
+            value = cursor.fetchall() if op.fetch else cursor.rowcount
+        if not was:
+            driver.autocommit = False
+    except BaseException as exc:
+        dropped = _hand_back_raw(engine.dialect, engine.pool, fairy, exc, was)
+        _raise_wrapped(engine.dialect, op, exc, fairy.dbapi_connection, dropped)
+        raise
+    fairy.close()
+    return value
+
+
+def _connect_error(dialect: sa.Dialect, exc: Any) -> BaseException:
+    """A failed checkout (say, the server refused the connection) as ``engine.connect()`` raises it."""
+    wrapped: BaseException = sa.exc.DBAPIError.instance(
+        None,
+        None,
+        exc,
+        dialect.loaded_dbapi.Error,
+        connection_invalidated=dialect.is_disconnect(exc, None, None),
+        dialect=dialect,
+    )
+    return wrapped
+
+
+def _hand_back_raw(dialect: sa.Dialect, pool: Any, fairy: Any, exc: BaseException, was: bool) -> bool:
+    """After ``exc`` on a raw pooled connection, as a ``Connection`` would: a dropped connection
+    is invalidated with its pool (connections made before it are replaced at their next
+    checkout, so the retry of :func:`_exec_own_sync` connects afresh); an interruption
+    (``KeyboardInterrupt``, a cancelled task) discards the connection, whose statement may still
+    be under way; after any other error the connection goes back to the pool, out of autocommit
+    again. True when the connection dropped. Never raises (failing here only invalidates)."""
+    dropped = False
+    try:
+        dropped = isinstance(exc, dialect.loaded_dbapi.Error) and bool(
+            dialect.is_disconnect(exc, fairy.dbapi_connection, None)
+        )
+        if dropped:
+            pool._invalidate(fairy, exc)
+        elif not isinstance(exc, Exception):
+            fairy.invalidate(exc)
+        else:
+            if not was:
+                fairy.dbapi_connection.autocommit = False  # (async: the adapter awaits psycopg's)
+            fairy.close()
+    except Exception:
+        _logger.debug("could not hand back the connection after a failed statement", exc_info=True)
+        try:
+            fairy.invalidate(exc)
+        except Exception:
+            _logger.debug("could not invalidate the connection", exc_info=True)
+    return dropped
 
 
 def _drive_plain_sync(steps: core.Steps[Any], plan: core.Plan[Any]) -> Any:
@@ -892,6 +983,8 @@ async def _exec_own_async(plan: core.Plan[Any], op: core.Exec) -> Any:
 
 
 async def _exec_own_once_async(engine: Any, op: core.Exec) -> Any:
+    if engine.dialect.driver == "psycopg" and not _engine_observed(engine.sync_engine):
+        return await _exec_raw_async(engine, op)
     if engine.dialect.name in _COMMIT_DIALECTS:
         async with engine.begin() as conn:
             result = await conn.exec_driver_sql(op.sql, op.params)
@@ -900,6 +993,41 @@ async def _exec_own_once_async(engine: Any, op: core.Exec) -> Any:
         conn = await raw.execution_options(isolation_level="AUTOCOMMIT")
         result = await conn.exec_driver_sql(op.sql, op.params)
         return result.fetchall() if op.fetch else result.rowcount
+
+
+async def _exec_raw_async(engine: Any, op: core.Exec) -> Any:
+    """:func:`_exec_raw_sync` on psycopg's async connection. Checkout and checkin run in
+    SQLAlchemy's greenlet bridge, as an ``AsyncConnection``'s do; a cancelled statement
+    discards its connection in a shielded step and the cancellation propagates."""
+    from sqlalchemy.util import greenlet_spawn  # noqa: PLC0415  (the asyncio extra is installed here)
+
+    try:
+        fairy = await greenlet_spawn(engine.sync_engine.raw_connection)
+    except engine.dialect.loaded_dbapi.Error as exc:
+        raise _connect_error(engine.dialect, exc) from exc
+    driver: Any = fairy.driver_connection
+    was = True
+    try:
+        was = driver.autocommit
+        if not was:
+            await driver.set_autocommit(True)
+        async with driver.cursor() as cursor:
+            await cursor.execute(op.sql, op.params)
+            value = await cursor.fetchall() if op.fetch else cursor.rowcount
+        if not was:
+            await driver.set_autocommit(False)
+    except BaseException as exc:
+        with anyio.CancelScope(shield=True):
+            dropped = await greenlet_spawn(_hand_back_async, engine, fairy, exc, was)
+        _raise_wrapped(engine.dialect, op, exc, fairy.dbapi_connection, dropped)
+        raise
+    await greenlet_spawn(fairy.close)
+    return value
+
+
+def _hand_back_async(engine: Any, fairy: Any, exc: BaseException, was: bool) -> bool:
+    """:func:`_hand_back_raw` for an async engine (run in the greenlet bridge)."""
+    return _hand_back_raw(engine.dialect, engine.sync_engine.pool, fairy, exc, was)
 
 
 async def _drive_plain_async(steps: core.Steps[Any], plan: core.Plan[Any]) -> Any:

@@ -131,10 +131,11 @@ _UNSET: Any = object()
 
 #: Weight of the latest call in a function's moving replay rate.
 _RATE_WEIGHT = 0.1
-#: From this replay rate on, decorator-owned calls look for a stored result with one autocommit
-#: read before claiming (PostgreSQL with psycopg). That read makes a replay one round trip instead
-#: of three but costs a first call one more: it pays off only while retries are frequent, as in a
-#: retry storm or a client that always retries. Three replays in a row reach it.
+#: From this replay rate on, decorator-owned calls (and lease-mode calls on the SQL store) look for
+#: a stored result with one autocommit read before claiming (PostgreSQL with psycopg). That read
+#: makes a replay one round trip instead of three (lease mode: a plain SELECT instead of the claim)
+#: but costs a first call one more: it pays off only while retries are frequent, as in a retry
+#: storm or a client that always retries. Three replays in a row reach it.
 PEEK_AT = 0.25
 _EMPTY: Any = inspect.Parameter.empty
 
@@ -479,6 +480,7 @@ class _Spec:
                 )
             plan.store = raw.for_dialect(raw.engine.dialect)
             plan.extra["renew"] = True
+            plan.peek = self.replay_rate >= PEEK_AT
             if isinstance(raw, SQLStore):
                 _check_sqlite_self_wait(self.name, session(), raw)
             return plan, core.lease_flow(plan), None
