@@ -25,11 +25,13 @@ two round trips, to weigh what the SQL itself costs the server:
   INSERT of the completed row with the result, and COMMIT.
 
     .venv/bin/python benchmarks/bench_pipeline.py --iterations 1000
+    .venv/bin/python benchmarks/bench_pipeline.py --iterations 1000 --async   # the library's variants only
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
 import contextlib
 import json
@@ -264,6 +266,99 @@ def build(url: str, suffix: str) -> tuple[dict[str, Callable[[], None]], Callabl
     return run, cleanup
 
 
+def build_async(url: str, suffix: str) -> tuple[dict[str, Callable[[], None]], Callable[[], None]]:
+    """The library's variants on ``postgresql+psycopg_async`` (no hand-written ones): each call is
+    driven by ``run_until_complete`` on one event loop kept for the run."""
+    from sqlalchemy.ext.asyncio import AsyncConnection, create_async_engine
+
+    loop = asyncio.new_event_loop()
+    aurl = sa.make_url(url).set(drivername="postgresql+psycopg_async")
+
+    def engine() -> Any:
+        return create_async_engine(aurl, isolation_level="READ COMMITTED")
+
+    setup = engine()
+    metadata = sa.MetaData()
+    orders = sa.Table(
+        f"bpa_orders_{suffix}",
+        metadata,
+        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
+        sa.Column("amount", sa.Integer, nullable=False),
+    )
+    accounts = sa.Table(
+        f"bpa_accounts_{suffix}",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
+        sa.Column("balance", sa.BigInteger, nullable=False),
+    )
+    keys = make_table(metadata, f"bpa_keys_{suffix}")
+
+    async def create() -> None:
+        async with setup.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+            await conn.execute(sa.insert(accounts), [{"id": i, "balance": 0} for i in range(16)])
+
+    loop.run_until_complete(create())
+    credit = (
+        sa.update(accounts)
+        .where(accounts.c.id == sa.bindparam("account"))
+        .values(balance=accounts.c.balance + sa.bindparam("amount"))
+    )
+    ids = iter(range(1, 1 << 62))
+
+    async def business(conn: AsyncConnection, order_id: int) -> dict[str, int]:
+        await conn.execute(sa.insert(orders), {"id": order_id, "amount": 5})
+        await conn.execute(credit, {"account": order_id % 16, "amount": 5})
+        return {"order": order_id, "amount": 5}
+
+    engines = [setup]
+    run: dict[str, Callable[[], None]] = {}
+    bare_engine = engine()
+    engines.append(bare_engine)
+
+    async def bare() -> None:
+        async with bare_engine.connect() as conn, conn.begin():
+            await business(conn, next(ids))
+
+    run["business bare"] = lambda: loop.run_until_complete(bare())
+    store = SQLStore(table=keys.name)
+    for body in ("business", "trivial"):
+        for mode, (lean, pipeline) in MODES.items():
+            each = engine()
+            engines.append(each)
+
+            @idempotent(key_from="order_id", scope=f"bpa.{body}.{mode}", store=store)
+            async def fn(conn: AsyncConnection, order_id: int, body: str = body) -> dict[str, int]:
+                if body == "business":
+                    return await business(conn, order_id)
+                return {"order": order_id, "amount": 5}
+
+            async def acall(
+                fn: Any = fn, each: Any = each, lean: bool = lean, pipeline: bool = pipeline
+            ) -> None:
+                drivers._LEAN, drivers._PIPELINE = lean, pipeline
+                try:
+                    async with each.connect() as conn:
+                        await fn(conn, next(ids))
+                finally:
+                    drivers._LEAN, drivers._PIPELINE = True, None
+
+            run[f"{body} {mode}"] = lambda acall=acall: loop.run_until_complete(acall())
+
+    def cleanup() -> None:
+        async def drop() -> None:
+            for each in engines[1:]:
+                await each.dispose()
+            async with setup.begin() as conn:
+                await conn.run_sync(metadata.drop_all)
+            await setup.dispose()
+
+        loop.run_until_complete(drop())
+        loop.close()
+
+    return run, cleanup
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument("--iterations", type=int, default=1000)
@@ -275,13 +370,19 @@ def main() -> None:
         default=0,
         help="send every connection through a proxy adding this delay each way",
     )
+    parser.add_argument(
+        "--async",
+        dest="use_async",
+        action="store_true",
+        help="the library's variants on psycopg's async driver",
+    )
     args = parser.parse_args()
     url = args.url
     if args.delay_us:
         parsed = sa.make_url(url)
         proxy = DelayProxy(parsed.host or "127.0.0.1", parsed.port or 5432, args.delay_us / 1e6)
         url = parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
-    run, cleanup = build(url, uuid.uuid4().hex[:8])
+    run, cleanup = (build_async if args.use_async else build)(url, uuid.uuid4().hex[:8])
     try:
         names = list(run)
         for _ in range(args.warmup):
