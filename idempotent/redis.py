@@ -11,27 +11,33 @@ Install with ``pip install 'idempotent[redis]'``::
     @idempotent(key_from="payment_id", mode="lease", store=store)
     def charge(payment_id: str, amount: int) -> dict[str, str]: ...
 
-Every step is one Lua script run atomically by the server (``EVALSHA``; the script is sent
-with ``SCRIPT LOAD`` only when the server answers ``NOSCRIPT``): a claim is never a read
-followed by a write. Lease times come from the server's clock (``TIME`` inside the scripts),
-so clients with skewed clocks agree. Each record is a hash under ``prefix`` + the key, and
-expires by itself (``PEXPIRE``) once its ``ttl`` and, while it runs, its lease have passed:
-no purge is needed. The scripts are safe to send again after a lost reply (the client's
-``retry`` setting), because each claim, renewal and completion carries its owner's token.
+Every step is one atomic operation of the server, never a read followed by a separate write.
+A claim is ``SET key record NX PX ms GET``: it stores the new in-progress record only when
+there is none and returns the record already there; its time of creation is the key's own
+expiry time (``PEXPIRETIME``) minus the ``PX`` it was given, both on the server's clock. The
+server's ``TIME`` is read in the same round trip, for the caller's decision about a record it
+finds. Renewal, completion, release and takeover are Lua scripts (``EVALSHA``; sent with
+``SCRIPT LOAD`` only when the server answers ``NOSCRIPT``) that act only while the caller's
+owner token holds the key, with times from ``TIME``. Each record is one string under
+``prefix`` + the key, and expires by itself once its ``ttl`` and, while it runs, its lease have
+passed: no purge is needed. Every step is safe to send again after a lost reply (the client's
+``retry`` setting), because each carries its owner's token.
 
 Redis cannot share a transaction with your database, so transaction mode is refused: use
-``mode="lease"`` (at-least-once, with crash recovery) or the SQL store.
+``mode="lease"`` (at-least-once, with crash recovery) or the SQL store. Needs Redis 7.0 or
+later (``SET ... NX GET``, ``PEXPIRETIME``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from typing import Any
 
 try:
     import redis as _redis
     import redis.asyncio as _aredis
-    from redis.exceptions import NoScriptError
+    from redis.exceptions import NoScriptError, ResponseError
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("idempotent.redis needs the redis package: pip install 'idempotent[redis]'") from exc
 
@@ -39,105 +45,129 @@ import anyio
 
 from idempotent.core import ClaimRequest, Existing, Record
 from idempotent.errors import ConfigurationError
-from idempotent.stores import LeaseMethods, record_key
+from idempotent.stores import record_key
 
 __all__ = ["RedisStore"]
 
+#: Each record is one string:
+#:
+#:     <len(owner)>:<owner><status><created>,<locked_until - created_at>,
+#:     <expires_at - created_at>,<fingerprint>,<result_codec>,<error_type>,<result>\n
+#:     <fingerprint><result_codec><error_type><result>
+#:
+#: after ``<status>`` (one letter: ``i``, ``c``, ``f``) the header gives byte lengths (-1:
+#: None) of the texts after its newline. ``<created>`` is ``created_at``, epoch milliseconds
+#: on the server's clock plus the writer's offset, or, in a record stored by the claim's
+#: ``SET`` (which cannot read the clock), ``*`` and ``PX - offset``: ``created_at`` is then
+#: the key's ``PEXPIRETIME`` minus that number. Owner first: "is it still mine and in
+#: progress?" is one comparison of the record's start with ``<len>:<owner>i``.
 _NOW = """
 local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + tonumber(ARGV[1])
-local k = KEYS[1]
+local now = t[1] * 1000 + math.floor(t[2] / 1000) + ARGV[1]
 """
 
-#: ARGV: clock offset, owner, lease ms, ttl ms, has fingerprint, fingerprint, replacing?,
-#: replaced owner, replaced status, replaced locked_until.
-_CLAIM = (
-    _NOW
-    + """
-local cur = redis.call('HMGET', k, 'fp', 'st', 'ow', 'lu', 'ca', 'ea', 'rc', 'r', 'et')
-if cur[3] then
-  if not (ARGV[7] == '1' and cur[3] == ARGV[8] and cur[2] == ARGV[9] and cur[4] == ARGV[10]) then
-    return {0, now, cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], cur[9]}
-  end
-  redis.call('DEL', k)
-end
-local lu = now + tonumber(ARGV[3])
-local ea = now + tonumber(ARGV[4])
-if ARGV[5] == '1' then
-  redis.call('HSET', k, 'st', 'in_progress', 'ow', ARGV[2], 'lu', string.format('%d', lu),
-    'ca', string.format('%d', now), 'ea', string.format('%d', ea), 'fp', ARGV[6])
-else
-  redis.call('HSET', k, 'st', 'in_progress', 'ow', ARGV[2], 'lu', string.format('%d', lu),
-    'ca', string.format('%d', now), 'ea', string.format('%d', ea))
-end
-redis.call('PEXPIRE', k, math.max(1, math.max(lu, ea) - now))
-return {1, now}
+#: The record ``v`` under KEYS[1]: its ``created_at`` (``ca``, a number), then as text
+#: ``locked_until - created_at`` and ``expires_at - created_at`` (``dlu``, ``dea``) and where
+#: the rest starts (``rest``), read from ``at`` (just after the status letter).
+_CREATED = """
+local star, ca, dlu, dea, rest = string.match(v, '^(%*?)(%-?%d+),(%d+),(%d+)()', at)
+if star == '*' then ca = redis.call('PEXPIRETIME', KEYS[1]) - ca else ca = tonumber(ca) end
 """
-)
 
-#: ARGV: clock offset, owner, lease ms.
+#: ARGV: offset, the owner's mark ``<len>:<owner>i``; the script goes on only while it holds
+#: the key in progress (``v`` is the record, ``at`` where its header starts).
+_HELD = """
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local at = #ARGV[2] + 1
+if string.sub(v, 1, #ARGV[2]) ~= ARGV[2] then
+"""
+
+#: ARGV: offset, owner's mark, lease ms.
 _RENEW = (
-    _NOW
+    _HELD
     + """
-local cur = redis.call('HMGET', k, 'ow', 'st', 'ea')
-if cur[1] ~= ARGV[2] or cur[2] ~= 'in_progress' then return 0 end
-local lu = now + tonumber(ARGV[3])
-redis.call('HSET', k, 'lu', string.format('%d', lu))
-redis.call('PEXPIRE', k, math.max(1, math.max(lu, tonumber(cur[3])) - now))
+  return 0
+end
+"""
+    + _CREATED
+    + _NOW
+    + """
+local lu = now + ARGV[3]
+local record = ARGV[2] .. string.format('%d', ca) .. ',' .. string.format('%d', lu - ca) .. ',' .. dea
+  .. string.sub(v, rest)
+redis.call('SET', KEYS[1], record, 'PX', string.format('%d', math.max(1, math.max(lu, ca + dea) - now)))
 return 1
 """
 )
 
-#: ARGV: clock offset, owner, status, then flag and value of result_codec, result, error_type,
-#: then how long the outcome is kept at least (ms: the caller's wait, so that waiters see it).
+#: ARGV: offset, owner's mark, the outcome's mark (``<len>:<owner><c|f>``), how long the
+#: outcome is kept at least (ms: the caller's wait, so that waiters see it), the header after
+#: expires_at and the texts. A completion sent again after a lost reply finds its own outcome.
 _COMPLETE = (
-    _NOW
+    _HELD
     + """
-local cur = redis.call('HMGET', k, 'ow', 'st', 'ea')
-if cur[1] ~= ARGV[2] then return 0 end
-if cur[2] == ARGV[3] then return 1 end
-if cur[2] ~= 'in_progress' then return 0 end
-local ea = math.max(tonumber(cur[3]), now + tonumber(ARGV[10]))
-local left = ea - now
-if left <= 0 then
-  redis.call('DEL', k)
+  if string.sub(v, 1, #ARGV[3]) == ARGV[3] then return 1 end
+  return 0
+end
+"""
+    + _CREATED
+    + _NOW
+    + """
+local ea = math.max(ca + dea, now + ARGV[4])
+if ea <= now then
+  redis.call('DEL', KEYS[1])
   return 1
 end
-local set, gone = {'st', ARGV[3], 'ea', string.format('%d', ea)}, {}
-local names = {'rc', 'r', 'et'}
-for i = 1, 3 do
-  if ARGV[2 + 2 * i] == '1' then
-    set[#set + 1] = names[i]
-    set[#set + 1] = ARGV[3 + 2 * i]
-  else
-    gone[#gone + 1] = names[i]
-  end
-end
-redis.call('HSET', k, unpack(set))
-if #gone > 0 then redis.call('HDEL', k, unpack(gone)) end
-redis.call('PEXPIRE', k, left)
+local record = ARGV[3] .. string.format('%d', ca) .. ',' .. dlu .. ','
+  .. string.format('%d', ea - ca) .. ARGV[5]
+redis.call('SET', KEYS[1], record, 'PX', string.format('%d', ea - now))
 return 1
 """
 )
 
-#: ARGV: clock offset, owner.
+#: ARGV: offset, owner's mark.
 _RELEASE = (
-    _NOW
+    _HELD
     + """
-local cur = redis.call('HMGET', k, 'ow', 'st')
-if cur[1] ~= ARGV[2] or cur[2] ~= 'in_progress' then return 0 end
-redis.call('DEL', k)
+  return 0
+end
+redis.call('DEL', KEYS[1])
 return 1
 """
 )
 
-#: ARGV: clock offset.
+#: ARGV: offset. Returns now (no record) or {now, record, its PEXPIRETIME}.
 _READ = (
     _NOW
     + """
-local cur = redis.call('HMGET', k, 'fp', 'st', 'ow', 'lu', 'ca', 'ea', 'rc', 'r', 'et')
-if not cur[3] then return {0, now} end
-return {0, now, cur[1], cur[2], cur[3], cur[4], cur[5], cur[6], cur[7], cur[8], cur[9]}
+local v = redis.call('GET', KEYS[1])
+if not v then return now end
+return {now, v, redis.call('PEXPIRETIME', KEYS[1])}
+"""
+)
+
+#: ARGV: offset, the new owner's mark, the header after created_at and the texts, the key's
+#: expiry (ms), then the replaced record's owner's mark (with its status letter) and
+#: locked_until. Replaces the record only while it is still the one seen (or is gone);
+#: returns now (claimed) or {now, record, its PEXPIRETIME}.
+_TAKEOVER = (
+    _NOW
+    + """
+local v = redis.call('GET', KEYS[1])
+if v then
+  local at = #ARGV[5] + 1
+  local same = string.sub(v, 1, #ARGV[5]) == ARGV[5]
+  if same then
+"""
+    + _CREATED
+    + """
+    same = ca + dlu == tonumber(ARGV[6])
+  end
+  if not same then return {now, v, redis.call('PEXPIRETIME', KEYS[1])} end
+end
+redis.call('SET', KEYS[1], ARGV[2] .. string.format('%d', now) .. ARGV[3], 'PX', ARGV[4])
+return now
 """
 )
 
@@ -149,29 +179,195 @@ class _Script:
 
     def __init__(self, source: str) -> None:
         self.source = source
-        self.sha = hashlib.sha1(source.encode()).hexdigest()  # noqa: S324  (the name Redis gives a script)
+        self.sha = hashlib.sha1(source.encode()).hexdigest().encode()  # noqa: S324  (the name Redis gives a script)
 
 
-CLAIM, RENEW, COMPLETE, RELEASE, READ = (_Script(s) for s in (_CLAIM, _RENEW, _COMPLETE, _RELEASE, _READ))
+RENEW, COMPLETE, RELEASE, READ, TAKEOVER = (
+    _Script(s) for s in (_RENEW, _COMPLETE, _RELEASE, _READ, _TAKEOVER)
+)
+
+_LETTER = {"in_progress": b"i", "completed": b"c", "failed": b"f"}
+_STATUS = {ord(letter): status for status, letter in _LETTER.items()}
+_EVALSHA, _ONE, _SET, _NX, _PX, _GET, _TIME = b"EVALSHA", b"1", b"SET", b"NX", b"PX", b"GET", b"TIME"
+
+#: Errors after which redis-py has closed the connection: the command is sent again through
+#: the client's own retrying path (every step is safe to send again).
+_DROPPED = (_redis.ConnectionError, _redis.TimeoutError)
+#: redis-py before 5.3 asks for the command's name when lending a connection.
+_NAMED = tuple(int(part) for part in _redis.__version__.split(".")[:2] if part.isdigit()) < (5, 3)
 
 
-def _text(value: Any) -> str | None:
-    if value is None:
+def _pack(commands: tuple[tuple[bytes, ...], ...]) -> list[bytes]:
+    """``commands`` (every argument bytes) in the Redis protocol, as one piece."""
+    pieces = []
+    for command in commands:
+        pieces.append(b"*%d\r\n" % len(command))
+        pieces.extend([b"$%d\r\n%s\r\n" % (len(arg), arg) for arg in command])
+    return [b"".join(pieces)]
+
+
+def _replies(conn: Any, count: int) -> list[Any]:
+    """``count`` replies from ``conn``, all read even when one is an error (then raised)."""
+    replies, error = [], None
+    for _ in range(count):
+        try:
+            replies.append(conn.read_response())
+        except ResponseError as exc:  # read whole: the connection stays in step
+            error = error or exc
+    if error is not None:
+        raise error
+    return replies
+
+
+async def _areplies(conn: Any, count: int) -> list[Any]:
+    """:func:`_replies`, awaited."""
+    replies, error = [], None
+    for _ in range(count):
+        try:
+            replies.append(await conn.read_response())
+        except ResponseError as exc:
+            error = error or exc
+    if error is not None:
+        raise error
+    return replies
+
+
+def _execute(client: Any, commands: tuple[tuple[bytes, ...], ...]) -> list[Any] | None:
+    """The raw replies of ``commands``, sent together on one pooled connection (one round
+    trip, without redis-py's per-command retry wrapper and metrics); None when the
+    connection dropped (redis-py closed it) or the client keeps a single connection: the
+    caller then sends them through the client's own methods, which retry."""
+    if client.connection is not None:  # a single-connection client locks its connection
         return None
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "surrogatepass")
-    return str(value)
+    pool = client.connection_pool
+    conn = pool.get_connection(commands[0][0]) if _NAMED else pool.get_connection()
+    try:
+        conn.send_packed_command(_pack(commands))
+        return _replies(conn, len(commands))
+    except _DROPPED:
+        return None
+    finally:
+        pool.release(conn)
+
+
+#: ``asyncio.timeout`` (Python 3.11+): a deadline without a task of its own.
+_DEADLINE = getattr(asyncio, "timeout", None)
+
+
+async def _asend(conn: Any, data: list[bytes]) -> None:
+    """``conn.send_packed_command(data)``, its socket timeout kept by a deadline on the drain.
+
+    redis-py bounds every send with ``asyncio.wait_for``, which before Python 3.12 starts a task
+    and a timer per command (about 4% of an async first call, measured on 3.11). A connection with health
+    checks, or one not yet connected, goes through redis-py as before; failures end as there
+    (the connection closed, redis-py's ``TimeoutError``/``ConnectionError`` raised).
+    """
+    writer = getattr(conn, "_writer", None)
+    checked = getattr(conn, "health_check_interval", 1)
+    if _DEADLINE is None or writer is None or checked or not conn.is_connected:
+        await conn.send_packed_command(data, check_health=True)
+        return
+    try:
+        writer.writelines(data)
+        async with _DEADLINE(conn.socket_timeout):
+            await writer.drain()
+    except asyncio.TimeoutError:
+        await conn.disconnect(nowait=True)
+        raise _redis.TimeoutError("Timeout writing to socket") from None
+    except OSError as exc:
+        await conn.disconnect(nowait=True)
+        raise _redis.ConnectionError(f"Error while writing to socket: {exc}") from exc
+    except BaseException:
+        await conn.disconnect(nowait=True)  # a send cut short leaves the stream out of step
+        raise
+
+
+async def _aexecute(client: Any, commands: tuple[tuple[bytes, ...], ...]) -> list[Any] | None:
+    """:func:`_execute` on a ``redis.asyncio.Redis``."""
+    if client.single_connection_client:
+        return None
+    pool = client.connection_pool
+    conn = await (pool.get_connection(commands[0][0]) if _NAMED else pool.get_connection())
+    try:
+        await _asend(conn, _pack(commands))
+        return await _areplies(conn, len(commands))
+    except _DROPPED:
+        return None
+    finally:
+        await pool.release(conn)
 
 
 def _raw(text: str) -> bytes:
     return text.encode("utf-8", "surrogatepass")
 
 
-def _optional(value: str | None) -> tuple[str, bytes]:
-    return ("0", b"") if value is None else ("1", _raw(value))
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogatepass")
 
 
-class RedisStore(LeaseMethods):
+def _mark(owner: str, letter: bytes) -> bytes:
+    """How a record of ``owner`` in status ``letter`` starts."""
+    raw = _raw(owner)
+    return b"%d:%s%s" % (len(raw), raw, letter)
+
+
+def _claim_rest(request: ClaimRequest) -> bytes:
+    """A new claim's record after ``<created>``."""
+    fingerprint = request.fingerprint
+    if fingerprint is None:
+        return b",%d,%d,-1,-1,-1,-1\n" % (request.lease_ms, request.ttl_ms)
+    fp = _raw(fingerprint)
+    return b",%d,%d,%d,-1,-1,-1\n%s" % (request.lease_ms, request.ttl_ms, len(fp), fp)
+
+
+def _outcome_rest(*texts: str | None) -> bytes:
+    """A completed record after ``expires_at - created_at``: the lengths of ``texts``
+    (fingerprint, codec, error type, result), a newline, the texts."""
+    raws = [None if text is None else _raw(text) for text in texts]
+    lengths = b",".join([b"-1" if raw is None else b"%d" % len(raw) for raw in raws])
+    return b"," + lengths + b"\n" + b"".join([raw for raw in raws if raw is not None])
+
+
+def _ms(time_reply: Any) -> int:
+    """Epoch milliseconds of a ``TIME`` reply (raw, or redis-py's ``(seconds, micros)``)."""
+    return int(time_reply[0]) * 1000 + int(time_reply[1]) // 1000
+
+
+def _decode(scope: str, key: str, value: Any, now: int, expiry: Any = None) -> Existing | None:
+    """The record stored as ``value`` (``expiry``: its key's ``PEXPIRETIME``), read at ``now``;
+    None for a claim's record read without its key's expiry (its creation time)."""
+    if value.__class__ is str:  # a client with decode_responses=True
+        value = _raw(value)
+    colon = value.index(b":")
+    at = colon + 1 + int(value[:colon])
+    owner = _text(value[colon + 1 : at])
+    status = _STATUS[value[at]]
+    end = value.index(b"\n", at)
+    created, lease, ttl, *lengths = value[at + 1 : end].split(b",")
+    if created[:1] == b"*":
+        if expiry is None:
+            return None
+        # A key whose expiry was removed behind the store's back (PERSIST) has no known creation
+        # time: its lease counts as ended, so callers see it as abandoned, not as running forever.
+        ca = int(expiry) - int(created[1:]) if int(expiry) >= 0 else now - int(lease)
+    else:
+        ca = int(created)
+    texts: list[str | None] = []
+    at = end + 1
+    for length in map(int, lengths):
+        if length < 0:
+            texts.append(None)
+        else:
+            texts.append(_text(value[at : at + length]))
+            at += length
+    fingerprint, codec, error_type, result = texts
+    record = Record(
+        scope, key, fingerprint, status, owner, ca + int(lease), ca, ca + int(ttl), codec, result, error_type
+    )
+    return Existing(record, now)
+
+
+class RedisStore:
     """Idempotency keys in Redis; implements the sync and async lease-store protocols.
 
     ``client`` is a ``redis.Redis`` (for plain functions, Celery tasks, WSGI) or a
@@ -235,80 +431,166 @@ class RedisStore(LeaseMethods):
     @clock_offset.setter
     def clock_offset(self, seconds: float) -> None:
         self._offset_ms = round(seconds * 1000)
+        self._offset_arg = b"%d" % self._offset_ms
 
     def redis_key(self, scope: str, key: str) -> bytes:
         """The Redis key of ``(scope, key)``: the prefix, the scope's length, the scope, the key."""
         return _raw(self.prefix + record_key(scope, key))
 
-    # -- sending scripts ----------------------------------------------------------------------------
-    def _eval(self, script: _Script, key: bytes, args: tuple[Any, ...]) -> Any:
+    def _key(self, scope: str, key: str) -> bytes:
+        # redis_key() without the call: f"{len(scope)}:{scope}:{key}" is record_key()'s layout.
+        return f"{self.prefix}{len(scope)}:{scope}:{key}".encode("utf-8", "surrogatepass")
+
+    # -- sending ----------------------------------------------------------------------------------
+    def _sync_client(self) -> Any:
         client = self.client
         if client is None:
             raise ConfigurationError(
                 f"{self!r} has only an async client, which plain (sync) functions cannot use: give it a "
                 "redis.Redis too, RedisStore(redis.Redis(...), async_client=...), or use RedisStore.from_url"
             )
+        return client
+
+    def _eval(self, script: _Script, key: bytes, *args: bytes) -> Any:
+        client: Any = self._sync_client()
+        command = (_EVALSHA, script.sha, _ONE, key, self._offset_arg, *args)
         try:
-            return client.evalsha(script.sha, 1, key, self._offset_ms, *args)
+            replies = _execute(client, (command,))
+            return client.execute_command(*command) if replies is None else replies[0]
         except NoScriptError:
             client.script_load(script.source)
-            return client.evalsha(script.sha, 1, key, self._offset_ms, *args)
+            return client.execute_command(*command)
 
-    async def _aeval(self, script: _Script, key: bytes, args: tuple[Any, ...]) -> Any:
-        client = self.async_client
+    async def _aeval(self, script: _Script, key: bytes, *args: bytes) -> Any:
+        client: Any = self.async_client
         if client is None:
-            return await anyio.to_thread.run_sync(self._eval, script, key, args)
+            return await anyio.to_thread.run_sync(lambda: self._eval(script, key, *args))
+        command = (_EVALSHA, script.sha, _ONE, key, self._offset_arg, *args)
         try:
-            return await client.evalsha(script.sha, 1, key, self._offset_ms, *args)
+            replies = await _aexecute(client, (command,))
+            return await client.execute_command(*command) if replies is None else replies[0]
         except NoScriptError:
             await client.script_load(script.source)
-            return await client.evalsha(script.sha, 1, key, self._offset_ms, *args)
+            return await client.execute_command(*command)
 
-    # -- LeaseMethods hooks: one script per step; arguments and answers shared by both sides -------
-    def _script(self, name: str, args: tuple[Any, ...]) -> tuple[_Script, bytes, tuple[Any, ...]]:
-        """The script, Redis key and script arguments of one protocol step."""
-        if name == "read":
-            return READ, self.redis_key(*args), ()
-        request = args[0]
-        key = self.redis_key(request.scope, request.key)
-        owner = _raw(request.owner)
-        if name == "claim":
-            return CLAIM, key, self._claim_args(request, args[1])
-        if name == "renew":
-            return RENEW, key, (owner, request.lease_ms)
-        if name == "release":
-            return RELEASE, key, (owner,)
-        status, codec, result, error_type = args[1:]
-        outcome = (*_optional(codec), *_optional(result), *_optional(error_type))
-        return COMPLETE, key, (owner, status, *outcome, request.wait_ms)
+    # -- claim: SET NX GET and TIME in one round trip; a takeover is a script ------------------------
+    def _claim_commands(self, request: ClaimRequest) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+        px = max(1, request.lease_ms, request.ttl_ms)
+        value = b"%s*%d%s" % (_mark(request.owner, b"i"), px - self._offset_ms, _claim_rest(request))
+        return (_SET, self._key(request.scope, request.key), value, _NX, _PX, b"%d" % px, _GET), (_TIME,)
 
-    def _answer(self, name: str, args: tuple[Any, ...], reply: Any) -> Any:
-        if name == "claim":
-            return self._record(args[0].scope, args[0].key, reply)
-        if name == "read":
-            return self._record(args[0], args[1], reply)
-        return bool(reply)
+    def _takeover_args(self, request: ClaimRequest, seen: Record) -> tuple[Any, ...]:
+        key = self._key(request.scope, request.key)
+        mark, seen_mark = _mark(request.owner, b"i"), _mark(seen.owner, _LETTER.get(seen.status, b"?"))
+        expiry = b"%d" % max(1, request.lease_ms, request.ttl_ms)
+        return TAKEOVER, key, mark, _claim_rest(request), expiry, seen_mark, b"%d" % seen.locked_until
 
-    def _step(self, name: str, args: tuple[Any, ...]) -> Any:
-        return self._answer(name, args, self._eval(*self._script(name, args)))
+    def _found(self, request: ClaimRequest, replies: list[Any]) -> Existing | None:
+        """The record a claim found (its ``SET`` answered the old value), read at ``TIME``; None
+        for a claim's record, whose creation time is its key's expiry (read it with :meth:`read`)."""
+        old, time = replies
+        return _decode(request.scope, request.key, old, _ms(time) + self._offset_ms)
 
-    async def _astep(self, name: str, args: tuple[Any, ...]) -> Any:
-        return self._answer(name, args, await self._aeval(*self._script(name, args)))
-
-    def _claim_args(self, request: ClaimRequest, replacing: Record | None) -> tuple[Any, ...]:
-        has_fp, fp = _optional(request.fingerprint)
-        seen: tuple[Any, ...] = ("0", b"", b"", b"")
-        if replacing is not None:
-            seen = ("1", _raw(replacing.owner), replacing.status, str(int(replacing.locked_until)))
-        return (_raw(request.owner), request.lease_ms, request.ttl_ms, has_fp, fp, *seen)
-
-    @staticmethod
-    def _record(scope: str, key: str, reply: Any) -> Existing | None:
-        if len(reply) < 3:
+    def _answer(self, scope: str, key: str, reply: Any) -> Existing | None:
+        """A read's or takeover's reply: now, or [now, record, its key's expiry]."""
+        if reply.__class__ is int:
             return None
-        fp, st, ow, lu, ca, ea, rc, r, et = reply[2:11]
-        record = Record(
-            scope, key, _text(fp), _text(st) or "", _text(ow) or "", int(lu), int(ca), int(ea),
-            _text(rc), _text(r), _text(et),
-        )  # fmt: skip
-        return Existing(record, int(reply[1]))
+        return _decode(scope, key, reply[1], int(reply[0]), reply[2])
+
+    def claim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
+        """Claim ``request``'s key (None), or return the stored record and the server's clock."""
+        scope, key = request.scope, request.key
+        if replacing is not None:
+            return self._answer(scope, key, self._eval(*self._takeover_args(request, replacing)))
+        client: Any = self._sync_client()
+        commands = self._claim_commands(request)
+        while True:
+            replies = _execute(client, commands)
+            if replies is None:  # through the client's own (retrying) path
+                replies = [client.execute_command(*commands[0], get=True), client.execute_command(_TIME)]
+            if replies[0] is None:
+                return None
+            found = self._found(request, replies) or self.read(scope, key)
+            if found is not None:
+                return found
+            # the record was released in between: claim again
+
+    async def aclaim(self, request: ClaimRequest, replacing: Record | None = None) -> Existing | None:
+        """:meth:`claim`, awaited."""
+        scope, key = request.scope, request.key
+        if replacing is not None:
+            return self._answer(scope, key, await self._aeval(*self._takeover_args(request, replacing)))
+        client: Any = self.async_client
+        if client is None:
+            return await anyio.to_thread.run_sync(self.claim, request)
+        commands = self._claim_commands(request)
+        while True:
+            replies = await _aexecute(client, commands)
+            if replies is None:
+                old = await client.execute_command(*commands[0], get=True)
+                replies = [old, await client.execute_command(_TIME)]
+            if replies[0] is None:
+                return None
+            found = self._found(request, replies) or await self.aread(scope, key)
+            if found is not None:
+                return found
+
+    # -- the other steps: scripts ------------------------------------------------------------------
+    def _complete_args(
+        self, request: ClaimRequest, status: str, codec: str | None, result: str | None, error: str | None
+    ) -> tuple[Any, ...]:
+        key = self._key(request.scope, request.key)
+        mark, outcome = _mark(request.owner, b"i"), _mark(request.owner, _LETTER[status])
+        rest = _outcome_rest(request.fingerprint, codec, error, result)
+        return COMPLETE, key, mark, outcome, b"%d" % request.wait_ms, rest
+
+    def complete(
+        self,
+        request: ClaimRequest,
+        *,
+        status: str,
+        codec: str | None,
+        result: str | None,
+        error_type: str | None = None,
+    ) -> bool:
+        """Store the outcome while ``request.owner`` holds the key in progress."""
+        return bool(self._eval(*self._complete_args(request, status, codec, result, error_type)))
+
+    async def acomplete(
+        self,
+        request: ClaimRequest,
+        *,
+        status: str,
+        codec: str | None,
+        result: str | None,
+        error_type: str | None = None,
+    ) -> bool:
+        """:meth:`complete`, awaited."""
+        return bool(await self._aeval(*self._complete_args(request, status, codec, result, error_type)))
+
+    def renew(self, request: ClaimRequest) -> bool:
+        """Push the lease while ``request.owner`` holds the key in progress."""
+        key = self._key(request.scope, request.key)
+        return bool(self._eval(RENEW, key, _mark(request.owner, b"i"), b"%d" % request.lease_ms))
+
+    async def arenew(self, request: ClaimRequest) -> bool:
+        """:meth:`renew`, awaited."""
+        key = self._key(request.scope, request.key)
+        return bool(await self._aeval(RENEW, key, _mark(request.owner, b"i"), b"%d" % request.lease_ms))
+
+    def release(self, request: ClaimRequest) -> bool:
+        """Delete the record while ``request.owner`` holds it in progress."""
+        return bool(self._eval(RELEASE, self._key(request.scope, request.key), _mark(request.owner, b"i")))
+
+    async def arelease(self, request: ClaimRequest) -> bool:
+        """:meth:`release`, awaited."""
+        key = self._key(request.scope, request.key)
+        return bool(await self._aeval(RELEASE, key, _mark(request.owner, b"i")))
+
+    def read(self, scope: str, key: str) -> Existing | None:
+        """The stored record and the server's clock, or None."""
+        return self._answer(scope, key, self._eval(READ, self._key(scope, key)))
+
+    async def aread(self, scope: str, key: str) -> Existing | None:
+        """:meth:`read`, awaited."""
+        return self._answer(scope, key, await self._aeval(READ, self._key(scope, key)))

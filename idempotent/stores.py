@@ -76,8 +76,9 @@ class LeaseMethods:
     A store subclasses it and implements ``_step(name, args)`` (blocking) and
     ``_astep(name, args)`` (async): ``name`` is ``"claim"``, ``"renew"``, ``"complete"``,
     ``"release"`` or ``"read"``, and ``args`` the method's arguments in order (``complete``:
-    ``request, status, codec, result, error_type``). The library's stores do; a store of your own
-    may too, or implement the methods directly.
+    ``request, status, codec, result, error_type``). The SQL, memory and get/set stores do
+    (``RedisStore`` implements the methods directly); a store of your own may too, or implement
+    the methods directly.
     """
 
     def _step(self, name: str, args: tuple[Any, ...]) -> Any:  # pragma: no cover - abstract

@@ -20,9 +20,9 @@ import redis
 import redis.asyncio
 
 from idempotent import InProgress, configure, idempotent
-from idempotent.core import ClaimRequest
+from idempotent.core import ClaimRequest, Outcome, decide
 from idempotent.errors import ConfigurationError
-from idempotent.redis import CLAIM, RedisStore, _Script
+from idempotent.redis import READ, RedisStore, _Script
 from tests.proxy import Proxy
 from tests.services import REDIS_URL
 
@@ -175,12 +175,13 @@ def test_lease_times_come_from_the_server_clock(store: RedisStore, redis_client:
 
 def test_noscript_falls_back_to_loading_the_script(store: RedisStore, redis_client: redis.Redis) -> None:
     """A script the server does not know (NOSCRIPT) is loaded once and run."""
-    fresh = _Script(CLAIM.source + f"\n-- {uuid.uuid4().hex}\n")
+    assert store.claim(ClaimRequest("tests.redis.noscript", "k", None, "o", 1000, 1000, 0)) is None
+    fresh = _Script(READ.source + f"\n-- {uuid.uuid4().hex}\n")
     assert redis_client.script_exists(fresh.sha) == [False]
-    key = store.redis_key("tests.redis.noscript", "k")
-    reply = store._eval(fresh, key, store._claim_args(ClaimRequest("s", "k", None, "o", 1000, 1000, 0), None))
-    assert reply[0] == 1
+    reply = store._eval(fresh, store.redis_key("tests.redis.noscript", "k"))
     assert redis_client.script_exists(fresh.sha) == [True]
+    seen = store._answer("tests.redis.noscript", "k", reply)
+    assert seen is not None and seen.record.owner == "o"
 
 
 def test_transaction_mode_is_refused(store: RedisStore) -> None:
@@ -293,3 +294,262 @@ def test_cancelled_async_call_releases_its_key(redis_prefix: str) -> None:
 
     assert asyncio.run(scenario()) == "done"
     assert runs == ["k", "k"]
+
+
+@pytest.mark.parametrize("cut", ["request", "reply"])
+def test_connection_cut_during_a_completion(proxy: Proxy, redis_prefix: str, cut: str) -> None:
+    """A connection cut while the completion is on the wire: it is sent again on a new
+    connection, and a completion its owner already stored answers True, so the call returns
+    its result once and the key replays it."""
+    client = redis.Redis(host="127.0.0.1", port=proxy.port)
+    store = RedisStore(client, prefix=redis_prefix)
+    runs: list[str] = []
+
+    @idempotent(key_from="key", scope="tests.redis.cutdone", mode="lease", wait=0, store=store)
+    def work(key: str) -> str:
+        runs.append(key)
+        if key == "cut":  # the next request on the wire is the completion
+            (proxy.drop_next_request if cut == "request" else proxy.drop_next_reply)()
+        return f"ran {key}"
+
+    assert work("warm-up") == "ran warm-up"
+    assert work("cut") == "ran cut"
+    assert proxy.cuts == 1
+    assert work("cut") == "ran cut"
+    assert runs == ["warm-up", "cut"]
+    seen = store.read("tests.redis.cutdone", "cut")
+    assert seen is not None and seen.record.status == "completed"
+    client.close()
+
+
+@pytest.mark.parametrize("cut", ["request", "reply"])
+def test_async_connection_cut_during_a_completion(proxy: Proxy, redis_prefix: str, cut: str) -> None:
+    """The same cut on ``redis.asyncio``: the completion goes again on a new connection, the
+    call returns its result once and the key replays it."""
+    runs: list[str] = []
+
+    async def scenario() -> list[str]:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=proxy.port)
+        store = RedisStore(client, prefix=redis_prefix)
+
+        @idempotent(key_from="key", scope="tests.redis.acutdone", mode="lease", wait=0, store=store)
+        async def work(key: str) -> str:
+            runs.append(key)
+            if key == "cut":
+                (proxy.drop_next_request if cut == "request" else proxy.drop_next_reply)()
+            return f"ran {key}"
+
+        try:
+            results = [await work("warm-up"), await work("cut"), await work("cut")]
+            seen = await store.aread("tests.redis.acutdone", "cut")
+            assert seen is not None and seen.record.status == "completed"
+            return results
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == ["ran warm-up", "ran cut", "ran cut"]
+    assert proxy.cuts == 1
+    assert runs == ["warm-up", "cut"]
+
+
+def test_async_client_with_health_checks(redis_prefix: str) -> None:
+    """An async client with ``health_check_interval`` keeps its health checks: the store sends
+    through redis-py's own send, which pings a connection idle for longer than the interval."""
+    runs: list[str] = []
+
+    async def scenario() -> list[str]:
+        client = redis.asyncio.Redis.from_url(REDIS_URL, health_check_interval=1)
+        store = RedisStore(client, prefix=redis_prefix)
+        pings = 0
+        pool = client.connection_pool
+        conn = await pool.get_connection()
+        original = type(conn).check_health
+
+        async def counted(self: Any) -> None:
+            nonlocal pings
+            pings += 1
+            await original(self)
+
+        await pool.release(conn)
+        type(conn).check_health = counted  # type: ignore[method-assign]
+
+        @idempotent(key_from="key", scope="tests.redis.health", mode="lease", store=store)
+        async def work(key: str) -> str:
+            runs.append(key)
+            return "ok"
+
+        try:
+            results = [await work("h"), await work("h")]
+        finally:
+            type(conn).check_health = original  # type: ignore[method-assign]
+            await client.aclose()
+        assert pings >= 2  # one per command sent: the claim, the completion, the replay
+        return results
+
+    assert asyncio.run(scenario()) == ["ok", "ok"]
+    assert runs == ["h"]
+
+
+def test_record_is_one_string_with_its_creation_in_the_key_expiry(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    """A claim stores one string; a second claim finds it and reads its creation time from the
+    key's expiry; after a renewal and a completion the times stay those of the claim."""
+    request = ClaimRequest("tests.redis.layout", "k", "v1:fp", "owner-1", 60_000, 10_000, 0)
+    assert store.claim(request) is None
+    key = store.redis_key("tests.redis.layout", "k")
+    assert redis_client.type(key) == b"string"
+    first = store.read("tests.redis.layout", "k")
+    assert first is not None
+    found = store.claim(ClaimRequest("tests.redis.layout", "k", "v1:fp", "owner-2", 60_000, 10_000, 0))
+    assert found is not None and found.record == first.record
+    assert found.now >= first.record.created_at
+    assert store.renew(request)
+    renewed = store.read("tests.redis.layout", "k")
+    assert renewed is not None
+    assert renewed.record.created_at == first.record.created_at
+    assert renewed.record.expires_at == first.record.expires_at
+    assert renewed.record.locked_until >= first.record.locked_until
+    assert store.complete(request, status="completed", codec="json", result="1")
+    done = store.read("tests.redis.layout", "k")
+    assert done is not None
+    assert done.record.created_at == first.record.created_at
+    assert done.record.expires_at == first.record.expires_at
+    assert done.record.locked_until == renewed.record.locked_until
+
+
+@pytest.mark.parametrize(
+    ("holder", "other"),
+    [("abc", "ab"), ("ab", "abc"), ("12:ab", "12"), ("x", "1:x"), ("o\n1,2", "o\n1,")],
+)
+def test_only_the_whole_owner_token_holds_the_key(store: RedisStore, holder: str, other: str) -> None:
+    """Renewal, completion and release compare the whole owner token: a token that is a prefix
+    or an extension of the holder's (or looks like the record's own layout) is refused."""
+    scope = f"tests.redis.owner.{uuid.uuid4().hex[:8]}"
+    mine = ClaimRequest(scope, "k", None, holder, 60_000, 10_000, 0)
+    theirs = ClaimRequest(scope, "k", None, other, 60_000, 10_000, 0)
+    assert store.claim(mine) is None
+    assert not store.renew(theirs)
+    assert not store.complete(theirs, status="completed", codec="json", result="1")
+    assert not store.release(theirs)
+    assert store.complete(mine, status="completed", codec="json", result="2")
+    seen = store.read(scope, "k")
+    assert seen is not None and (seen.record.owner, seen.record.result) == (holder, "2")
+
+
+def test_texts_keep_their_separators_and_empty_texts(store: RedisStore) -> None:
+    """Owner, fingerprint, codec, error type and result come back exactly, separators of the
+    record's layout and empty texts (not None) included."""
+    odd = ":,\n*-1\u00e9\U0001f600"
+    request = ClaimRequest("tests.redis.texts", "k", odd + "fp", odd + "owner", 60_000, 10_000, 0)
+    assert store.claim(request) is None
+    found = store.claim(ClaimRequest("tests.redis.texts", "k", None, "other", 60_000, 10_000, 0))
+    assert found is not None
+    assert (found.record.owner, found.record.fingerprint) == (odd + "owner", odd + "fp")
+    assert store.complete(request, status="failed", codec="", result=odd, error_type="")
+    seen = store.read("tests.redis.texts", "k")
+    assert seen is not None
+    record = seen.record
+    assert (record.status, record.result_codec, record.result, record.error_type) == ("failed", "", odd, "")
+    assert record.fingerprint == odd + "fp"
+    empty = ClaimRequest("tests.redis.texts", "e", "", "o", 60_000, 10_000, 0)
+    assert store.claim(empty) is None
+    seen = store.read("tests.redis.texts", "e")
+    assert seen is not None and seen.record.fingerprint == ""
+
+
+def test_completion_sent_again_answers_true(store: RedisStore) -> None:
+    """A completion its owner already stored (a retry after a lost reply) answers True;
+    another outcome afterwards is refused."""
+    request = ClaimRequest("tests.redis.again", "k", None, "owner", 60_000, 10_000, 0)
+    assert store.claim(request) is None
+    assert store.complete(request, status="completed", codec="json", result="1")
+    assert store.complete(request, status="completed", codec="json", result="1")
+    assert not store.complete(request, status="failed", codec="json", result="[]", error_type="x.Y")
+    seen = store.read("tests.redis.again", "k")
+    assert seen is not None and (seen.record.status, seen.record.result) == ("completed", "1")
+
+
+def test_claim_again_when_the_found_claim_is_released_meanwhile(
+    redis_client: redis.Redis, redis_prefix: str
+) -> None:
+    """A claim that finds another caller's claim reads its creation time in a second step; if
+    that claim was released in between, the claim is made again instead of reporting a claim
+    it did not make."""
+    holder = ClaimRequest("tests.redis.gone", "k", None, "holder", 60_000, 10_000, 0)
+    late = ClaimRequest("tests.redis.gone", "k", None, "late", 60_000, 10_000, 0)
+
+    class Releasing(RedisStore):
+        releases = 0
+
+        def read(self, scope: str, key: str) -> Any:
+            if not self.releases:  # between the claim's SET and its read of the expiry
+                self.releases += 1
+                assert self.release(holder)
+            return super().read(scope, key)
+
+    store = Releasing(redis_client, prefix=redis_prefix)
+    assert store.claim(holder) is None
+    assert store.claim(late) is None
+    assert store.releases == 1
+    seen = RedisStore(redis_client, prefix=redis_prefix).read("tests.redis.gone", "k")
+    assert seen is not None and seen.record.owner == "late"
+
+
+def test_a_key_of_another_type_is_an_error_and_the_connection_stays_usable(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    """A key holding something else (a hash) makes the claim fail with Redis's error; the
+    claim's second reply is still read, so the next command on the connection gets its own."""
+    redis_client.hset(store.redis_key("tests.redis.type", "k"), "a", "b")
+    with pytest.raises(redis.ResponseError, match="WRONGTYPE"):
+        store.claim(ClaimRequest("tests.redis.type", "k", None, "o", 60_000, 10_000, 0))
+    assert store.claim(ClaimRequest("tests.redis.type", "other", None, "o", 60_000, 10_000, 0)) is None
+    seen = store.read("tests.redis.type", "other")
+    assert seen is not None and seen.record.owner == "o"
+
+
+def test_single_connection_clients(redis_prefix: str) -> None:
+    """Clients made with single_connection_client=True (sync and async) work through the
+    client's own command path."""
+    runs: list[str] = []
+    sync_client = redis.Redis.from_url(REDIS_URL, single_connection_client=True)
+    store = RedisStore(sync_client, prefix=redis_prefix)
+
+    @idempotent(key_from="key", scope="tests.redis.single", mode="lease", store=store)
+    def work(key: str) -> str:
+        runs.append(key)
+        return "sync"
+
+    assert work("s") == work("s") == "sync"
+
+    async def scenario() -> list[str]:
+        client = redis.asyncio.Redis.from_url(REDIS_URL, single_connection_client=True)
+        astore = RedisStore(client, prefix=redis_prefix)
+
+        @idempotent(key_from="key", scope="tests.redis.asingle", mode="lease", store=astore)
+        async def awork(key: str) -> str:
+            runs.append(key)
+            return "async"
+
+        try:
+            return [await awork("a"), await awork("a")]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == ["async", "async"]
+    assert runs == ["s", "a"]
+    sync_client.close()
+
+
+def test_claim_without_its_key_expiry_counts_as_abandoned(
+    store: RedisStore, redis_client: redis.Redis
+) -> None:
+    """A claim whose key lost its expiry behind the store's back (PERSIST) has no known creation
+    time: another caller's claim finds it with its lease ended instead of waiting forever."""
+    scope = "tests.redis.persist"
+    assert store.claim(ClaimRequest(scope, "k", None, "holder", 60_000, 10_000, 0)) is None
+    assert redis_client.persist(store.redis_key(scope, "k"))
+    found = store.claim(ClaimRequest(scope, "k", None, "other", 60_000, 10_000, 0))
+    assert found is not None and found.record.owner == "holder"
+    assert decide(found.record, None, found.now).outcome is Outcome.TAKEOVER
