@@ -11,6 +11,7 @@ import asyncio
 import collections
 import functools
 import heapq
+import ipaddress
 import itertools
 import logging
 import math
@@ -255,7 +256,7 @@ def _observed(conn: sa.Connection) -> bool:
 
 def _raise_wrapped(
     dialect: sa.Dialect,
-    op: core.Peek | core.Exec,
+    op: core.Peek | core.Exec | core.ExecCommit,
     exc: BaseException,
     dbapi_connection: Any,
     dropped: bool | None = None,
@@ -330,6 +331,190 @@ async def _end_peek_async(obj: Any, conn: Any, driver: Any) -> None:
         raise
     finally:
         await obj.rollback()
+
+
+# ---------------------------------------------------------------------------------------------
+# psycopg: the library's own statements on the driver's cursor, BEGIN and COMMIT pipelined.
+# ---------------------------------------------------------------------------------------------
+#: ``_LEAN``: the library's statements on the psycopg cursor instead of ``exec_driver_sql``.
+#: ``_PIPELINE``: BEGIN sent with the claim, and the result write with COMMIT (needs ``_LEAN``):
+#: None (in use) pipelines only over a network, True and False always and never (for tests and
+#: benchmarks/bench_pipeline.py, which measures what each buys).
+_LEAN = True
+_PIPELINE: bool | None = None
+
+
+@functools.lru_cache(maxsize=64)
+def _networked(host: str | None, hostaddr: str | None) -> bool:
+    """True unless the server is reached over loopback or a Unix socket.
+
+    A batch in psycopg's pipeline mode costs more than a loopback round trip: it flushes each
+    command on its own and syncs in Python (one ``SELECT 1`` took 118 µs in a pipeline against
+    45 µs without, on the machine of benchmarks/README.md), so on loopback the two round trips
+    it saves a first call do not pay for it. Over a network they do (see "What each way bought").
+    """
+    if not host or host.startswith("/"):
+        return False
+    try:
+        return not ipaddress.ip_address(hostaddr or host).is_loopback
+    except ValueError:
+        return host != "localhost"
+
+
+@functools.cache
+def _pipeline_supported() -> bool:
+    try:
+        import psycopg  # noqa: PLC0415  (only psycopg connections get here)
+    except ImportError:  # pragma: no cover - a psycopg dialect without psycopg
+        return False
+    return bool(psycopg.Pipeline.is_supported())
+
+
+def _lean_connection(conn: Any, is_async: bool) -> Any:
+    """The psycopg connection under the SQLAlchemy ``conn`` (sync), when the library may run its
+    own statements on it directly: psycopg, and nothing watching ``conn``'s statements (event
+    listeners, ``echo``: they keep seeing every statement through SQLAlchemy). Else None."""
+    if not _LEAN or not isinstance(conn, sa.Connection):
+        return None
+    dialect = conn.dialect
+    if dialect.driver != "psycopg" or bool(getattr(dialect, "is_async", False)) is not is_async:
+        return None
+    if conn.invalidated or conn.closed or _observed(conn):
+        return None
+    return conn.connection.driver_connection
+
+
+def _can_pipeline(driver: Any) -> bool:
+    """True when pipeline mode may be entered here: supported by libpq, not already entered by the
+    caller, and the psycopg attributes this relies on are there."""
+    if _PIPELINE is False or not _pipeline_supported():
+        return False
+    if getattr(driver, "_pipeline", True) is not None or not hasattr(driver, "_autocommit"):
+        return False
+    if _PIPELINE is None:
+        info = driver.info
+        return _networked(info.host, info.hostaddr)
+    return True
+
+
+def _begin_due(driver: Any) -> bytes | None:
+    """The BEGIN psycopg is about to send as its own round trip before the next statement (its
+    transaction is idle and it is not in autocommit), so that it may go with that statement
+    instead; None when psycopg would send none."""
+    if driver.autocommit or driver.info.transaction_status != _idle() or not _can_pipeline(driver):
+        return None
+    import psycopg  # noqa: PLC0415
+
+    parts = ["BEGIN"]
+    if driver.isolation_level is not None:  # as psycopg words it (create_engine(isolation_level=))
+        level = psycopg.IsolationLevel(driver.isolation_level).name
+        parts.append("ISOLATION LEVEL " + level.replace("_", " "))
+    if driver.read_only is not None:
+        parts.append("READ ONLY" if driver.read_only else "READ WRITE")
+    if driver.deferrable is not None:
+        parts.append("DEFERRABLE" if driver.deferrable else "NOT DEFERRABLE")
+    return " ".join(parts).encode()
+
+
+@functools.cache
+def _idle() -> Any:
+    from psycopg.pq import TransactionStatus  # noqa: PLC0415
+
+    return TransactionStatus.IDLE
+
+
+@functools.cache
+def _intrans() -> Any:
+    from psycopg.pq import TransactionStatus  # noqa: PLC0415
+
+    return TransactionStatus.INTRANS
+
+
+def _commit_pipelined(handle: SyncHandle | AsyncHandle, conn: sa.Connection, driver: Any) -> bool:
+    """True when the result write and COMMIT may go to the server together, bypassing what
+    ``Commit`` would call first: the handle's transaction is the root one, psycopg's is open and
+    sound, and a Session has nothing left to flush and no ``before_commit`` listener (its
+    ``commit()`` then only ends the transaction, which it still does afterwards, after_commit
+    listeners and expiry included)."""
+    if driver.info.transaction_status != _intrans() or not _can_pipeline(driver):
+        return False
+    if conn.in_nested_transaction():
+        return False
+    if handle.is_session:
+        session: Session = handle.sync if isinstance(handle, AsyncHandle) else handle.obj  # type: ignore[assignment]
+        if session.twophase or session.get_nested_transaction() is not None:
+            return False
+        if session.dispatch.before_commit:
+            return False
+        if session.new or session.deleted or session.identity_map.check_modified():
+            return False
+    return True
+
+
+def _lean_failed_sync(
+    conn: sa.Connection, op: Any, exc: BaseException, driver: Any, *, pipelined: bool
+) -> None:
+    """After a statement run on the psycopg cursor failed: a driver error is raised as SQLAlchemy's
+    ``DBAPIError`` (the connection invalidated when it is gone, as SQLAlchemy does); an
+    interruption leaves the connection's protocol state unknown, so it is invalidated too."""
+    dbapi_error = isinstance(exc, conn.dialect.loaded_dbapi.Error)
+    if (not dbapi_error and (pipelined or not isinstance(exc, Exception))) or (
+        dbapi_error and conn.dialect.is_disconnect(exc, driver, None)  # type: ignore[arg-type]
+    ):
+        try:
+            conn.invalidate(exc if isinstance(exc, Exception) else None)
+        except Exception:
+            _logger.debug("could not invalidate the connection", exc_info=True)
+    _raise_wrapped(conn.dialect, op, exc, driver)
+
+
+def _exec_lean_sync(conn: sa.Connection, driver: Any, op: core.Exec) -> Any:
+    """``Exec`` on the psycopg cursor; a BEGIN psycopg would send first goes in the same round trip."""
+    if not conn.in_transaction():
+        conn.begin()  # what exec_driver_sql's autobegin does (it sends nothing): SQLAlchemy's commit ends it
+    begin = _begin_due(driver)
+    try:
+        with driver.cursor() as cur:
+            if begin is None:
+                cur.execute(op.sql, op.params)
+            else:
+                # psycopg sends its own BEGIN, and waits for it, before a statement of an idle
+                # transaction, even in pipeline mode: with autocommit on for this step it sends
+                # none, and the same BEGIN goes in the pipeline with the statement.
+                driver.autocommit = True
+                try:
+                    with driver.pipeline(), driver.cursor() as first:
+                        first.execute(begin, prepare=False)
+                        cur.execute(op.sql, op.params)
+                finally:
+                    driver._autocommit = False  # the setter refuses it mid-transaction
+            return cur.fetchall() if op.fetch else cur.rowcount
+    except BaseException as exc:
+        _lean_failed_sync(conn, op, exc, driver, pipelined=begin is not None)
+        raise
+
+
+def _exec_commit_sync(handle: SyncHandle, op: core.ExecCommit) -> int:
+    conn = handle.connection()
+    driver = _lean_connection(conn, False)
+    if driver is None or not _commit_pipelined(handle, conn, driver):
+        if driver is None:
+            rowcount = conn.exec_driver_sql(op.sql, op.params).rowcount
+        else:
+            rowcount = _exec_lean_sync(conn, driver, core.Exec(op.sql, op.params))
+        if rowcount == 1:
+            handle.obj.commit()
+        return int(rowcount)
+    try:
+        with driver.cursor() as cur, driver.cursor() as end, driver.pipeline():
+            cur.execute(op.guarded, op.params)
+            end.execute(b"COMMIT", prepare=False)
+    except BaseException as exc:
+        _lean_failed_sync(conn, core.Exec(op.guarded, op.params), exc, driver, pipelined=True)
+        raise
+    # The driver's transaction is over: SQLAlchemy's commit ends its own and sends nothing.
+    handle.obj.commit()
+    return 1  # the guarded statement wrote exactly one row, or failed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -701,8 +886,15 @@ def run_sync(
                 else:
                     if conn is None:
                         conn = handle.connection()  # type: ignore[union-attr]
-                    result = conn.exec_driver_sql(op.sql, op.params)  # type: ignore[attr-defined]
-                    value = result.fetchall() if op.fetch else result.rowcount  # type: ignore[attr-defined]
+                    driver = _lean_connection(conn, False)
+                    if driver is not None:
+                        value = _exec_lean_sync(conn, driver, op)  # type: ignore[arg-type]
+                    else:
+                        result = conn.exec_driver_sql(op.sql, op.params)  # type: ignore[attr-defined]
+                        value = result.fetchall() if op.fetch else result.rowcount  # type: ignore[attr-defined]
+            elif kind is core.ExecCommit:
+                value = _exec_commit_sync(handle, op)  # type: ignore[arg-type]
+                conn = None
             elif kind is core.Peek:
                 value = _peek_sync(handle, op)  # type: ignore[arg-type]
                 conn = None
@@ -1013,6 +1205,66 @@ async def _run_async(
                 renewal.request_stop()
 
 
+async def _lean_failed_async(conn: Any, op: Any, exc: BaseException, driver: Any, *, pipelined: bool) -> None:
+    """:func:`_lean_failed_sync` for an ``AsyncConnection`` (the invalidation shielded)."""
+    dialect = conn.dialect
+    dbapi_error = isinstance(exc, dialect.loaded_dbapi.Error)
+    if (not dbapi_error and (pipelined or not isinstance(exc, Exception))) or (
+        dbapi_error and dialect.is_disconnect(exc, driver, None)
+    ):
+        with anyio.CancelScope(shield=True):
+            try:
+                await conn.invalidate(exc if isinstance(exc, Exception) else None)
+            except Exception:
+                _logger.debug("could not invalidate the connection", exc_info=True)
+    _raise_wrapped(dialect, op, exc, driver)
+
+
+async def _exec_lean_async(conn: Any, driver: Any, op: core.Exec) -> Any:
+    """:func:`_exec_lean_sync` on psycopg's ``AsyncConnection``."""
+    if not conn.in_transaction():
+        conn.sync_connection.begin()  # exec_driver_sql's autobegin (no I/O)
+    begin = _begin_due(driver)
+    try:
+        async with driver.cursor() as cur:
+            if begin is None:
+                await cur.execute(op.sql, op.params)
+            else:
+                await driver.set_autocommit(True)  # see _exec_lean_sync
+                try:
+                    async with driver.pipeline(), driver.cursor() as first:
+                        await first.execute(begin, prepare=False)
+                        await cur.execute(op.sql, op.params)
+                finally:
+                    driver._autocommit = False  # the setter refuses it mid-transaction
+            return (await cur.fetchall()) if op.fetch else cur.rowcount
+    except BaseException as exc:
+        await _lean_failed_async(conn, op, exc, driver, pipelined=begin is not None)
+        raise
+
+
+async def _exec_commit_async(handle: AsyncHandle, obj: Any, op: core.ExecCommit) -> int:
+    conn = await obj.connection() if handle.is_session else obj
+    driver = _lean_connection(conn.sync_connection, True)
+    if driver is None or not _commit_pipelined(handle, conn.sync_connection, driver):
+        if driver is None:
+            rowcount = (await conn.exec_driver_sql(op.sql, op.params)).rowcount
+        else:
+            rowcount = await _exec_lean_async(conn, driver, core.Exec(op.sql, op.params))
+        if rowcount == 1:
+            await obj.commit()
+        return int(rowcount)
+    try:
+        async with driver.cursor() as cur, driver.cursor() as end, driver.pipeline():
+            await cur.execute(op.guarded, op.params)
+            await end.execute(b"COMMIT", prepare=False)
+    except BaseException as exc:
+        await _lean_failed_async(conn, core.Exec(op.guarded, op.params), exc, driver, pipelined=True)
+        raise
+    await obj.commit()  # the driver's transaction is over: SQLAlchemy's commit sends nothing
+    return 1  # the guarded statement wrote exactly one row, or failed
+
+
 async def _perform_async(
     plan: core.Plan[Any], op: core.Op, handle: AsyncHandle | None, obj: Any, call: Any, group: Any
 ) -> Any:
@@ -1023,8 +1275,13 @@ async def _perform_async(
         if op.own:  # type: ignore[attr-defined]
             return await _exec_own_async(plan, op)  # type: ignore[arg-type]
         conn = await obj.connection() if handle is not None and handle.is_session else obj
+        driver = _lean_connection(conn.sync_connection, True)
+        if driver is not None:
+            return await _exec_lean_async(conn, driver, op)  # type: ignore[arg-type]
         result = await conn.exec_driver_sql(op.sql, op.params)  # type: ignore[attr-defined]
         return result.fetchall() if op.fetch else result.rowcount  # type: ignore[attr-defined]
+    if kind is core.ExecCommit:
+        return await _exec_commit_async(handle, obj, op)  # type: ignore[arg-type]
     if kind is core.Peek:
         return await _peek_async(handle, op)  # type: ignore[arg-type]
     if kind is core.Call:

@@ -21,6 +21,7 @@ from idempotent.core import (
     ClaimBlocked,
     ClaimRequest,
     Exec,
+    ExecCommit,
     Existing,
     Peek,
     Record,
@@ -48,6 +49,9 @@ _READ_COLUMNS = (
 #: Claims that found a row that vanished before it could be read are retried this often.
 _VANISHED_RETRIES = 3
 _COMPLETED = Status.COMPLETED.value
+#: In the error of the guarded result write (PostgreSQL) when it matched no row: see
+#: :meth:`BoundSQLStore.complete_commit`.
+_NO_ROW = "idempotent: the result write matched no row"
 _FAILED = Status.FAILED.value
 
 
@@ -205,6 +209,9 @@ class BoundSQLStore:
         # psycopg switches autocommit without a round trip, so a decorator-owned call can look for
         # a stored result before it begins: a replay is then one statement instead of three.
         self.peek_first = dialect.name == "postgresql" and dialect.driver in ("psycopg", "psycopg_async")
+        # psycopg can send a decorator-owned unit's result write and its COMMIT in one round trip
+        # (pipeline mode): the flow then uses :meth:`complete_commit`.
+        self.pipelined = self.peek_first
         t = store.table
         c = t.c
         bp = sa.bindparam
@@ -309,6 +316,17 @@ class BoundSQLStore:
             ),
             dialect,
         )
+        if self.pipelined:
+            # The result write that fails when it matches no row: a COMMIT sent right behind it
+            # is then skipped by the server. The error is a cast of a text built at run time
+            # (a constant one would be evaluated, and fail, when the statement is planned).
+            complete = self._complete
+            self._complete_guarded = Prepared(
+                f"WITH idem_done AS ({complete.sql} RETURNING 1) "
+                "SELECT CASE WHEN count(*) = 1 THEN 1 "
+                f"ELSE CAST('{_NO_ROW}: ' || count(*) AS INTEGER) END FROM idem_done",
+                complete.order,
+            )
         self._release = prepare(sa.delete(t).where(owned), dialect)
         renew = sa.update(t).where(owned).values(locked_until=now_once + bp("lease_ms", type_=sa.BigInteger))
         if self.name == "postgresql":
@@ -519,6 +537,33 @@ class BoundSQLStore:
             keep_ms=request.wait_ms,
         )
         return (yield from self._write(self._complete, values, own=own)) == 1
+
+    def complete_commit(self, request: ClaimRequest, codec: str, text: str) -> Steps[bool]:
+        """:meth:`complete`, then COMMIT the unit the decorator owns, in one round trip where the
+        driver pipelines them (PostgreSQL with psycopg only, see ``pipelined``).
+
+        False when no row of ``request.owner`` was in progress: nothing was committed (the plain
+        statement wrote no row, or the guarded one failed and the server skipped the COMMIT
+        behind it) and the transaction is left to be rolled back. Other errors of the statement or
+        of the COMMIT are raised untranslated, as a failed COMMIT always was.
+        """
+        values = self._values(
+            request,
+            new_status=Status.COMPLETED.value,
+            codec=codec,
+            result=text,
+            error_type=None,
+            keep_ms=request.wait_ms,
+        )
+        complete = self._complete
+        try:
+            written = yield ExecCommit(complete.sql, complete.bind(values), self._complete_guarded.sql)
+        except Exception as exc:
+            sqlstate, _, message = _codes(exc)
+            if sqlstate == "22P02" and _NO_ROW in message:
+                return False
+            raise
+        return bool(written == 1)
 
     def fail(self, request: ClaimRequest, error_type: str, text: str, *, own: bool) -> Steps[bool]:
         values = self._values(

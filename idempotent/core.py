@@ -165,6 +165,23 @@ class Commit(Op):
     __slots__ = ()
 
 
+@dataclass(slots=True)
+class ExecCommit(Op):
+    """Write with one precompiled statement on the caller's connection, then commit the
+    transaction the decorator owns (as :class:`Commit`) if it wrote one row. Result: the row count
+    (nothing is committed unless it is 1).
+
+    ``sql`` is the plain statement, sent alone and its row count checked before the COMMIT.
+    ``guarded`` is the same write made to fail when it writes no row, so that a driver that can
+    send it and COMMIT together, in one round trip (psycopg's pipeline mode), may: the server
+    skips a COMMIT queued behind a failed statement. Errors are raised as they are, untranslated.
+    """
+
+    sql: str
+    params: Any
+    guarded: str
+
+
 class Rollback(Op):
     """Roll back the handle's current transaction (no-op when there is none)."""
 
@@ -724,7 +741,14 @@ def _transaction_attempt(plan: Plan[T], deadline: float) -> Steps[T]:
             raise
         ended = (yield Marker()) is not marker
         text = encode_checked(plan.serializer, result, plan.return_hint, plan.max_bytes)
-        if not (yield from store.complete(request, plan.serializer.name, text, own=False)):
+        # A unit the decorator owns and nothing else ended: the result and the COMMIT may go
+        # together (the store's guarded statement fails, so nothing commits, if no row matched).
+        single = plan.owned and not ended and errors_point is None and getattr(store, "pipelined", False)
+        if single:
+            stored = yield from store.complete_commit(request, plan.serializer.name, text)  # type: ignore[attr-defined]
+        else:
+            stored = yield from store.complete(request, plan.serializer.name, text, own=False)
+        if not stored:
             # No row of ours: the function (or the database, on a deadlock it caught) rolled the
             # claim back, or its committed claim was taken over. Never commit as if it worked.
             if ended:
@@ -734,7 +758,9 @@ def _transaction_attempt(plan: Plan[T], deadline: float) -> Steps[T]:
                 if ended
                 else "the database rolled it back"
             )
-        if ended:
+        if single:
+            pass  # committed with the result
+        elif ended:
             warnings.warn(
                 f"{plan.function} ended the transaction itself; its key committed with its writes and "
                 "the result was stored in a second, fenced transaction. Leave the commit to the decorator "
