@@ -258,9 +258,10 @@ async def _asend(conn: Any, data: list[bytes]) -> None:
     """``conn.send_packed_command(data)``, its socket timeout kept by a deadline on the drain.
 
     redis-py bounds every send with ``asyncio.wait_for``, which before Python 3.12 starts a task
-    and a timer per command (about 4% of an async first call, measured on 3.11). A connection with health
-    checks, or one not yet connected, goes through redis-py as before; failures end as there
-    (the connection closed, redis-py's ``TimeoutError``/``ConnectionError`` raised).
+    and a timer per command (1-10% of an async first call: benchmarks/bench_redis_client.py).
+    A connection with health checks, or one not yet connected, goes through redis-py as before;
+    failures end as there (the connection closed, redis-py's ``TimeoutError``/``ConnectionError``
+    raised).
     """
     writer = getattr(conn, "_writer", None)
     checked = getattr(conn, "health_check_interval", 1)
