@@ -527,8 +527,9 @@ class BoundSQLStore:
     def _write(self, prepared: Prepared, values: dict[str, Any], *, own: bool) -> Steps[int]:
         return int((yield from self._exec(prepared, values, own=own)))
 
-    def complete(self, request: ClaimRequest, codec: str, text: str, *, own: bool) -> Steps[bool]:
-        values = self._values(
+    def _completed(self, request: ClaimRequest, codec: str, text: str) -> dict[str, Any]:
+        """The values of the result write of a completed call."""
+        return self._values(
             request,
             new_status=Status.COMPLETED.value,
             codec=codec,
@@ -536,6 +537,9 @@ class BoundSQLStore:
             error_type=None,
             keep_ms=request.wait_ms,
         )
+
+    def complete(self, request: ClaimRequest, codec: str, text: str, *, own: bool) -> Steps[bool]:
+        values = self._completed(request, codec, text)
         return (yield from self._write(self._complete, values, own=own)) == 1
 
     def complete_commit(self, request: ClaimRequest, codec: str, text: str) -> Steps[bool]:
@@ -547,14 +551,7 @@ class BoundSQLStore:
         behind it) and the transaction is left to be rolled back. Other errors of the statement or
         of the COMMIT are raised untranslated, as a failed COMMIT always was.
         """
-        values = self._values(
-            request,
-            new_status=Status.COMPLETED.value,
-            codec=codec,
-            result=text,
-            error_type=None,
-            keep_ms=request.wait_ms,
-        )
+        values = self._completed(request, codec, text)
         complete = self._complete
         try:
             written = yield ExecCommit(complete.sql, complete.bind(values), self._complete_guarded.sql)
