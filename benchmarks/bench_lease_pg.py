@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import random
 import statistics
 import sys
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import peers
 import sqlalchemy as sa
+from run import measure
 
 from idempotent import SQLStore, idempotent
 from idempotent.schema import make_table
@@ -104,28 +103,6 @@ def hand_async(url: str, suffix: str, loop: asyncio.AbstractEventLoop) -> peers.
         lambda: loop.run_until_complete(engine.dispose()),
     ]
     return peers._pair(system, lambda k: loop.run_until_complete(call(k)), peers._ids())
-
-
-def measure(
-    run: dict[str, Callable[[], None]], iterations: int, warmup: int, seed: int
-) -> dict[str, list[int]]:
-    import time
-
-    order = list(run)
-    for _ in range(warmup):
-        for name in order:
-            run[name]()
-    samples: dict[str, list[int]] = {name: [] for name in order}
-    clock = time.perf_counter_ns
-    shuffle = random.Random(seed).shuffle
-    for _ in range(iterations):
-        shuffle(order)
-        for name in order:
-            fn = run[name]
-            start = clock()
-            fn()
-            samples[name].append(clock() - start)
-    return samples
 
 
 def main() -> int:

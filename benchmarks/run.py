@@ -80,7 +80,9 @@ def percentile(samples: list[int], q: float) -> float:
     return float(ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))])
 
 
-def measure(run: dict[str, Callable[[], None]], iterations: int, warmup: int) -> dict[str, list[int]]:
+def measure(
+    run: dict[str, Callable[[], None]], iterations: int, warmup: int, seed: int = SEED
+) -> dict[str, list[int]]:
     """Time every callable ``iterations`` times, round-robin in a new random order each round."""
     order = list(run)
     for _ in range(warmup):
@@ -88,7 +90,7 @@ def measure(run: dict[str, Callable[[], None]], iterations: int, warmup: int) ->
             run[name]()
     samples: dict[str, list[int]] = {name: [] for name in order}
     clock = time.perf_counter_ns
-    shuffle = random.Random(SEED).shuffle
+    shuffle = random.Random(seed).shuffle
     for _ in range(iterations):
         shuffle(order)
         for name in order:
