@@ -243,15 +243,12 @@ def _peek_sync(handle: SyncHandle, op: core.Peek) -> Any:
 
 
 def _observed(conn: sa.Connection) -> bool:
-    """True when event listeners or ``echo`` watch ``conn``'s statements: the peek then goes
-    through SQLAlchemy like every other statement. Otherwise it runs on the DBAPI cursor, which
-    spares the result metadata SQLAlchemy rebuilds on every call, and the autobegin and rollback
-    around it: most of a replay's Python time (see benchmarks/README.md)."""
-    return bool(
-        getattr(conn, "_has_events", True)
-        or getattr(conn.engine, "_has_events", True)
-        or getattr(conn, "_echo", True)
-    )
+    """True when event listeners (on ``conn``, its engine or its dialect) or ``echo`` watch
+    ``conn``'s statements: the library's own statements then go through SQLAlchemy like every
+    other statement. Otherwise they run on the DBAPI cursor, which spares the result metadata
+    SQLAlchemy rebuilds on every call: most of a replay's Python time (see benchmarks/README.md)."""
+    watched = getattr(conn, "_has_events", True) or getattr(conn, "_echo", True)
+    return bool(watched) or _engine_observed(conn.engine)
 
 
 def _raise_wrapped(

@@ -275,3 +275,24 @@ def test_replay_read_leaves_the_connection_as_found(pg_sync: Db) -> None:
             conn.execute(pg_sync.orders.insert().values(ref="hp-8-undone", amount=1))
             tx.rollback()
     assert (shop.executions, pg_sync.count()) == (1, 1)
+
+
+def test_postgresql_replay_read_is_seen_by_a_dialect_listener(pg_sync: Db) -> None:
+    """A ``do_execute`` listener (an event of the engine's dialect) sees the autocommit replay
+    read too: a watched engine keeps every statement on SQLAlchemy's path."""
+    shop = Shop(pg_sync)
+    first = shop.call("hp-d")
+    for _ in range(4):  # the function's calls now replay often: the read comes first
+        shop.call("hp-d")
+    seen: list[str] = []
+
+    def record(cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement)
+
+    sa.event.listen(pg_sync.engine, "do_execute", record)
+    try:
+        assert shop.call("hp-d") == first
+    finally:
+        sa.event.remove(pg_sync.engine, "do_execute", record)
+    assert len(seen) == 1
+    assert seen[0].lstrip().startswith("SELECT")

@@ -206,8 +206,10 @@ def test_session_with_a_before_commit_listener_commits_through_the_session(pg_db
     assert db.key_rows()[0].status == "completed"
 
 
-def test_engine_with_listeners_sees_the_library_statements(pg_db: Db) -> None:
-    """Event listeners on the engine see the claim and the result write, as before."""
+@pytest.mark.parametrize("event", ["before_cursor_execute", "do_execute"])
+def test_engine_with_listeners_sees_the_library_statements(pg_db: Db, event: str) -> None:
+    """Event listeners on the engine, or on its dialect (``do_execute``), see the claim and the
+    result write, as before."""
     db = pg_db
     engine = db.async_engine.sync_engine if db.is_async else db.engine
     statements: list[str] = []
@@ -215,11 +217,15 @@ def test_engine_with_listeners_sees_the_library_statements(pg_db: Db) -> None:
     def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
-    sa.event.listen(engine, "before_cursor_execute", seen)
+    def seen_by_dialect(cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    listener = seen if event == "before_cursor_execute" else seen_by_dialect
+    sa.event.listen(engine, event, listener)
     try:
         outcome, _ = _call(db, lambda obj: _place(db, "tests.pipe.observed")(obj, "o-1"))
     finally:
-        sa.event.remove(engine, "before_cursor_execute", seen)
+        sa.event.remove(engine, event, listener)
     assert outcome == 1
     keys = [s for s in statements if db.keys.name in s]
     assert len(keys) == 2  # the claim and the (guarded) result write
