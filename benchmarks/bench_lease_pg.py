@@ -68,17 +68,7 @@ def hand_async(url: str, suffix: str, loop: asyncio.AbstractEventLoop) -> peers.
     table = make_table(sa.MetaData(), f"bench_ahand_{suffix}")
     table.create(sync_engine)
     engine = create_async_engine(async_url(url), isolation_level="AUTOCOMMIT")
-    now = "CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT)"
-    claim = sa.text(
-        f"INSERT INTO {table.name} (scope, key, fingerprint, status, owner, locked_until, created_at, "
-        f"expires_at) VALUES (:scope, :key, NULL, 'in_progress', :owner, {now} + 60000, {now}, "
-        f"{now} + 86400000) ON CONFLICT (scope, key) DO NOTHING RETURNING owner"
-    )
-    c = table.c
-    complete = peers.bench_core._hand_written("postgresql", table)[1]
-    stored = sa.select(c.status, c.result).where(
-        c.scope == sa.bindparam("k_scope"), c.key == sa.bindparam("k_key")
-    )
+    claim, complete, stored = peers.hand_lease_statements(table)
 
     async def call(order_id: int) -> None:
         key = str(order_id)

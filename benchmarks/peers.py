@@ -104,15 +104,9 @@ def idempotent_sql(url: str, database: str, suffix: str, mode: str = "transactio
     return _pair(system, call, _ids())
 
 
-def hand_written_lease(url: str, suffix: str) -> System:
-    """Lease mode's two statements written by hand on PostgreSQL: claim (autocommit), fenced result.
-
-    The claim is ``INSERT ... ON CONFLICT DO NOTHING RETURNING owner`` on the server clock, the result
-    an ``UPDATE ... WHERE owner = :owner``, each committed at once; a replay is one autocommit SELECT.
-    """
-    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
-    table = make_table(sa.MetaData(), f"bench_hand_lease_{suffix}")
-    table.create(engine)
+def hand_lease_statements(table: sa.Table) -> tuple[Any, Any, Any]:
+    """Lease mode's statements by hand on PostgreSQL: the claim (``INSERT ... ON CONFLICT DO
+    NOTHING RETURNING owner`` on the server clock), the fenced result UPDATE, the replay's SELECT."""
     now = "CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT)"
     claim = sa.text(
         f"INSERT INTO {table.name} (scope, key, fingerprint, status, owner, locked_until, created_at, "
@@ -124,6 +118,19 @@ def hand_written_lease(url: str, suffix: str) -> System:
     stored = sa.select(c.status, c.result).where(
         c.scope == sa.bindparam("k_scope"), c.key == sa.bindparam("k_key")
     )
+    return claim, complete, stored
+
+
+def hand_written_lease(url: str, suffix: str) -> System:
+    """Lease mode's two statements written by hand on PostgreSQL: claim (autocommit), fenced result.
+
+    The claim is ``INSERT ... ON CONFLICT DO NOTHING RETURNING owner`` on the server clock, the result
+    an ``UPDATE ... WHERE owner = :owner``, each committed at once; a replay is one autocommit SELECT.
+    """
+    engine = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    table = make_table(sa.MetaData(), f"bench_hand_lease_{suffix}")
+    table.create(engine)
+    claim, complete, stored = hand_lease_statements(table)
     import json
 
     def call(order_id: int) -> None:
