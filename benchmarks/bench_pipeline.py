@@ -111,23 +111,28 @@ def _engine(url: str) -> sa.Engine:
     return sa.create_engine(url, isolation_level="READ COMMITTED")
 
 
-def build(url: str, suffix: str) -> tuple[dict[str, Callable[[], None]], Callable[[], None]]:
-    """The variants' callables, and the clean-up."""
-    setup = _engine(url)
+def _tables(names: str) -> tuple[sa.MetaData, sa.Table, sa.Table, sa.Table]:
+    """The orders, accounts and keys tables, named ``names.format(...)`` (not yet created)."""
     metadata = sa.MetaData()
     orders = sa.Table(
-        f"bp_orders_{suffix}",
+        names.format("orders"),
         metadata,
         sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
         sa.Column("amount", sa.Integer, nullable=False),
     )
     accounts = sa.Table(
-        f"bp_accounts_{suffix}",
+        names.format("accounts"),
         metadata,
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
         sa.Column("balance", sa.BigInteger, nullable=False),
     )
-    keys = make_table(metadata, f"bp_keys_{suffix}")
+    return metadata, orders, accounts, make_table(metadata, names.format("keys"))
+
+
+def build(url: str, suffix: str) -> tuple[dict[str, Callable[[], None]], Callable[[], None]]:
+    """The variants' callables, and the clean-up."""
+    setup = _engine(url)
+    metadata, orders, accounts, keys = _tables("bp_{}_" + suffix)
     metadata.create_all(setup)
     with setup.begin() as conn:
         conn.execute(sa.insert(accounts), [{"id": i, "balance": 0} for i in range(16)])
@@ -278,20 +283,7 @@ def build_async(url: str, suffix: str) -> tuple[dict[str, Callable[[], None]], C
         return create_async_engine(aurl, isolation_level="READ COMMITTED")
 
     setup = engine()
-    metadata = sa.MetaData()
-    orders = sa.Table(
-        f"bpa_orders_{suffix}",
-        metadata,
-        sa.Column("id", sa.BigInteger, primary_key=True, autoincrement=False),
-        sa.Column("amount", sa.Integer, nullable=False),
-    )
-    accounts = sa.Table(
-        f"bpa_accounts_{suffix}",
-        metadata,
-        sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
-        sa.Column("balance", sa.BigInteger, nullable=False),
-    )
-    keys = make_table(metadata, f"bpa_keys_{suffix}")
+    metadata, orders, accounts, keys = _tables("bpa_{}_" + suffix)
 
     async def create() -> None:
         async with setup.begin() as conn:
