@@ -448,16 +448,30 @@ def _commit_pipelined(handle: SyncHandle | AsyncHandle, conn: sa.Connection, dri
     return True
 
 
+def _gone(dialect: sa.Dialect, exc: BaseException, dbapi_connection: Any) -> bool:
+    """True when ``exc`` is a driver error saying the connection is gone (as SQLAlchemy judges it)."""
+    return isinstance(exc, dialect.loaded_dbapi.Error) and bool(
+        dialect.is_disconnect(exc, dbapi_connection, None)
+    )
+
+
+def _discarded(dialect: sa.Dialect, exc: BaseException, dbapi_connection: Any, *, pipelined: bool) -> bool:
+    """Whether a connection whose statement on the driver's cursor failed with ``exc`` must be
+    invalidated rather than used on: it is gone, or the statement was interrupted (a cancelled
+    task, ``KeyboardInterrupt``) or failed mid-pipeline outside the driver, leaving the
+    connection's protocol state unknown."""
+    if isinstance(exc, dialect.loaded_dbapi.Error):
+        return _gone(dialect, exc, dbapi_connection)
+    return pipelined or not isinstance(exc, Exception)
+
+
 def _lean_failed_sync(
     conn: sa.Connection, op: Any, exc: BaseException, driver: Any, *, pipelined: bool
 ) -> None:
     """After a statement run on the psycopg cursor failed: a driver error is raised as SQLAlchemy's
     ``DBAPIError`` (the connection invalidated when it is gone, as SQLAlchemy does); an
     interruption leaves the connection's protocol state unknown, so it is invalidated too."""
-    dbapi_error = isinstance(exc, conn.dialect.loaded_dbapi.Error)
-    if (not dbapi_error and (pipelined or not isinstance(exc, Exception))) or (
-        dbapi_error and conn.dialect.is_disconnect(exc, driver, None)  # type: ignore[arg-type]
-    ):
+    if _discarded(conn.dialect, exc, driver, pipelined=pipelined):
         try:
             conn.invalidate(exc if isinstance(exc, Exception) else None)
         except Exception:
@@ -813,9 +827,7 @@ def _hand_back_raw(dialect: sa.Dialect, pool: Any, fairy: Any, exc: BaseExceptio
     again. True when the connection dropped. Never raises (failing here only invalidates)."""
     dropped = False
     try:
-        dropped = isinstance(exc, dialect.loaded_dbapi.Error) and bool(
-            dialect.is_disconnect(exc, fairy.dbapi_connection, None)
-        )
+        dropped = _gone(dialect, exc, fairy.dbapi_connection)
         if dropped:
             pool._invalidate(fairy, exc)
         elif not isinstance(exc, Exception):
@@ -1205,10 +1217,7 @@ async def _run_async(
 async def _lean_failed_async(conn: Any, op: Any, exc: BaseException, driver: Any, *, pipelined: bool) -> None:
     """:func:`_lean_failed_sync` for an ``AsyncConnection`` (the invalidation shielded)."""
     dialect = conn.dialect
-    dbapi_error = isinstance(exc, dialect.loaded_dbapi.Error)
-    if (not dbapi_error and (pipelined or not isinstance(exc, Exception))) or (
-        dbapi_error and dialect.is_disconnect(exc, driver, None)
-    ):
+    if _discarded(dialect, exc, driver, pipelined=pipelined):
         with anyio.CancelScope(shield=True):
             try:
                 await conn.invalidate(exc if isinstance(exc, Exception) else None)
