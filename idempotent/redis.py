@@ -32,11 +32,14 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from typing import Any
 
 try:
     import redis as _redis
     import redis.asyncio as _aredis
+    from redis.asyncio.connection import ConnectionPool as _AsyncPool
+    from redis.connection import ConnectionPool as _SyncPool
     from redis.exceptions import NoScriptError, ResponseError
 except ImportError as exc:  # pragma: no cover - exercised without the extra
     raise ImportError("idempotent.redis needs the redis package: pip install 'idempotent[redis]'") from exc
@@ -240,14 +243,21 @@ def _execute(client: Any, commands: tuple[tuple[bytes, ...], ...]) -> list[Any] 
     if client.connection is not None:  # a single-connection client locks its connection
         return None
     pool = client.connection_pool
-    conn = pool.get_connection(commands[0][0]) if _NAMED else pool.get_connection()
+    conn = _sync_borrow(pool)
+    borrowed = conn is not None
+    if not borrowed:
+        conn = pool.get_connection(commands[0][0]) if _NAMED else pool.get_connection()
     try:
         conn.send_packed_command(_pack(commands))
         return _replies(conn, len(commands))
     except _DROPPED:
         return None
     finally:
-        pool.release(conn)
+        if borrowed:
+            with pool._lock:
+                borrowed = _give_back(pool, conn)
+        if not borrowed:
+            pool.release(conn)
 
 
 #: ``asyncio.timeout`` (Python 3.11+): a deadline without a task of its own.
@@ -283,19 +293,78 @@ async def _asend(conn: Any, data: list[bytes]) -> None:
         raise
 
 
+def _plain(pool: Any, kind: Any) -> bool:
+    """Whether :func:`_borrow` may lend from ``pool``: redis-py's own pool class (not a
+    subclass such as the blocking or Sentinel pools), no credential provider (it re-authenticates
+    connections as they are released), no client-side cache, the attributes it relies on there."""
+    return (
+        type(pool) is kind
+        and pool.connection_kwargs.get("credential_provider") is None
+        and getattr(pool, "cache", None) is None
+        and hasattr(pool, "_available_connections")
+        and hasattr(pool, "_in_use_connections")
+    )
+
+
+def _borrow(pool: Any) -> Any:
+    """An idle, connected connection taken straight from ``pool``'s list, or None.
+
+    redis-py's ``get_connection()`` and ``release()`` also probe the socket for unread data
+    and record pool metrics and events: 5-10% of a first call on a local Redis, sync or async
+    (benchmarks/bench_redis_client.py). Taking the newest idle connection and putting it back
+    are list operations (under the pool's lock in a sync pool; between two awaits nothing else
+    runs on an event loop); the two metrics skipped cancel out. A connection that went bad
+    while idle fails its exchange, which then ends as a dropped connection does: sent again
+    through the client, which reconnects. A pool not :func:`_plain`, a pool of another process
+    (after ``fork()``), no idle connection, or one not connected or marked for reconnection:
+    redis-py's path.
+    """
+    available = pool._available_connections
+    if not available:
+        return None
+    conn = available[-1]
+    if not getattr(conn, "is_connected", False) or getattr(conn, "_should_reconnect", False):
+        return None
+    available.pop()
+    pool._in_use_connections.add(conn)
+    return conn
+
+
+def _give_back(pool: Any, conn: Any) -> bool:
+    """Return a connection :func:`_borrow` took; False when it must be reconnected first
+    (then the caller hands it to redis-py's ``release()``, after putting it back in use)."""
+    if getattr(conn, "_should_reconnect", False):
+        return False
+    pool._in_use_connections.discard(conn)
+    pool._available_connections.append(conn)
+    return True
+
+
+def _sync_borrow(pool: Any) -> Any:
+    """:func:`_borrow` on a sync pool: under its lock, in the process that made it."""
+    if not _plain(pool, _SyncPool) or getattr(pool, "pid", None) != os.getpid():
+        return None
+    with pool._lock:
+        return _borrow(pool)
+
+
 async def _aexecute(client: Any, commands: tuple[tuple[bytes, ...], ...]) -> list[Any] | None:
     """:func:`_execute` on a ``redis.asyncio.Redis``."""
     if client.single_connection_client:
         return None
     pool = client.connection_pool
-    conn = await (pool.get_connection(commands[0][0]) if _NAMED else pool.get_connection())
+    conn = _borrow(pool) if _plain(pool, _AsyncPool) else None
+    borrowed = conn is not None
+    if not borrowed:
+        conn = await (pool.get_connection(commands[0][0]) if _NAMED else pool.get_connection())
     try:
         await _asend(conn, _pack(commands))
         return await _areplies(conn, len(commands))
     except _DROPPED:
         return None
     finally:
-        await pool.release(conn)
+        if not borrowed or not _give_back(pool, conn):
+            await pool.release(conn)
 
 
 def _raw(text: str) -> bytes:

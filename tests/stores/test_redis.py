@@ -553,3 +553,212 @@ def test_claim_without_its_key_expiry_counts_as_abandoned(
     found = store.claim(ClaimRequest(scope, "k", None, "other", 60_000, 10_000, 0))
     assert found is not None and found.record.owner == "holder"
     assert decide(found.record, None, found.now).outcome is Outcome.TAKEOVER
+
+
+def _count_lends(pool: Any) -> list[int]:
+    """Count the connections ``pool`` lends through redis-py's ``get_connection()``."""
+    lent = [0]
+    original = pool.get_connection
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        lent[0] += 1
+        return original(*args, **kwargs)
+
+    pool.get_connection = counted
+    return lent
+
+
+def _assert_pool_balanced(pool: Any) -> None:
+    """Nothing left in use, and no idle connection listed twice."""
+    assert len(pool._in_use_connections) == 0
+    idle = pool._available_connections
+    assert len({id(conn) for conn in idle}) == len(idle)
+
+
+def test_sync_calls_from_threads_leave_the_pool_balanced(redis_prefix: str) -> None:
+    """8 threads making first calls and replays on one client: every call gets its own result,
+    the steps take idle connections straight from the pool (redis-py's lending is not used once
+    the connections exist), and afterwards no connection is left in use or listed twice."""
+    client = redis.Redis.from_url(REDIS_URL)
+    store = RedisStore(client, prefix=redis_prefix)
+    runs: list[str] = []
+
+    @idempotent(key_from="key", scope="tests.redis.pool", mode="lease", store=store)
+    def work(key: str) -> str:
+        runs.append(key)
+        return key.upper()
+
+    barrier = threading.Barrier(8)
+    errors: list[BaseException] = []
+
+    def caller(n: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(25):
+                key = f"t{n}-{i}"
+                assert work(key) == work(key) == key.upper()
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        assert errors == []
+        assert len(runs) == len(set(runs)) == 200
+        _assert_pool_balanced(client.connection_pool)
+        lent = _count_lends(client.connection_pool)
+        assert work("after") == "AFTER" and work("after") == "AFTER"
+        assert lent == [0]
+        assert client.ping()
+    finally:
+        client.close()
+
+
+def test_fifty_async_tasks_leave_the_pool_balanced(redis_prefix: str) -> None:
+    """50 concurrent tasks, each a first call and its replay: right results, one run per key,
+    no connection left in use or listed twice, and sequential calls then lend no connection
+    through redis-py."""
+    runs: list[str] = []
+
+    async def scenario() -> list[int]:
+        client = redis.asyncio.Redis.from_url(REDIS_URL)
+        store = RedisStore(client, prefix=redis_prefix)
+
+        @idempotent(key_from="key", scope="tests.redis.apool", mode="lease", store=store)
+        async def work(key: str) -> str:
+            runs.append(key)
+            await asyncio.sleep(0)  # let the other tasks interleave with this one's steps
+            return key.upper()
+
+        async def twice(key: str) -> None:
+            assert await work(key) == key.upper()
+            assert await work(key) == key.upper()
+
+        try:
+            await asyncio.gather(*(twice(f"a{n}") for n in range(CALLERS)))
+            _assert_pool_balanced(client.connection_pool)
+            lent = [0]
+            original = client.connection_pool.get_connection
+
+            async def counted(*args: Any, **kwargs: Any) -> Any:
+                lent[0] += 1
+                return await original(*args, **kwargs)
+
+            client.connection_pool.get_connection = counted  # type: ignore[method-assign]
+            assert await work("after") == "AFTER" and await work("after") == "AFTER"
+            counted_lends = list(lent)
+            assert await client.ping()
+            return counted_lends
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == [0]
+    assert sorted(runs) == sorted([f"a{n}" for n in range(CALLERS)] + ["after"])
+
+
+def _kill_clients(name: str) -> int:
+    """Close, from the server side, every connection of clients named ``name``."""
+    admin = redis.Redis.from_url(REDIS_URL)
+    try:
+        ids = [entry["id"] for entry in admin.client_list() if entry.get("name") == name]
+        for client_id in ids:
+            admin.client_kill_filter(_id=client_id)
+        return len(ids)
+    finally:
+        admin.close()
+
+
+def test_idle_connection_closed_by_the_server(redis_prefix: str) -> None:
+    """A pooled connection the server closed while idle: the next first call still runs once
+    and completes (its step is sent again on a new connection), and its replay is served."""
+    name = f"idem-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(REDIS_URL, client_name=name)
+    store = RedisStore(client, prefix=redis_prefix)
+    runs: list[str] = []
+
+    @idempotent(key_from="key", scope="tests.redis.idle", mode="lease", store=store)
+    def work(key: str) -> str:
+        runs.append(key)
+        return key.upper()
+
+    try:
+        assert work("one") == "ONE"
+        assert _kill_clients(name) == 1
+        assert work("two") == "TWO"
+        assert work("two") == "TWO"
+        assert runs == ["one", "two"]
+        _assert_pool_balanced(client.connection_pool)
+    finally:
+        client.close()
+
+
+def test_async_idle_connection_closed_by_the_server(redis_prefix: str) -> None:
+    """:func:`test_idle_connection_closed_by_the_server` on the async client."""
+    name = f"idem-{uuid.uuid4().hex[:8]}"
+    runs: list[str] = []
+
+    async def scenario() -> list[str]:
+        client = redis.asyncio.Redis.from_url(REDIS_URL, client_name=name)
+        store = RedisStore(client, prefix=redis_prefix)
+
+        @idempotent(key_from="key", scope="tests.redis.aidle", mode="lease", store=store)
+        async def work(key: str) -> str:
+            runs.append(key)
+            return key.upper()
+
+        try:
+            results = [await work("one")]
+            assert _kill_clients(name) == 1
+            results += [await work("two"), await work("two")]
+            _assert_pool_balanced(client.connection_pool)
+            return results
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == ["ONE", "TWO", "TWO"]
+    assert runs == ["one", "two"]
+
+
+def test_pool_of_another_process_goes_through_redis_py(redis_prefix: str) -> None:
+    """A pool made by another process (as after ``fork()``) is never lent from directly: the
+    call goes through redis-py, which starts the pool afresh for this process."""
+    client = redis.Redis.from_url(REDIS_URL)
+    store = RedisStore(client, prefix=redis_prefix)
+
+    @idempotent(key_from="key", scope="tests.redis.fork", mode="lease", store=store)
+    def work(key: str) -> str:
+        return key.upper()
+
+    try:
+        assert work("x") == "X"
+        pool = client.connection_pool
+        inherited = list(pool._available_connections)
+        pool.pid = os.getpid() + 1  # what a forked child sees: its parent's pool
+        assert work("y") == "Y"
+        assert pool.pid == os.getpid()  # redis-py reset the pool for this process
+        assert not any(conn in pool._available_connections for conn in inherited)
+    finally:
+        client.close()
+
+
+def test_pool_subclasses_go_through_redis_py(redis_prefix: str) -> None:
+    """A blocking pool (a redis-py subclass with its own lending rules) lends every connection
+    itself; calls work as with the plain pool."""
+    pool = redis.BlockingConnectionPool.from_url(REDIS_URL, max_connections=2)
+    client = redis.Redis(connection_pool=pool)
+    store = RedisStore(client, prefix=redis_prefix)
+
+    @idempotent(key_from="key", scope="tests.redis.blocking", mode="lease", store=store)
+    def work(key: str) -> str:
+        return key.upper()
+
+    try:
+        assert work("warm") == "WARM"
+        lent = _count_lends(pool)
+        assert work("b") == "B" and work("b") == "B"
+        assert lent[0] >= 3  # claim, completion, replay
+    finally:
+        client.close()
