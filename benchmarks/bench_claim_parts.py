@@ -6,6 +6,11 @@ one UPDATE of a 16-row accounts table, COMMIT) on its own psycopg connection, pl
 * ``bare``: nothing (the reference);
 * ``+ one insert``: one more INSERT of a completed key row: the least any design that records a
   key with the business write can add;
+* ``+ read, insert``: a read of the key's row before the business statements, and the completed
+  key row inserted (with the server's clock) after them: a check before the function and one
+  write after it;
+* ``+ lock, insert``: the same with the read joined to ``pg_try_advisory_xact_lock`` of the key,
+  which is how a key written only at the end would keep duplicates out;
 * ``+ insert, update``: a plain ``INSERT ... ON CONFLICT DO NOTHING`` of the key, then the result
   UPDATE: two statements with nothing else in them;
 * ``+ clock``: the same insert taking its times from the server's clock;
@@ -13,7 +18,11 @@ one UPDATE of a 16-row accounts table, COMMIT) on its own psycopg connection, pl
   how long a duplicate waits on an uncommitted claim;
 * ``library claim``: the library's own claim statement (all of the above, and the key's row read
   back in the same statement when it exists) and its own result UPDATE, the SQL taken from
-  ``SQLStore``: what a decorator-owned first call sends, without the decorator's Python.
+  ``SQLStore``: what a decorator-owned first call sends, without the decorator's Python;
+* ``library, 2 round trips``: the same two statements, prepared once per connection with SQL
+  ``PREPARE``, the claim sent with BEGIN and the result write with COMMIT, each pair as one
+  simple-query string on an autocommit connection (literals bound on the client): two round
+  trips fewer than ``library claim``.
 
 Variants run round-robin in a new random order each round; ratios are of medians of the same run.
 
@@ -28,6 +37,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import time
 import uuid
@@ -37,6 +47,7 @@ from typing import Any
 
 import psycopg
 import sqlalchemy as sa
+from psycopg import sql
 
 from idempotent import SQLStore
 from idempotent.schema import make_table
@@ -75,13 +86,35 @@ def statements(table: str) -> dict[str, list[str]]:
         f"INSERT INTO {table} ({COLS}, result_codec, result) VALUES (%(scope)s, %(key)s, NULL, 'completed', "
         "%(owner)s, 0, 0, 86400000, 'json', %(result)s)"
     )
+    read = (
+        f"SELECT status, fingerprint, result_codec, result FROM {table} "
+        "WHERE scope = %(scope)s AND key = %(key)s"
+    )
+    locked_read = (
+        "SELECT pg_try_advisory_xact_lock(hashtextextended(%(scope)s || ':' || %(key)s, 0)), "
+        f"(SELECT status FROM {table} WHERE scope = %(scope)s AND key = %(key)s)"
+    )
+    one_clocked = (
+        f"INSERT INTO {table} ({COLS}, result_codec, result) SELECT %(scope)s, %(key)s, NULL, 'completed', "
+        f"%(owner)s, n, n, n + 86400000, 'json', %(result)s FROM (SELECT {NOW} AS n) AS c "
+        "ON CONFLICT (scope, key) DO NOTHING"
+    )
     return {
         "bare": [],
         "+ one insert": [one],
+        "+ read, insert": [read, one_clocked],
+        "+ lock, insert": [locked_read, one_clocked],
         "+ insert, update": [plain, update],
         "+ clock": [clocked, update],
         "+ lock_timeout": [bounded, update],
     }
+
+
+def _number(order: list[str], name: str) -> str:
+    """``$n`` for the named parameter ``name`` (numbered in order of first use)."""
+    if name not in order:
+        order.append(name)
+    return f"${order.index(name) + 1}"
 
 
 def main() -> int:
@@ -106,32 +139,38 @@ def main() -> int:
     ids = itertools.count()
     connections: list[psycopg.Connection[Any]] = []
 
+    def values_for(n: int, library: bool) -> dict[str, Any]:
+        values: dict[str, Any] = {
+            "scope": "bench.parts",
+            "key": str(n),
+            "owner": uuid.uuid4().hex,
+            "lock_ms": "5000",
+            "result": json.dumps({"order": n, "amount": 5}),
+        }
+        if library:  # the library's own parameter names
+            values.update(
+                fingerprint=None, status="in_progress", lease_ms=60_000, ttl_ms=86_400_000,
+                clock_offset=0, new_status="completed", codec="json", error_type=None, keep_ms=5000,
+            )  # fmt: skip
+        return values
+
+    def business(cur: psycopg.Cursor[Any], n: int) -> None:
+        cur.execute(f"INSERT INTO {orders} VALUES (%(id)s, 5)", {"id": n})
+        cur.execute(f"UPDATE {accounts} SET balance = balance + 5 WHERE id = %(a)s", {"a": n % 16 + 1})
+
     def make(extra: list[str], library: bool) -> Callable[[], None]:
         conn = psycopg.connect(dsn)
         connections.append(conn)
 
         def call() -> None:
             n = next(ids)
-            values: dict[str, Any] = {
-                "scope": "bench.parts",
-                "key": str(n),
-                "owner": uuid.uuid4().hex,
-                "lock_ms": "5000",
-                "result": json.dumps({"order": n, "amount": 5}),
-            }
-            if library:  # the library's own parameter names
-                values.update(
-                    fingerprint=None, status="in_progress", lease_ms=60_000, ttl_ms=86_400_000,
-                    clock_offset=0, new_status="completed", codec="json", error_type=None, keep_ms=5000,
-                )  # fmt: skip
+            values = values_for(n, library)
             with conn.cursor() as cur:
                 if extra:
                     cur.execute(extra[0], values)
                     if cur.description is not None:
                         cur.fetchall()
-                cur.execute(f"INSERT INTO {orders} VALUES (%(id)s, 5)", {"id": n})
-                account = {"a": n % 16 + 1}
-                cur.execute(f"UPDATE {accounts} SET balance = balance + 5 WHERE id = %(a)s", account)
+                business(cur, n)
                 for statement in extra[1:]:
                     cur.execute(statement, values)
                     if library:
@@ -140,7 +179,37 @@ def main() -> int:
 
         return call
 
+    def make_merged(claim: str, complete: str) -> Callable[[], None]:
+        """The library's two statements, prepared once with SQL ``PREPARE``, the claim sent with
+        BEGIN and the result write with COMMIT, each pair as one simple-query string."""
+        conn = psycopg.connect(dsn, autocommit=True)  # BEGIN and COMMIT are in the strings
+        connections.append(conn)
+        prepared = {}
+        for name, text in (("parts_claim", claim), ("parts_complete", complete)):
+            order: list[str] = []
+            numbered = re.sub(r"%\((\w+)\)s", lambda m, order=order: _number(order, m.group(1)), text)
+            conn.execute(f"PREPARE {name} AS {numbered}".encode())
+            prepared[name] = order
+
+        def run(name: str, values: dict[str, Any]) -> bytes:
+            literals = b", ".join(sql.Literal(values[p]).as_bytes(conn) for p in prepared[name])
+            return b"EXECUTE " + name.encode() + b"(" + literals + b")"
+
+        def call() -> None:
+            n = next(ids)
+            values = values_for(n, True)
+            with conn.cursor() as cur:
+                cur.execute(b"BEGIN; " + run("parts_claim", values))
+                cur.nextset()
+                assert cur.fetchall()[0][0] == 1, "the claim found the key"
+                business(cur, n)
+                cur.execute(run("parts_complete", values) + b"; COMMIT")
+                assert cur.rowcount == 1 or cur.nextset() is not None
+
+        return call
+
     calls = {name: make(extra, name == "library claim") for name, extra in variants.items()}
+    calls["library, 2 round trips"] = make_merged(bound._claim_pg.sql, bound._complete.sql)
     samples: dict[str, list[float]] = {name: [] for name in calls}
     try:
         for call in calls.values():  # warm up: connections, prepared statements
@@ -165,13 +234,13 @@ def main() -> int:
         engine.dispose()
     medians = {name: statistics.median(values) for name, values in samples.items()}
     print(f"PostgreSQL, psycopg {psycopg.__version__}, {args.rounds} rounds of {args.calls} calls a variant")
-    print(f"\n{'variant':<18} {'p50 µs':>8} {'p90 µs':>8} {'x bare':>7}")
+    print(f"\n{'variant':<24} {'p50 µs':>8} {'p90 µs':>8} {'x bare':>7}")
     rows = []
     for name, values in samples.items():
         p90 = statistics.quantiles(values, n=10)[-1]
         ratio = medians[name] / medians["bare"]
         rows.append({"variant": name, "p50_us": medians[name], "p90_us": p90, "ratio_to_bare": ratio})
-        print(f"{name:<18} {medians[name]:8.0f} {p90:8.0f} {ratio:7.2f}")
+        print(f"{name:<24} {medians[name]:8.0f} {p90:8.0f} {ratio:7.2f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     report = {"python": platform.python_version(), "psycopg": psycopg.__version__, "rows": rows}
     args.output.write_text(json.dumps(report, indent=2))

@@ -7,8 +7,11 @@ Three measurements, each side by side in one process (variants alternate, median
   and on an asyncio client;
 * ``parser``: a lease-mode first call on ``RedisStore``, sync and async, with hiredis (redis-py's
   C reply parser, in the ``redis`` extra) and with redis-py's Python parser;
-* ``async send``: an async first call and replay with the store's send (a deadline on the drain)
-  and with redis-py's ``send_packed_command`` (``asyncio.wait_for`` around each send).
+* ``async send``: an async first call and replay with the store's exchange (sent and read with
+  the socket timeout kept by a watchdog) and with redis-py's ``send_packed_command`` and
+  ``read_response`` (a timer around each send and each reply);
+* ``pool lending``: a lease-mode first call, sync and async, with the store taking idle
+  connections straight from the pool and with redis-py's ``get_connection()``/``release()``.
 
     .venv/bin/python benchmarks/bench_redis_client.py
 """
@@ -112,16 +115,21 @@ async def measure(rounds: int, per_round: int, prefix: str) -> dict[str, dict[st
         parsers[name] = lambda function=function: function(str(next(ids)))
     results["parser"] = await _timed(parsers, rounds, per_round)
 
-    deadline = store_module._DEADLINE
+    exchange = store_module._aexchange
+
+    async def through_redis_py(pool: Any, conn: Any, data: list[bytes], count: int) -> list[Any]:
+        await conn.send_packed_command(data, check_health=True)  # a timer per send
+        return await store_module._areplies(conn, count)  # and one per reply
+
     function = _lease_function(RedisStore(async_client, prefix=prefix), "bench.client.send", True)
 
     def with_send(ours: bool, replay: bool) -> Timed:
         async def call() -> None:
-            store_module._DEADLINE = deadline if ours else None
+            store_module._aexchange = exchange if ours else through_redis_py
             try:
                 await function("replayed" if replay else str(next(ids)))
             finally:
-                store_module._DEADLINE = deadline
+                store_module._aexchange = exchange
 
         return call
 
@@ -135,6 +143,24 @@ async def measure(rounds: int, per_round: int, prefix: str) -> dict[str, dict[st
         rounds,
         per_round,
     )
+    plain = store_module._plain
+    lending: dict[str, Timed] = {}
+    for is_async, client in ((False, sync_client), (True, async_client)):
+        store = RedisStore(client, prefix=prefix)
+        function = _lease_function(store, f"bench.client.lend.{is_async}", is_async)
+        for direct in (True, False):
+
+            def call(function: Any = function, direct: bool = direct) -> Any:
+                store_module._plain = plain if direct else (lambda pool, kind: False)
+                try:
+                    out = function(str(next(ids)))
+                finally:
+                    store_module._plain = plain
+                return out
+
+            side = "async" if is_async else "sync"
+            lending[f"{side}, {'straight from the pool' if direct else 'redis-py lends'}"] = call
+    results["pool lending"] = await _timed(lending, rounds, per_round)
     for client in clients:
         if isinstance(client, redis.asyncio.Redis):
             await client.aclose()
@@ -162,11 +188,13 @@ def main() -> int:
         "parser": (("sync hiredis", "sync Python parser"), ("async hiredis", "async Python parser")),
         "async send": (("first, store's send", "first, redis-py's send"),
                        ("replay, store's send", "replay, redis-py's send")),
+        "pool lending": (("sync, straight from the pool", "sync, redis-py lends"),
+                         ("async, straight from the pool", "async, redis-py lends")),
     }  # fmt: skip
     for section, medians in results.items():
         print(f"\n{section}")
         for name, value in medians.items():
-            print(f"  {name:<26} {value:8.1f}")
+            print(f"  {name:<30} {value:8.1f}")
         for ours, theirs in pairs[section]:
             print(f"  {ours} / {theirs}: {medians[ours] / medians[theirs]:.3f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
+import weakref
 from typing import Any
 
 try:
@@ -222,12 +224,12 @@ def _replies(conn: Any, count: int) -> list[Any]:
     return replies
 
 
-async def _areplies(conn: Any, count: int) -> list[Any]:
-    """:func:`_replies`, awaited."""
+async def _areplies(conn: Any, count: int, read_timeout: float | None = None) -> list[Any]:
+    """:func:`_replies`, awaited; ``read_timeout`` is ``read_response``'s ``timeout``."""
     replies, error = [], None
     for _ in range(count):
         try:
-            replies.append(await conn.read_response())
+            replies.append(await conn.read_response(timeout=read_timeout))
         except ResponseError as exc:
             error = error or exc
     if error is not None:
@@ -260,37 +262,92 @@ def _execute(client: Any, commands: tuple[tuple[bytes, ...], ...]) -> list[Any] 
             pool.release(conn)
 
 
-#: ``asyncio.timeout`` (Python 3.11+): a deadline without a task of its own.
-_DEADLINE = getattr(asyncio, "timeout", None)
+class _Watchdog:
+    """Closes the connections whose exchange outlived their socket timeout, on one event loop.
+
+    redis-py bounds every async send and every reply with a timer of its own; on an event loop a
+    timer costs about a quarter of a loopback round trip, and an async first call had five.
+    The store's exchanges put their deadline here instead, and one check per period (a quarter
+    of the shortest socket timeout seen, at most 1 s) aborts the transport of a connection past
+    its deadline: its exchange then fails as a dropped connection does and is sent again
+    through the client, where redis-py's own timeouts apply. A timeout so fires up to one
+    period late. The check is a loop callback, not a task (nothing is left pending when the loop
+    closes), and stops once nothing was watched for a whole period.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.deadlines: dict[Any, float] = {}
+        self.period = 1.0
+        self.handle: asyncio.TimerHandle | None = None
+        self.busy = False  # something was watched since the last check
+
+    def watch(self, conn: Any, timeout: float) -> None:
+        self.deadlines[conn] = self.loop.time() + timeout
+        self.busy = True
+        self.period = min(self.period, max(timeout / 4, 0.001))
+        if self.handle is None:
+            self.handle = self.loop.call_later(self.period, self._check)
+
+    def _check(self) -> None:
+        now = self.loop.time()
+        for conn, deadline in list(self.deadlines.items()):
+            if deadline <= now:
+                del self.deadlines[conn]
+                writer = getattr(conn, "_writer", None)
+                if writer is not None:
+                    writer.transport.abort()
+        if self.deadlines or self.busy:
+            self.busy = False
+            self.handle = self.loop.call_later(self.period, self._check)
+        else:
+            self.handle = None
 
 
-async def _asend(conn: Any, data: list[bytes]) -> None:
-    """``conn.send_packed_command(data)``, its socket timeout kept by a deadline on the drain.
+_watchdogs: weakref.WeakKeyDictionary[Any, _Watchdog] = weakref.WeakKeyDictionary()
 
-    redis-py bounds every send with ``asyncio.wait_for``, which before Python 3.12 starts a task
-    and a timer per command (1-10% of an async first call: benchmarks/bench_redis_client.py).
-    A connection with health checks, or one not yet connected, goes through redis-py as before;
-    failures end as there (the connection closed, redis-py's ``TimeoutError``/``ConnectionError``
-    raised).
+
+def _watchdog(pool: Any) -> _Watchdog:
+    """The watchdog of ``pool``'s connections on the running loop."""
+    loop = asyncio.get_running_loop()
+    dog = _watchdogs.get(pool)
+    if dog is None or dog.loop is not loop:
+        dog = _watchdogs[pool] = _Watchdog(loop)
+    return dog
+
+
+async def _aexchange(pool: Any, conn: Any, data: list[bytes], count: int) -> list[Any]:
+    """Send ``data`` on ``conn`` and read ``count`` replies, bounded by the connection's socket
+    timeout through :class:`_Watchdog` rather than a timer per send and per reply.
+
+    A connection with health checks, or one not connected yet, goes through redis-py's send as
+    before. Failures end as in redis-py: the connection closed, its ``ConnectionError``
+    raised (or the reply's ``ResponseError``, once every reply was read).
     """
     writer = getattr(conn, "_writer", None)
     checked = getattr(conn, "health_check_interval", 1)
-    if _DEADLINE is None or writer is None or checked or not conn.is_connected:
+    if writer is None or checked or not conn.is_connected:
         await conn.send_packed_command(data, check_health=True)
-        return
+        return await _areplies(conn, count)
+    timeout = conn.socket_timeout
+    dog = None if timeout is None else _watchdog(pool)
+    if dog is not None:
+        dog.watch(conn, timeout)
     try:
         writer.writelines(data)
-        async with _DEADLINE(conn.socket_timeout):
-            await writer.drain()
-    except asyncio.TimeoutError:
-        await conn.disconnect(nowait=True)
-        raise _redis.TimeoutError("Timeout writing to socket") from None
+        await writer.drain()
+        return await _areplies(conn, count, math.inf)  # math.inf: no timer of redis-py's own
     except OSError as exc:
         await conn.disconnect(nowait=True)
         raise _redis.ConnectionError(f"Error while writing to socket: {exc}") from exc
+    except (ResponseError, *_DROPPED):
+        raise  # every reply was read, or redis-py closed the connection
     except BaseException:
-        await conn.disconnect(nowait=True)  # a send cut short leaves the stream out of step
+        await conn.disconnect(nowait=True)  # an exchange cut short leaves the stream out of step
         raise
+    finally:
+        if dog is not None:
+            dog.deadlines.pop(conn, None)
 
 
 def _plain(pool: Any, kind: Any) -> bool:
@@ -358,8 +415,7 @@ async def _aexecute(client: Any, commands: tuple[tuple[bytes, ...], ...]) -> lis
     if not borrowed:
         conn = await (pool.get_connection(commands[0][0]) if _NAMED else pool.get_connection())
     try:
-        await _asend(conn, _pack(commands))
-        return await _areplies(conn, len(commands))
+        return await _aexchange(pool, conn, _pack(commands), len(commands))
     except _DROPPED:
         return None
     finally:

@@ -7,6 +7,8 @@ connection die between two statements. ``url(database_url)`` points a database U
 ``drop_next_request()`` swallows the next chunk a client sends and closes that connection (the
 server never sees the request); ``drop_next_reply()`` lets the next request through but swallows
 the server's answer and closes the connection (the server acted, the client never hears of it).
+``hold_next_reply()`` swallows the server's next answer and keeps the connection open: the
+client waits for a reply that never comes, as behind a stalled network.
 
     with Proxy.for_url(POSTGRES_URL) as proxy:
         engine = sa.create_engine(proxy.url(POSTGRES_URL))
@@ -38,6 +40,8 @@ class Proxy:
         self.accepted = 0
         self.cuts = 0  # connections closed by drop_next_request/drop_next_reply
         self._drop = {True: False, False: False}  # direction (towards the server?) -> armed
+        self._hold = False  # swallow the next reply, keep the connection
+        self.held = 0
         self._closed = False
         threading.Thread(target=self._accept, name="test-proxy", daemon=True).start()
 
@@ -84,6 +88,19 @@ class Proxy:
         with self._lock:
             self._drop[False] = True
 
+    def hold_next_reply(self) -> None:
+        """Swallow the next chunk the server sends and keep the connection open."""
+        with self._lock:
+            self._hold = True
+
+    def _holding(self, to_server: bool) -> bool:
+        with self._lock:
+            if to_server or not self._hold:
+                return False
+            self._hold = False
+            self.held += 1
+            return True
+
     def _dropping(self, to_server: bool) -> bool:
         with self._lock:
             if not self._drop[to_server]:
@@ -97,7 +114,8 @@ class Proxy:
             while data := source.recv(65536):
                 if self._dropping(to_server):
                     break
-                sink.sendall(data)
+                if not self._holding(to_server):
+                    sink.sendall(data)
         for sock in (source, sink):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)

@@ -555,6 +555,18 @@ def test_claim_without_its_key_expiry_counts_as_abandoned(
     assert decide(found.record, None, found.now).outcome is Outcome.TAKEOVER
 
 
+def _upper(store: RedisStore, scope: str, runs: list[str] | None = None) -> Any:
+    """A lease-mode function on ``store`` returning its key in capitals (recorded in ``runs``)."""
+
+    @idempotent(key_from="key", scope=scope, mode="lease", store=store)
+    def work(key: str) -> str:
+        if runs is not None:
+            runs.append(key)
+        return key.upper()
+
+    return work
+
+
 def _count_lends(pool: Any) -> list[int]:
     """Count the connections ``pool`` lends through redis-py's ``get_connection()``."""
     lent = [0]
@@ -583,10 +595,7 @@ def test_sync_calls_from_threads_leave_the_pool_balanced(redis_prefix: str) -> N
     store = RedisStore(client, prefix=redis_prefix)
     runs: list[str] = []
 
-    @idempotent(key_from="key", scope="tests.redis.pool", mode="lease", store=store)
-    def work(key: str) -> str:
-        runs.append(key)
-        return key.upper()
+    work = _upper(store, "tests.redis.pool", runs)
 
     barrier = threading.Barrier(8)
     errors: list[BaseException] = []
@@ -679,10 +688,7 @@ def test_idle_connection_closed_by_the_server(redis_prefix: str) -> None:
     store = RedisStore(client, prefix=redis_prefix)
     runs: list[str] = []
 
-    @idempotent(key_from="key", scope="tests.redis.idle", mode="lease", store=store)
-    def work(key: str) -> str:
-        runs.append(key)
-        return key.upper()
+    work = _upper(store, "tests.redis.idle", runs)
 
     try:
         assert work("one") == "ONE"
@@ -728,9 +734,7 @@ def test_pool_of_another_process_goes_through_redis_py(redis_prefix: str) -> Non
     client = redis.Redis.from_url(REDIS_URL)
     store = RedisStore(client, prefix=redis_prefix)
 
-    @idempotent(key_from="key", scope="tests.redis.fork", mode="lease", store=store)
-    def work(key: str) -> str:
-        return key.upper()
+    work = _upper(store, "tests.redis.fork")
 
     try:
         assert work("x") == "X"
@@ -751,9 +755,7 @@ def test_pool_subclasses_go_through_redis_py(redis_prefix: str) -> None:
     client = redis.Redis(connection_pool=pool)
     store = RedisStore(client, prefix=redis_prefix)
 
-    @idempotent(key_from="key", scope="tests.redis.blocking", mode="lease", store=store)
-    def work(key: str) -> str:
-        return key.upper()
+    work = _upper(store, "tests.redis.blocking")
 
     try:
         assert work("warm") == "WARM"
@@ -762,3 +764,32 @@ def test_pool_subclasses_go_through_redis_py(redis_prefix: str) -> None:
         assert lent[0] >= 3  # claim, completion, replay
     finally:
         client.close()
+
+
+def test_async_reply_that_never_comes_ends_at_the_socket_timeout(proxy: Proxy, redis_prefix: str) -> None:
+    """An async claim whose reply never arrives on a connection that stays open (a stalled
+    network): the exchange is given up after the client's ``socket_timeout``, the claim is sent
+    again on a new connection, and the function runs exactly once."""
+    runs: list[str] = []
+
+    async def scenario() -> list[str]:
+        client = redis.asyncio.Redis(host="127.0.0.1", port=proxy.port, socket_timeout=0.5)
+        store = RedisStore(client, prefix=redis_prefix)
+
+        @idempotent(key_from="key", scope="tests.redis.stall", mode="lease", store=store)
+        async def work(key: str) -> str:
+            runs.append(key)
+            return f"ran {key}"
+
+        try:
+            results = [await work("warm-up")]
+            proxy.hold_next_reply()
+            results += [await work("held"), await work("held")]
+            return results
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(scenario()) == ["ran warm-up", "ran held", "ran held"]
+    assert proxy.held == 1
+    assert proxy.accepted == 2  # the stalled connection was given up for a new one
+    assert runs == ["warm-up", "held"]
