@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import math
 import os
 import weakref
 from typing import Any
@@ -224,14 +223,34 @@ def _replies(conn: Any, count: int) -> list[Any]:
     return replies
 
 
-async def _areplies(conn: Any, count: int, read_timeout: float | None = None) -> list[Any]:
-    """:func:`_replies`, awaited; ``read_timeout`` is ``read_response``'s ``timeout``."""
+async def _areplies(conn: Any, count: int) -> list[Any]:
+    """:func:`_replies`, awaited."""
     replies, error = [], None
     for _ in range(count):
         try:
-            replies.append(await conn.read_response(timeout=read_timeout))
+            replies.append(await conn.read_response())
         except ResponseError as exc:
             error = error or exc
+    if error is not None:
+        raise error
+    return replies
+
+
+async def _parsed(conn: Any, count: int) -> list[Any]:
+    """:func:`_areplies` read by the connection's parser itself, without ``read_response``'s
+    timer and bookkeeping (:func:`_aexchange` keeps the timeout and closes the connection on a
+    failure). The parser answers an error reply with the exception, which is raised once every
+    reply was read."""
+    read = getattr(conn, "_read_response_from_parser", None)
+    if read is None:
+        return await _areplies(conn, count)
+    replies, error = [], None
+    for _ in range(count):
+        reply = await read()
+        if isinstance(reply, ResponseError):
+            error = error or reply
+        else:
+            replies.append(reply)
     if error is not None:
         raise error
     return replies
@@ -336,12 +355,12 @@ async def _aexchange(pool: Any, conn: Any, data: list[bytes], count: int) -> lis
     try:
         writer.writelines(data)
         await writer.drain()
-        return await _areplies(conn, count, math.inf)  # math.inf: no timer of redis-py's own
+        return await _parsed(conn, count)
     except OSError as exc:
         await conn.disconnect(nowait=True)
-        raise _redis.ConnectionError(f"Error while writing to socket: {exc}") from exc
-    except (ResponseError, *_DROPPED):
-        raise  # every reply was read, or redis-py closed the connection
+        raise _redis.ConnectionError(f"Error talking to Redis: {exc}") from exc
+    except ResponseError:
+        raise  # every reply was read: the connection is in step
     except BaseException:
         await conn.disconnect(nowait=True)  # an exchange cut short leaves the stream out of step
         raise
