@@ -13,6 +13,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+import tests.contrib.django_settings  # noqa: F401  (configures Django before DRF is imported)
+
+# isort: split
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
@@ -23,7 +26,6 @@ from rest_framework.decorators import api_view
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-import tests.contrib.django_settings  # noqa: F401  (configures Django before DRF is imported)
 from idempotent.contrib.django import idempotent_view
 
 
