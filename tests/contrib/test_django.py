@@ -566,3 +566,64 @@ def test_import_needs_no_django_and_the_contrib_names_its_extra() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "pip install 'idempotent[django]'" in out.stdout
+
+
+# -- the checker's fix ---------------------------------------------------------------------------
+
+UNFIXED_VIEWS = '''\
+"""Views written before idempotency keys."""
+
+import json
+
+from django.http import JsonResponse
+from django.views.decorators.http import require_POST
+
+from tests.contrib.django_urls import STATE
+
+
+@require_POST
+def create_order(request):
+    data = json.loads(request.body)
+    order = STATE.order.objects.using(STATE.alias).create(ref=data["ref"], amount=1)
+    return JsonResponse({"id": order.pk}, status=201)
+'''
+
+UNFIXED_URLS = """\
+from django.urls import path
+
+from . import views
+
+urlpatterns = [path("orders/", views.create_order)]
+"""
+
+
+def test_check_fix_on_a_django_project_imports_runs_and_rechecks_clean(
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``idempotent check --fix`` decorates the Django view with ``@idempotent_view()``; the fixed
+    project checks clean, and its view replays a retry (one row)."""
+    from idempotent.cli import main
+
+    package = tmp_path / f"djshop_{uuid.uuid4().hex[:8]}"
+    package.mkdir()
+    (package / "__init__.py").write_text("", encoding="utf-8")
+    (package / "views.py").write_text(UNFIXED_VIEWS, encoding="utf-8")
+    (package / "urls.py").write_text(UNFIXED_URLS, encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    assert main(["check", "--fix", "-q"]) == 0
+    fixed = (package / "views.py").read_text(encoding="utf-8")
+    assert "from idempotent.contrib.django import idempotent_view" in fixed
+    assert "@require_POST\n@idempotent_view()\ndef create_order" in fixed
+    assert main(["check", "-q"]) == 0
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        with override_settings(ROOT_URLCONF=f"{package.name}.urls"):
+            first = post(Client(), "/orders/", {"ref": "fx"})
+            again = post(Client(), "/orders/", {"ref": "fx"})
+    finally:
+        for name in [n for n in sys.modules if n.startswith(package.name)]:
+            del sys.modules[name]
+    assert first.status_code == 201
+    assert (again.content, again[REPLAYED]) == (first.content, "true")
+    assert site.count() == 1

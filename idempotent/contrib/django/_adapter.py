@@ -116,7 +116,7 @@ def _lease_capable(store: Any) -> bool:
     """Whether ``store`` (None: the ``configure`` store) can run lease mode: an engine, or a store
     that never joins a transaction (Redis)."""
     if store is None:
-        store = decorator._defaults.store  # the process-wide store configure() set
+        store = decorator.default_store()
     return getattr(store, "engine", None) is not None or not getattr(store, "atomic", True)
 
 
