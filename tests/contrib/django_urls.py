@@ -23,6 +23,7 @@ from django.utils.decorators import method_decorator
 from django.views import View
 from rest_framework import serializers
 from rest_framework.decorators import api_view
+from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
@@ -164,6 +165,27 @@ class OrderAPI(APIView):
         )
 
 
+class ReadsData(BasePermission):
+    """A permission that reads the body before the handler (so Django keeps no raw copy)."""
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return "ref" in request.data
+
+
+class OrderAPIPeeked(APIView):
+    """A DRF view whose multipart body was parsed by a permission class before the decorated handler."""
+
+    permission_classes = (ReadsData,)
+
+    @method_decorator(idempotent_view())
+    def post(self, request: Any) -> Response:
+        with STATE.lock:
+            STATE.runs.append("drf-peeked")
+        upload = request.data["receipt"]
+        order = STATE.order.objects.using(STATE.alias).create(ref=request.data["ref"], amount=upload.size)
+        return Response({"id": order.pk, "ref": order.ref, "bytes": upload.size}, status=201)
+
+
 @method_decorator(idempotent_view(), name="dispatch")
 class OrderAPIDispatch(APIView):
     """A DRF view decorated on ``dispatch``: DRF's own error responses are what is stored."""
@@ -202,6 +224,7 @@ urlpatterns = [
     path("twice/", TwiceView.as_view()),
     path("api/orders/", OrderAPI.as_view()),
     path("api/dispatch/", OrderAPIDispatch.as_view()),
+    path("api/peeked/", OrderAPIPeeked.as_view()),
     path("api/function/", drf_function),
     path("plain/<int:pk>/", plain),
 ]

@@ -29,6 +29,7 @@ import tests.contrib.django_settings  # noqa: F401  (configures Django before DR
 
 # isort: split
 from django.core import checks
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.db import connections, models
 from django.test import Client, override_settings
 from rest_framework.test import APIClient
@@ -422,6 +423,28 @@ def test_drf_api_view_method(site: Site) -> None:
     assert invalid.status_code == 400
     assert site.count() == 1
     assert [row.key for row in site.key_rows()] == ["d"]
+
+
+def test_a_multipart_body_parsed_before_the_handler_still_fingerprints(site: Site) -> None:
+    """A DRF permission class parsed a multipart upload before the decorated handler (Django then
+    keeps no raw body): its fields and file contents stand for the body, so the same upload
+    replays and another file under the key is 422."""
+
+    def send(content: bytes) -> Any:
+        upload = SimpleUploadedFile("receipt.txt", content, content_type="text/plain")
+        return APIClient().post(
+            "/api/peeked/", {"ref": "up", "receipt": upload}, format="multipart", headers={KEY: "u"}
+        )
+
+    first = send(b"paid in full")
+    retry = send(b"paid in full")
+    other = send(b"paid in half")
+    assert first.status_code == 201
+    assert json.loads(first.content)["bytes"] == 12
+    assert (retry.content, retry[REPLAYED]) == (first.content, "true")
+    assert other.status_code == 422
+    assert STATE.runs == ["drf-peeked"]
+    assert site.count() == 1
 
 
 def test_drf_dispatch_stores_drf_error_responses(site: Site) -> None:

@@ -271,8 +271,10 @@ def header_pairs(request: HttpRequest, key_header: str) -> list[tuple[str, str]]
 
 
 def body_of(request: HttpRequest) -> bytes:
-    """The request body; when the view's stack already parsed a multipart body (Django then keeps
-    no raw copy), a canonical encoding of its fields and files stands for it."""
+    """The request body. When something before the view already parsed a multipart body from the
+    stream (Django then keeps no raw copy: ``CsrfViewMiddleware`` reading ``request.POST``, a DRF
+    permission class reading ``request.data``), a canonical encoding of its fields and files
+    (their contents hashed) stands for it."""
     try:
         return bytes(request.body)
     except RawPostDataException:
