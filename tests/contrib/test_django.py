@@ -365,17 +365,21 @@ def test_under_atomic_requests_a_drf_error_response_rolls_back_and_is_not_stored
 
 def test_atomic_requests_on_another_database_than_the_keys_is_refused(site: Site, tmp_path: Path) -> None:
     """ATOMIC_REQUESTS on another database than the keys' would commit the key apart from the
-    view's writes: a ConfigurationError names both databases and the fix."""
+    view's writes: the decorator and the middleware refuse with an error naming the fix."""
     other = django_alias(f"sqlite:///{tmp_path / 'other.db'}")
     connections[other].settings_dict["ATOMIC_REQUESTS"] = True
     try:
         with pytest.raises(ConfigurationError) as info:
             post(Client(), "/shops/north/orders/", {"ref": "x"})
+        with override_settings(MIDDLEWARE=[MIDDLEWARE]), pytest.raises(ConfigurationError) as middleware:
+            post(Client(), "/plain/1/", {"ref": "x"})
     finally:
         connections[other].settings_dict["ATOMIC_REQUESTS"] = False
         connections[other].close()
-    assert "ATOMIC_REQUESTS" in str(info.value)
-    assert f"IDEMPOTENT['DATABASE'] = {other!r}" in str(info.value)
+    for error in (info.value, middleware.value):
+        assert "ATOMIC_REQUESTS" in str(error)
+        assert f"IDEMPOTENT['DATABASE'] = {other!r}" in str(error)
+    assert site.count() == 0
 
 
 # -- class-based views and DRF -------------------------------------------------------------------

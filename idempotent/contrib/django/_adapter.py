@@ -199,25 +199,29 @@ class Resolved:
             return config
 
 
-def check_atomic_requests(config: Config, owner: str) -> None:
+def check_atomic_requests(config: Config, owner: str, *, view_started: bool) -> None:
     """Refuse keys written outside the request's transaction under ATOMIC_REQUESTS.
 
-    With ``ATOMIC_REQUESTS`` on another database the view's writes commit when the view returns,
-    apart from the key committed on ``config.using``: a crash between the two commits would leave
-    the key recorded and the writes undone. A database named with the decorator's ``using=`` is
-    the user's explicit choice and is not checked.
+    With ``ATOMIC_REQUESTS`` on another database the view's writes commit apart from the key
+    committed on ``config.using``: a crash between the two commits leaves the key recorded and
+    the writes undone, or the other way round. ``view_started``: called from inside the view,
+    where Django has opened the ATOMIC_REQUESTS blocks (only those count; a view marked
+    ``non_atomic_requests`` has none); else (the middleware) the settings decide. A database
+    named with the decorator's ``using=`` is the user's explicit choice and is not checked.
     """
-    if config.using is None or config.explicit_using or connections[config.using].in_atomic_block:
+    if config.using is None or config.explicit_using:
+        return
+    if view_started and connections[config.using].in_atomic_block:
         return
     for alias in connections:
-        if alias == config.using:
+        if alias == config.using or not connections.settings[alias].get("ATOMIC_REQUESTS"):
             continue
-        if connections.settings[alias].get("ATOMIC_REQUESTS") and connections[alias].in_atomic_block:
+        if not view_started or connections[alias].in_atomic_block:
             raise ConfigurationError(
-                f"{owner} writes its keys to the {config.using!r} database, but ATOMIC_REQUESTS runs this "
+                f"{owner} writes its keys to the {config.using!r} database, but ATOMIC_REQUESTS runs the "
                 f"view in a transaction on {alias!r}: the key would commit apart from the view's writes. "
-                f"Set IDEMPOTENT['DATABASE'] = {alias!r} (or using={alias!r}), or turn ATOMIC_REQUESTS on "
-                f"for {config.using!r} as well"
+                f"Set IDEMPOTENT['DATABASE'] = {alias!r} (or using={alias!r} on the view), or turn "
+                f"ATOMIC_REQUESTS off for {alias!r}"
             )
 
 

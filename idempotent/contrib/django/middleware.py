@@ -63,6 +63,7 @@ class IdempotencyMiddleware:
         if not policy.applies(str(request.method), pairs):
             return self.get_response(request)
         setattr(request, _adapter.MARK, "IdempotencyMiddleware")
+        _adapter.check_atomic_requests(config, "IdempotencyMiddleware", view_started=False)
         described = _adapter.describe(request, policy, pairs, _route(request), request)
 
         def call() -> Any:

@@ -80,7 +80,7 @@ def idempotent_view(
                     "IdempotencyMiddleware, idempotent_view on dispatch, idempotent_view on the method"
                 )
             setattr(http_request, _adapter.MARK, f"idempotent_view on {view.__qualname__}")
-            _adapter.check_atomic_requests(config, "idempotent_view")
+            _adapter.check_atomic_requests(config, "idempotent_view", view_started=True)
             match = getattr(http_request, "resolver_match", None)
             route = getattr(match, "route", None) if match is not None else None
             described = _adapter.describe(http_request, policy, pairs, route, request)
