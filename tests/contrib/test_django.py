@@ -30,11 +30,12 @@ import tests.contrib.django_settings  # noqa: F401  (configures Django before DR
 # isort: split
 from django.core import checks
 from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.management import call_command
 from django.db import connections, models
 from django.test import Client, override_settings
 from rest_framework.test import APIClient
 
-from idempotent import SQLStore
+from idempotent import SQLStore, migrate
 from idempotent.contrib.django import idempotent_view
 from idempotent.errors import ConfigurationError
 from idempotent.schema import make_table
@@ -581,6 +582,32 @@ def test_nowhere_to_keep_keys_is_refused(site: Site) -> None:
             assert len(errors) == 1
             assert message in errors[0].msg
     assert site.count() == 0
+
+
+def test_manage_py_migrate_creates_and_drops_the_keys_table(site: Site) -> None:
+    """With the app installed, ``manage.py migrate idempotent`` creates the table named by
+    IDEMPOTENT['STORE'] in the migrated database, at the revision ``idempotent migrate``
+    records; views then keep their keys in it; ``migrate idempotent zero`` drops it."""
+    name = f"idem_mig_{uuid.uuid4().hex[:10]}"
+    introspection = connections[site.alias].introspection
+    had_recorder = "django_migrations" in introspection.table_names()
+    with override_settings(IDEMPOTENT=site.idempotent(STORE=SQLStore(site.engine, name))):
+        call_command("migrate", "idempotent", database=site.alias, verbosity=0)
+        try:
+            assert name in introspection.table_names()
+            assert migrate.current(site.engine, table=name) == migrate.head()
+            first = post(Client(), "/shops/north/orders/", {"ref": "mg"})
+            retry = post(Client(), "/shops/north/orders/", {"ref": "mg"})
+            assert (retry.content, retry[REPLAYED]) == (first.content, "true")
+            with site.engine.connect() as conn:
+                assert conn.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar_one() == 1
+        finally:
+            call_command("migrate", "idempotent", "zero", database=site.alias, verbosity=0)
+            if not had_recorder:
+                with connections[site.alias].schema_editor() as editor:
+                    editor.execute("DROP TABLE django_migrations")
+    assert name not in introspection.table_names()
+    assert site.count() == 1
 
 
 def test_import_needs_no_django_and_the_contrib_names_its_extra() -> None:

@@ -1,5 +1,6 @@
-"""The Django app: ``INSTALLED_APPS += ["idempotent.contrib.django"]`` checks the ``IDEMPOTENT``
-setting when Django starts (``manage.py check``)."""
+"""The Django app: with ``INSTALLED_APPS += ["idempotent.contrib.django"]``, ``manage.py migrate``
+creates the keys table (see ``_schema``) and ``manage.py check`` validates the ``IDEMPOTENT``
+setting."""
 
 from __future__ import annotations
 
