@@ -107,10 +107,19 @@ class _Savepoint:
         transaction.savepoint_commit(self.sid, using=self.using)
 
     def rollback(self) -> None:
-        from django.db import transaction  # noqa: PLC0415
+        from django.db import connections, transaction  # noqa: PLC0415
 
         self.is_active = False
-        transaction.savepoint_rollback(self.sid, using=self.using)
+        # Django refuses every statement, ROLLBACK TO SAVEPOINT included, while its connection is
+        # marked for rollback (after an ORM error inside atomic(), or ``set_rollback(True)``, which
+        # Django REST framework calls on an error response under ATOMIC_REQUESTS). Lift the mark for
+        # this one statement and put it back: the enclosing atomic() block still rolls back.
+        db = connections[self.using]
+        marked, db.needs_rollback = db.needs_rollback, False
+        try:
+            transaction.savepoint_rollback(self.sid, using=self.using)
+        finally:
+            db.needs_rollback = marked or db.needs_rollback
 
 
 class DjangoHandle:

@@ -241,9 +241,18 @@ def handling_names() -> tuple[str, ...]:
 
 
 def integration_available(template: FixTemplate) -> bool:
-    """Whether the template's integration module can be imported (without importing it)."""
+    """Whether the template's integration module can be imported (without importing it): the
+    module is installed, and so is every framework package its import lines name (Django for
+    ``django.utils.decorators``), which the integration module itself imports."""
+    needed = [template.module]
+    needed.extend(
+        root
+        for line in template.imports
+        for root in {name.split(".")[0] for name in _import_bindings(line).values()}
+        if root != template.module.split(".")[0]
+    )
     try:
-        return importlib.util.find_spec(template.module) is not None
+        return all(importlib.util.find_spec(name) is not None for name in needed)
     except (ImportError, ValueError):
         return False
 

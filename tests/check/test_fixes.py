@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import shutil
 from pathlib import Path
 
@@ -348,6 +349,23 @@ def test_integration_available_uses_find_spec() -> None:
     missing = FixTemplate(module="idempotent_no_such_package.fastapi", imports=(), decorator="@d")
     assert not integration_available(missing)
     assert not integration_available(FixTemplate(module="json.no_such_module", imports=(), decorator="@d"))
+
+
+def test_django_fixes_apply_when_the_django_integration_can_be_imported(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The Django and DRF fixes are applicable when ``idempotent.contrib.django`` can be imported:
+    the module is installed and so is Django, which it imports (found without importing either)."""
+    templates = builtin_fix_templates()
+    assert integration_available(templates["django"])
+    assert integration_available(templates["drf"])
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *rest: None if name == "django" else real(name, *rest)
+    )
+    assert not integration_available(templates["django"])
+    assert not integration_available(templates["drf"])
+    assert integration_available(templates["celery"])
 
 
 def test_plans_for_frameworks_without_a_template() -> None:

@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import threading
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ from sqlalchemy.pool import NullPool
 from idempotent import SQLStore
 from idempotent.contrib.celery import idempotent_task
 from idempotent.events import Event, EventInfo
+from tests.django_db import django_alias
 
 CONFIG_VARIABLE = "IDEMPOTENT_CELERY_TEST_CONFIG"
 LEASE = 30.0
@@ -200,39 +200,6 @@ def _define_tasks(
         flags.append(f"charges-{ref}", str(os.getpid()))
         flags.hold("charge", ref)
         return {"charged": ref, "retries": self.request.retries}
-
-
-def django_alias(url: str) -> str:
-    """Make the database at ``url`` a Django alias (configuring Django on first use); return the alias."""
-    import django
-    from django.conf import settings
-    from django.db import connections
-
-    if not settings.configured:
-        settings.configure(DATABASES={}, USE_TZ=True, INSTALLED_APPS=[])
-        django.setup()
-    parsed = sa.make_url(url)
-    alias = f"idem_{uuid.uuid5(uuid.NAMESPACE_URL, url).hex[:10]}"
-    if alias in connections.settings:
-        return alias
-    backend = parsed.get_backend_name()
-    if backend == "sqlite":
-        database = {"ENGINE": "django.db.backends.sqlite3", "NAME": parsed.database}
-    else:
-        if backend != "postgresql":
-            import pymysql
-
-            pymysql.install_as_MySQLdb()  # Django's MySQL backend on PyMySQL, the driver the tests use
-        database = {
-            "ENGINE": f"django.db.backends.{'postgresql' if backend == 'postgresql' else 'mysql'}",
-            "NAME": parsed.database,
-            "USER": parsed.username or "",
-            "PASSWORD": parsed.password or "",
-            "HOST": parsed.host or "",
-            "PORT": str(parsed.port or ""),
-        }
-    connections.settings[alias] = connections.configure_settings({"default": {}, alias: database})[alias]
-    return alias
 
 
 def _define_django_task(

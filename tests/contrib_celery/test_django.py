@@ -20,7 +20,7 @@ pytest.importorskip("django")
 
 from django.db import connections, models, transaction
 
-from tests.contrib_celery.app import django_alias
+from tests.django_db import django_alias
 
 
 class DjangoDb:

@@ -1,0 +1,370 @@
+"""Django's requests and responses seen by the HTTP core, and the ``IDEMPOTENT`` setting.
+
+Shared by :func:`~idempotent.contrib.django.idempotent_view` and
+:class:`~idempotent.contrib.django.IdempotencyMiddleware`; nothing here decides anything about
+keys: :class:`idempotent.http.Policy` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.db import connections
+from django.http import HttpRequest, HttpResponse, RawPostDataException
+from django.utils.module_loading import import_string
+
+from idempotent import decorator
+from idempotent._django import DjangoTransaction
+from idempotent.errors import ConfigurationError
+from idempotent.http import HTTPRequest, Policy, StoredResponse
+
+#: The database vendors whose connection the key can share (Django's ``connection.vendor``).
+SUPPORTED_VENDORS = frozenset({"sqlite", "postgresql", "mysql"})
+#: Set on a request's ``HttpRequest`` while an idempotent view or the middleware guards it.
+MARK = "_idempotent_guard"
+
+# ---------------------------------------------------------------------------------------------
+# The IDEMPOTENT setting
+# ---------------------------------------------------------------------------------------------
+#: Entries of ``settings.IDEMPOTENT`` and the option each one sets.
+SETTING_OPTIONS = {
+    "DATABASE": "using",
+    "MODE": "mode",
+    "STORE": "store",
+    "TTL_SECONDS": "ttl",
+    "LEASE": "lease",
+    "WAIT": "wait",
+    "PRINCIPAL_FROM": "principal_from",
+    "REQUIRED": "required",
+    "HEADER": "header",
+    "KEY_FROM_BODY": "key_from_body",
+    "METHODS": "methods",
+    "STORE_SERVER_ERRORS": "store_server_errors",
+    "PROBLEM_BASE": "problem_base",
+    "SCOPE_PREFIX": "scope_prefix",
+    "MAX_RESULT_BYTES": "max_result_bytes",
+    "HOOKS": "hooks",
+}
+_DOTTED = frozenset({"STORE", "PRINCIPAL_FROM"})
+
+_generation = 0
+_generation_lock = threading.Lock()
+
+
+def _settings_changed(*, setting: str, **_: Any) -> None:
+    """Forget the resolved configurations when a test (``override_settings``) changes them."""
+    global _generation  # noqa: PLW0603 - one counter for the process, bumped under the lock
+    if setting in ("IDEMPOTENT", "DATABASES"):
+        with _generation_lock:
+            _generation += 1
+
+
+setting_changed.connect(_settings_changed, weak=False, dispatch_uid="idempotent.contrib.django")
+
+
+def setting_options() -> dict[str, Any]:
+    """``settings.IDEMPOTENT`` as option names (dotted paths imported); unknown entries are an error."""
+    raw = getattr(settings, "IDEMPOTENT", None) or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigurationError(
+            f"settings.IDEMPOTENT must be a dict such as {{'DATABASE': 'default'}}, not {type(raw).__name__}"
+        )
+    unknown = sorted(set(raw) - set(SETTING_OPTIONS))
+    if unknown:
+        raise ConfigurationError(
+            f"settings.IDEMPOTENT has no entry {', '.join(map(str, unknown))}; its entries are "
+            + ", ".join(SETTING_OPTIONS)
+        )
+    options: dict[str, Any] = {}
+    for name, given in raw.items():
+        value = given
+        if name in _DOTTED and isinstance(given, str):
+            value = _import(name, given)
+        elif name == "HOOKS":
+            value = [_import(name, item) if isinstance(item, str) else item for item in given]
+        options[SETTING_OPTIONS[name]] = value
+    return options
+
+
+def _import(entry: str, path: str) -> Any:
+    try:
+        return import_string(path)
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"settings.IDEMPOTENT[{entry!r}] names {path!r}, which cannot be imported: {exc}"
+        ) from exc
+
+
+# ---------------------------------------------------------------------------------------------
+# Transaction or lease mode
+# ---------------------------------------------------------------------------------------------
+def vendor(using: str) -> str | None:
+    """The vendor of Django's database ``using`` (``postgresql``...), None when there is no such alias."""
+    if using not in connections.settings:
+        return None
+    return str(connections[using].vendor)
+
+
+def _lease_capable(store: Any) -> bool:
+    """Whether ``store`` (None: the ``configure`` store) can run lease mode: an engine, or a store
+    that never joins a transaction (Redis)."""
+    if store is None:
+        store = decorator.default_store()
+    return getattr(store, "engine", None) is not None or not getattr(store, "atomic", True)
+
+
+@dataclass(frozen=True)
+class Config:
+    """A resolved configuration: the policy, and the Django database of transaction mode (None: lease)."""
+
+    policy: Policy
+    using: str | None
+    explicit_using: bool
+
+    def session(self) -> DjangoTransaction | None:
+        return None if self.using is None else DjangoTransaction(self.using)
+
+
+def resolve(owner: str, options: Mapping[str, Any], using: str | None) -> Config:
+    """The configuration of ``owner`` from its ``options`` over ``settings.IDEMPOTENT``.
+
+    Mode: as asked, else transaction mode on the database ``using`` (default ``'default'``) when
+    Django has it and it is SQLite, PostgreSQL or MySQL/MariaDB, and the store can join a
+    transaction; else lease mode when the store can run it; else a ConfigurationError.
+    """
+    merged = {**setting_options(), **options}
+    explicit_using = using is not None
+    alias = using if using is not None else merged.pop("using", None) or "default"
+    merged.pop("using", None)
+    if not isinstance(alias, str):
+        raise ConfigurationError(
+            f"the database must be a Django database alias such as 'default', not {alias!r}"
+        )
+    mode = merged.get("mode")
+    store = merged.get("store")
+    found = vendor(alias)
+    usable = found in SUPPORTED_VENDORS
+    if mode is None:
+        if usable and getattr(store, "atomic", True):
+            mode = "transaction"
+        elif _lease_capable(store):
+            mode = "lease"
+        else:
+            where = (
+                f"Django's DATABASES has no {alias!r} database"
+                if found is None
+                else f"Django's {alias!r} database is {found!r}, not SQLite, PostgreSQL or MySQL/MariaDB"
+            )
+            raise ConfigurationError(
+                f"{owner} has nowhere to keep idempotency keys: {where}, and no store for lease mode was "
+                "given. Configure DATABASES (the keys then commit with the view's writes), name another "
+                "database with using= or IDEMPOTENT['DATABASE'], or give store=SQLStore(engine) for "
+                "lease mode"
+            )
+    elif mode == "transaction" and not usable:
+        raise ConfigurationError(
+            f"{owner} uses transaction mode on Django's {alias!r} database, which is "
+            f"{'not configured' if found is None else repr(found)}: transaction mode needs SQLite, "
+            "PostgreSQL or MySQL/MariaDB. Name another database with using= or IDEMPOTENT['DATABASE'], "
+            "or use mode='lease' with a store"
+        )
+    merged["mode"] = mode
+    policy = Policy.from_options(owner, merged, also=["using"])
+    return Config(policy, alias if mode == "transaction" else None, explicit_using)
+
+
+class Resolved:
+    """A configuration resolved on first use and again after the settings change."""
+
+    def __init__(self, owner: str, options: Mapping[str, Any], using: str | None) -> None:
+        self.owner, self.options, self.using = owner, dict(options), using
+        self._cached: tuple[int, Config] | None = None
+        self._lock = threading.Lock()
+
+    def get(self) -> Config:
+        cached = self._cached
+        if cached is not None and cached[0] == _generation:
+            return cached[1]
+        with self._lock:
+            generation = _generation
+            config = resolve(self.owner, self.options, self.using)
+            self._cached = (generation, config)
+            return config
+
+
+def check_atomic_requests(config: Config, owner: str, *, view_started: bool) -> None:
+    """Refuse keys written outside the request's transaction under ATOMIC_REQUESTS.
+
+    With ``ATOMIC_REQUESTS`` on another database the view's writes commit apart from the key
+    committed on ``config.using``: a crash between the two commits leaves the key recorded and
+    the writes undone, or the other way round. ``view_started``: called from inside the view,
+    where Django has opened the ATOMIC_REQUESTS blocks (only those count; a view marked
+    ``non_atomic_requests`` has none); else (the middleware) the settings decide. A database
+    named with the decorator's ``using=`` is the user's explicit choice and is not checked.
+    """
+    if config.using is None or config.explicit_using:
+        return
+    if view_started and connections[config.using].in_atomic_block:
+        return
+    for alias in connections:
+        if alias == config.using or not connections.settings[alias].get("ATOMIC_REQUESTS"):
+            continue
+        if not view_started or connections[alias].in_atomic_block:
+            raise ConfigurationError(
+                f"{owner} writes its keys to the {config.using!r} database, but ATOMIC_REQUESTS runs the "
+                f"view in a transaction on {alias!r}: the key would commit apart from the view's writes. "
+                f"Set IDEMPOTENT['DATABASE'] = {alias!r} (or using={alias!r} on the view), or turn "
+                f"ATOMIC_REQUESTS off for {alias!r}"
+            )
+
+
+# ---------------------------------------------------------------------------------------------
+# Requests
+# ---------------------------------------------------------------------------------------------
+def field_members(value: str) -> list[str]:
+    """The field values a combined header value was made of.
+
+    Django (like every WSGI server and Django's ASGI handler) joins a header field sent more than
+    once into one value with commas, so a comma outside a quoted string means the field was
+    repeated (or the key holds a comma, which must then be sent as a quoted sf-string).
+    """
+    members: list[str] = []
+    current: list[str] = []
+    quoted = escaped = False
+    for char in value:
+        if escaped:
+            escaped = False
+        elif quoted and char == "\\":
+            escaped = True
+        elif char == '"':
+            quoted = not quoted
+        elif char == "," and not quoted:
+            members.append("".join(current))
+            current = []
+            continue
+        current.append(char)
+    members.append("".join(current))
+    kept = [member.strip(" \t") for member in members if member.strip(" \t")]
+    return kept or [value]
+
+
+def http_request_of(request: Any) -> HttpRequest | None:
+    """The ``HttpRequest`` behind a view's first argument: itself, or the one a Django REST
+    framework ``Request`` wraps; None when it is neither."""
+    inner = getattr(request, "_request", request)
+    return inner if isinstance(inner, HttpRequest) else None
+
+
+def header_pairs(request: HttpRequest, key_header: str) -> list[tuple[str, str]]:
+    """The request's header fields; the key header's value split into the fields it was made of."""
+    wanted = key_header.lower()
+    pairs: list[tuple[str, str]] = []
+    for name, value in request.headers.items():
+        if name.lower() == wanted:
+            pairs.extend((name, member) for member in field_members(value))
+        else:
+            pairs.append((name, value))
+    return pairs
+
+
+def body_of(request: HttpRequest) -> bytes:
+    """The request body. When something before the view already parsed a multipart body from the
+    stream (Django then keeps no raw copy: ``CsrfViewMiddleware`` reading ``request.POST``, a DRF
+    permission class reading ``request.data``), a canonical encoding of its fields and files
+    (their contents hashed) stands for it."""
+    try:
+        return bytes(request.body)
+    except RawPostDataException:
+        files: list[list[str]] = []
+        for name, upload in sorted(request.FILES.items()):
+            digest = hashlib.sha256()
+            for chunk in upload.chunks():
+                digest.update(chunk)
+            upload.seek(0)
+            files.append([name, str(upload.name), str(upload.content_type), digest.hexdigest()])
+        form = sorted((name, request.POST.getlist(name)) for name in request.POST)
+        return b"multipart:" + json.dumps([form, files], sort_keys=True).encode("utf-8")
+
+
+def describe(
+    request: HttpRequest, policy: Policy, pairs: list[tuple[str, str]], route: str | None, caller: Any
+) -> HTTPRequest:
+    """The HTTP core's view of ``request``; ``caller`` (what the view received) goes to principal_from."""
+    return HTTPRequest(
+        method=str(request.method),
+        path=request.path,
+        headers=pairs,
+        body=body_of(request),
+        route=route,
+        query=str(request.META.get("QUERY_STRING", "")),
+        principal=policy.principal(caller),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses
+# ---------------------------------------------------------------------------------------------
+def rendered(response: Any, caller: Any) -> Any:
+    """Render a response that renders late (``TemplateResponse``, Django REST framework's
+    ``Response``), so its body can be stored. A DRF ``Response`` returned by a handler method,
+    before ``APIView.finalize_response`` ran, gets the renderer DRF negotiated first."""
+    render = getattr(response, "render", None)
+    if render is None or not callable(render) or getattr(response, "is_rendered", True):
+        return response
+    if not hasattr(response, "accepted_renderer") and hasattr(caller, "accepted_renderer"):
+        view = (getattr(caller, "parser_context", None) or {}).get("view")
+        response.accepted_renderer = caller.accepted_renderer
+        response.accepted_media_type = caller.accepted_media_type
+        response.renderer_context = (
+            view.get_renderer_context() if view is not None else {"request": caller, "view": None}
+        )
+    render()
+    return response
+
+
+def capture(response: Any) -> StoredResponse | None:
+    """The response to store, None for a streamed one (``StreamingHttpResponse``, ``FileResponse``).
+    Cookies live in ``response.cookies``, apart from the headers, and are never stored."""
+    if getattr(response, "streaming", False):
+        return None
+    return StoredResponse.capture(response.status_code, response.items(), response.content)
+
+
+def capture_in_transaction(using: str, owner: str) -> Callable[[Any], StoredResponse | None]:
+    """:func:`capture` for transaction mode: a streamed response is an error (not storing it would
+    roll back the writes it reports done); a transaction the view marked for rollback (an ORM
+    error it caught, ``transaction.set_rollback(True)``) stores nothing, as it commits nothing."""
+
+    def render(response: Any) -> StoredResponse | None:
+        if connections[using].needs_rollback:
+            return None
+        stored = capture(response)
+        if stored is None:
+            raise ConfigurationError(
+                f"{owner} returned a streamed response (StreamingHttpResponse, FileResponse), whose body "
+                "cannot be stored for replay; its writes are rolled back. Return a complete body, or use "
+                "mode='lease' (a streamed response is then sent without being stored)"
+            )
+        return stored
+
+    return render
+
+
+def to_response(stored: StoredResponse) -> HttpResponse:
+    """An ``HttpResponse`` with exactly the stored status, headers and body."""
+    response = HttpResponse(stored.body, status=stored.status)
+    for name in list(response.headers):
+        del response.headers[name]
+    seen: dict[str, str] = {}
+    for name, value in stored.headers:
+        lower = name.lower()
+        seen[lower] = f"{seen[lower]}, {value}" if lower in seen else value
+        response.headers[name] = seen[lower]
+    return response

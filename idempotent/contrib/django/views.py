@@ -1,0 +1,101 @@
+"""``@idempotent_view()``: Django views (and Django REST framework views) with the
+``Idempotency-Key`` contract."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from typing_extensions import Unpack
+
+from idempotent.contrib.django import _adapter
+from idempotent.errors import ConfigurationError
+from idempotent.http import Policy, PolicyOptions, StoredResponse
+
+__all__ = ["idempotent_view"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def idempotent_view(
+    *args: Any, using: str | None = None, **options: Unpack[PolicyOptions]
+) -> Callable[[F], F]:
+    """Make a Django view idempotent per request: ``@idempotent_view()``.
+
+    On a function view put it below ``@api_view``/``@require_POST`` and the like (any order
+    works) and above nothing that replaces the request. On a class-based view use Django's
+    ``method_decorator``: ``@method_decorator(idempotent_view())`` on ``post``/``put``/...,
+    or ``@method_decorator(idempotent_view(), name="dispatch")`` on the class.
+
+    ``using``: the Django database whose transaction the key joins (default
+    ``IDEMPOTENT['DATABASE']``, else ``'default'``). ``options`` are those of
+    :class:`idempotent.http.Policy` (``principal_from``, called with the request the view
+    receives; ``required``; ``mode``; ``store``; ``ttl``; ``wait``; ...), over the
+    ``IDEMPOTENT`` setting's entries. Transaction mode (the default on SQLite, PostgreSQL and
+    MySQL/MariaDB) runs the view inside ``transaction.atomic(using=...)``, or in a savepoint of
+    the one ``ATOMIC_REQUESTS`` opened, with the key's statements on Django's own connection.
+    """
+    if args:
+        raise ConfigurationError(
+            "idempotent_view is a decorator factory: write @idempotent_view() with parentheses "
+            "(or @method_decorator(idempotent_view()) on a class-based view's method)"
+        )
+    Policy.from_options("idempotent_view", {"mode": "lease", **options}, also=["using"])  # fails here
+
+    def decorate(view: F) -> F:
+        if isinstance(view, type):
+            raise ConfigurationError(
+                f"idempotent_view() cannot decorate the class {view.__qualname__} itself: write "
+                '@method_decorator(idempotent_view(), name="dispatch") above the class, or '
+                "@method_decorator(idempotent_view()) above its post/put/patch/delete methods"
+            )
+        if inspect.iscoroutinefunction(view):
+            raise ConfigurationError(
+                f"{view.__qualname__} is async def; idempotent_view supports sync views (Django's ORM "
+                "transactions are sync): make the view a def (Django runs it in a thread under ASGI)"
+            )
+        owner = f"{view.__module__}.{view.__qualname__}"
+        resolved = _adapter.Resolved(owner, {"name": owner, **options}, using)
+
+        @functools.wraps(view)
+        def wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+            http_request = _adapter.http_request_of(request)
+            if http_request is None:
+                raise ConfigurationError(
+                    f"{view.__qualname__} received {type(request).__name__} where a request belongs: on a "
+                    "method of a class-based view write @method_decorator(idempotent_view()) (from "
+                    "django.utils.decorators), not @idempotent_view() alone"
+                )
+            config = resolved.get()
+            policy = config.policy
+            pairs = _adapter.header_pairs(http_request, policy.header)
+            if not policy.applies(str(http_request.method), pairs):
+                return view(request, *args, **kwargs)
+            if getattr(http_request, _adapter.MARK, None) is not None:
+                raise ConfigurationError(
+                    f"{view.__qualname__} is guarded twice for one request ("
+                    f"{getattr(http_request, _adapter.MARK)} already claimed its key): keep one of "
+                    "IdempotencyMiddleware, idempotent_view on dispatch, idempotent_view on the method"
+                )
+            setattr(http_request, _adapter.MARK, f"idempotent_view on {view.__qualname__}")
+            _adapter.check_atomic_requests(config, "idempotent_view", view_started=True)
+            match = getattr(http_request, "resolver_match", None)
+            route = getattr(match, "route", None) if match is not None else None
+            described = _adapter.describe(http_request, policy, pairs, route, request)
+
+            def call() -> Any:
+                return _adapter.rendered(view(request, *args, **kwargs), request)
+
+            if config.using is None:
+                result = policy.run(described, call, _adapter.capture)
+            else:
+                render = _adapter.capture_in_transaction(config.using, f"{view.__qualname__}")
+                result = policy.run(described, call, render, session=config.session())
+            return _adapter.to_response(result) if isinstance(result, StoredResponse) else result
+
+        wrapper.__idempotent_view__ = resolved  # type: ignore[attr-defined]
+        return cast("F", wrapper)
+
+    return decorate
