@@ -295,21 +295,26 @@ class _Watchdog:
     """
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+        self.loop = weakref.ref(loop)  # not kept alive by a pool that outlives it
         self.deadlines: dict[Any, float] = {}
         self.period = 1.0
         self.handle: asyncio.TimerHandle | None = None
         self.busy = False  # something was watched since the last check
 
-    def watch(self, conn: Any, timeout: float) -> None:
-        self.deadlines[conn] = self.loop.time() + timeout
+    def watch(self, loop: asyncio.AbstractEventLoop, conn: Any, timeout: float) -> None:
+        now = loop.time()
+        self.deadlines[conn] = now + timeout
         self.busy = True
-        self.period = min(self.period, max(timeout / 4, 0.001))
+        if timeout / 4 < self.period:
+            self.period = max(timeout / 4, 0.001)
+            if self.handle is not None and self.handle.when() > now + self.period:
+                self.handle.cancel()  # due too late for this timeout
+                self.handle = None
         if self.handle is None:
-            self.handle = self.loop.call_later(self.period, self._check)
+            self.handle = loop.call_at(now + self.period, self._check, loop)
 
-    def _check(self) -> None:
-        now = self.loop.time()
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
         for conn, deadline in list(self.deadlines.items()):
             if deadline <= now:
                 del self.deadlines[conn]
@@ -318,7 +323,7 @@ class _Watchdog:
                     writer.transport.abort()
         if self.deadlines or self.busy:
             self.busy = False
-            self.handle = self.loop.call_later(self.period, self._check)
+            self.handle = loop.call_at(now + self.period, self._check, loop)
         else:
             self.handle = None
 
@@ -326,12 +331,13 @@ class _Watchdog:
 _watchdogs: weakref.WeakKeyDictionary[Any, _Watchdog] = weakref.WeakKeyDictionary()
 
 
-def _watchdog(pool: Any) -> _Watchdog:
-    """The watchdog of ``pool``'s connections on the running loop."""
+def _watch(pool: Any, conn: Any, timeout: float) -> _Watchdog:
+    """Put ``conn``'s exchange under the watchdog of ``pool`` on the running loop."""
     loop = asyncio.get_running_loop()
     dog = _watchdogs.get(pool)
-    if dog is None or dog.loop is not loop:
+    if dog is None or dog.loop() is not loop:
         dog = _watchdogs[pool] = _Watchdog(loop)
+    dog.watch(loop, conn, timeout)
     return dog
 
 
@@ -349,9 +355,7 @@ async def _aexchange(pool: Any, conn: Any, data: list[bytes], count: int) -> lis
         await conn.send_packed_command(data, check_health=True)
         return await _areplies(conn, count)
     timeout = conn.socket_timeout
-    dog = None if timeout is None else _watchdog(pool)
-    if dog is not None:
-        dog.watch(conn, timeout)
+    dog = None if timeout is None else _watch(pool, conn, timeout)
     try:
         writer.writelines(data)
         await writer.drain()
