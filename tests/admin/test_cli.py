@@ -47,7 +47,9 @@ def test_show_prints_status_times_fingerprint_and_preview(sync_adb: AdminDb) -> 
     out = proc.stdout
     assert re.search(r"^status\s+completed \(the stored result is replayed\)$", out, re.M)
     assert re.search(rf"^fingerprint\s+{row['fingerprint']}$", out, re.M)
-    assert re.search(r"^created\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \(10 min \d{1,2} s ago\)$", out, re.M)  # the CLI starts a new process: allow its start-up time
+    assert re.search(
+        r"^created\s+\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z \(10 min \d{1,2} s ago\)$", out, re.M
+    )  # the CLI starts a new process: allow its start-up time
     assert re.search(r"^expires\s+\S+Z \(in (59 min \d+ s|1 h 0 min)\)$", out, re.M)
     preview = re.search(rf"^result\s+json, {len(long_result)} chars: (.*)$", out, re.M)
     assert preview is not None
@@ -121,7 +123,9 @@ def test_missing_schema_is_named_before_migrate(sync_adb: AdminDb) -> None:
     url = sa.make_url(sync_adb.url)
     if sync_adb.name == "postgresql":  # trust authentication accepts any password: it must be masked
         url = url.set(password="s3cret-pw")  # noqa: S106  (a made-up password the message must mask)
-    proc = run_cli("show", "--url", url.render_as_string(hide_password=False), "--schema", "nosuch_schema_x", "s", "k")
+    proc = run_cli(
+        "show", "--url", url.render_as_string(hide_password=False), "--schema", "nosuch_schema_x", "s", "k"
+    )
     assert proc.returncode == 1
     assert "the schema 'nosuch_schema_x' does not exist in " in proc.stderr
     assert "s3cret-pw" not in proc.stderr
