@@ -390,8 +390,8 @@ def _borrow(pool: Any) -> Any:
     """An idle, connected connection taken straight from ``pool``'s list, or None.
 
     redis-py's ``get_connection()`` and ``release()`` also probe the socket for unread data
-    and record pool metrics and events: 5-10% of a first call on a local Redis, sync or async
-    (benchmarks/bench_redis_client.py). Taking the newest idle connection and putting it back
+    and record pool metrics and events: 10-14% of a sync first call on a local Redis, less on
+    an async one (benchmarks/bench_redis_client.py). Taking the newest idle connection and putting it back
     are list operations (under the pool's lock in a sync pool; between two awaits nothing else
     runs on an event loop); the two metrics skipped cancel out. A connection that went bad
     while idle fails its exchange, which then ends as a dropped connection does: sent again
