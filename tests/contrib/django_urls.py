@@ -16,12 +16,14 @@ from typing import Any
 import tests.contrib.django_settings  # noqa: F401  (configures Django before DRF is imported)
 
 # isort: split
+from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
 from rest_framework import serializers
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.decorators import api_view
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
@@ -197,6 +199,38 @@ class OrderAPIDispatch(APIView):
         return Response({"id": order.pk, "ref": order.ref}, status=201)
 
 
+class TokenAuthentication(BaseAuthentication):
+    """``Authorization: Token good`` authenticates; a request without it is answered 401."""
+
+    def authenticate(self, request: Any) -> tuple[Any, None] | None:
+        if request.headers.get("Authorization") != "Token good":
+            return None
+        return AnonymousUser(), None  # stands for the account; is_authenticated is checked below
+
+    def authenticate_header(self, request: Any) -> str:
+        return "Token"
+
+
+class HasToken(BasePermission):
+    """Only requests that carried the token."""
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return request.successful_authenticator is not None
+
+
+@method_decorator(idempotent_view(), name="dispatch")
+class OrderAPIAuthenticated(APIView):
+    """A DRF view decorated on ``dispatch`` that needs a token: DRF refuses a request without it
+    (401) before the handler runs, and the decorator sees that refusal as the view's answer."""
+
+    authentication_classes = (TokenAuthentication,)
+    permission_classes = (HasToken,)
+
+    def post(self, request: Any) -> Response:
+        order, _ = place(request, "drf-authenticated")
+        return Response({"id": order.pk, "ref": order.ref}, status=201)
+
+
 @api_view(["POST"])
 @idempotent_view()
 def drf_function(request: Any) -> Response:
@@ -226,5 +260,6 @@ urlpatterns = [
     path("api/dispatch/", OrderAPIDispatch.as_view()),
     path("api/peeked/", OrderAPIPeeked.as_view()),
     path("api/function/", drf_function),
+    path("api/authenticated/", OrderAPIAuthenticated.as_view()),
     path("plain/<int:pk>/", plain),
 ]

@@ -37,7 +37,7 @@ from rest_framework.test import APIClient
 
 from idempotent import SQLStore, migrate
 from idempotent.contrib.django import idempotent_view
-from idempotent.errors import ConfigurationError
+from idempotent.errors import ConfigurationError, TableMissing
 from idempotent.schema import make_table
 from tests.contrib.django_urls import STATE, Boom
 from tests.django_db import django_alias
@@ -464,6 +464,43 @@ def test_drf_dispatch_stores_drf_error_responses(site: Site) -> None:
     assert STATE.runs == ["drf-dispatch"]
 
 
+def test_drf_dispatch_does_not_store_an_authentication_refusal(site: Site) -> None:
+    """Decorated on ``dispatch``, a request DRF refuses before the handler (401: no token) is not
+    stored: the client's retry with the token and the same key runs the view and is then
+    replayed, even where ``principal_from`` cannot tell the two requests apart."""
+    client = APIClient()
+    body = {"ref": "t", "amount": 1}
+    with override_settings(IDEMPOTENT=site.idempotent(PRINCIPAL_FROM=None)):
+        refused = client.post("/api/authenticated/", body, format="json", headers={KEY: "t"})
+        assert refused.status_code == 401
+        assert REPLAYED not in refused
+        assert site.key_rows() == []
+        auth = {KEY: "t", "Authorization": "Token good"}
+        first = client.post("/api/authenticated/", body, format="json", headers=auth)
+        retry = client.post("/api/authenticated/", body, format="json", headers=auth)
+    assert first.status_code == 201
+    assert REPLAYED not in first
+    assert (retry.status_code, retry.content, retry[REPLAYED]) == (201, first.content, "true")
+    assert STATE.runs == ["drf-authenticated"]
+    assert site.count() == 1
+
+
+@pytest.mark.parametrize("status", [401, 403, 429])
+@pytest.mark.parametrize("mode", ["transaction", "lease"])
+def test_refusals_are_not_stored(site: Site, status: int, mode: str) -> None:
+    """A 401, 403 or 429 answer (what ``login_required``, a permission or a throttle returns once
+    the middleware is above it) is sent but not stored: the retry runs the view again, and in
+    transaction mode the refused request's writes roll back with its key."""
+    with override_settings(MIDDLEWARE=[MIDDLEWARE], IDEMPOTENT=site.idempotent(MODE=mode)):
+        first = post(Client(), "/plain/3/", {"ref": "no", "status": status})
+        retry = post(Client(), "/plain/3/", {"ref": "no", "status": status})
+    assert first.status_code == retry.status_code == status
+    assert REPLAYED not in retry
+    assert STATE.runs == ["plain", "plain"]
+    assert site.key_rows() == []
+    assert site.count() == (0 if mode == "transaction" else 2)
+
+
 def test_drf_function_view(site: Site) -> None:
     """``@api_view`` above ``@idempotent_view()``: DRF parses, the decorator guards the rest."""
     client = APIClient()
@@ -608,6 +645,26 @@ def test_manage_py_migrate_creates_and_drops_the_keys_table(site: Site) -> None:
                     editor.execute("DROP TABLE django_migrations")
     assert name not in introspection.table_names()
     assert site.count() == 1
+
+
+@pytest.mark.parametrize("guard", ["decorator", "middleware"])
+def test_a_missing_keys_table_names_the_django_app_and_migrate(site: Site, guard: str) -> None:
+    """Without the keys table in Django's database (the app left out of INSTALLED_APPS, or
+    ``migrate`` not run), the first keyed request fails with TableMissing telling the Django way
+    to create it, not a SQLAlchemy URL to migrate; nothing is written."""
+    missing = f"idem_absent_{uuid.uuid4().hex[:8]}"
+    path = "/plain/1/" if guard == "middleware" else "/shops/north/orders/"
+    middleware = [MIDDLEWARE] if guard == "middleware" else []
+    store = SQLStore(site.engine, missing)
+    with override_settings(MIDDLEWARE=middleware, IDEMPOTENT=site.idempotent(STORE=store)):
+        with pytest.raises(TableMissing) as info:
+            post(Client(), path, {"ref": "nt"})
+    message = str(info.value)
+    assert "'idempotent.contrib.django' to INSTALLED_APPS" in message
+    assert "manage.py migrate" in message
+    assert repr(missing) in message
+    assert f"Django's {site.alias!r} database" in message
+    assert site.count() == 0
 
 
 def test_import_needs_no_django_and_the_contrib_names_its_extra() -> None:

@@ -12,7 +12,7 @@ from typing_extensions import Unpack
 
 from idempotent.contrib.django import _adapter
 from idempotent.errors import ConfigurationError
-from idempotent.http import Policy, PolicyOptions, StoredResponse
+from idempotent.http import Policy, PolicyOptions
 
 __all__ = ["idempotent_view"]
 
@@ -88,12 +88,7 @@ def idempotent_view(
             def call() -> Any:
                 return _adapter.rendered(view(request, *args, **kwargs), request)
 
-            if config.using is None:
-                result = policy.run(described, call, _adapter.capture)
-            else:
-                render = _adapter.capture_in_transaction(config.using, f"{view.__qualname__}")
-                result = policy.run(described, call, render, session=config.session())
-            return _adapter.to_response(result) if isinstance(result, StoredResponse) else result
+            return _adapter.run(config, described, call, f"idempotent_view on {view.__qualname__}")
 
         wrapper.__idempotent_view__ = resolved  # type: ignore[attr-defined]
         return cast("F", wrapper)
