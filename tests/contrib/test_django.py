@@ -709,10 +709,11 @@ urlpatterns = [path("orders/", views.create_order)]
 
 
 def test_check_fix_on_a_django_project_imports_runs_and_rechecks_clean(
-    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``idempotent check --fix`` decorates the Django view with ``@idempotent_view()``; the fixed
-    project checks clean, and its view replays a retry (one row)."""
+    """``idempotent check --fix`` decorates the Django view with ``@idempotent_view()`` and says,
+    once, that the app must be installed and migrated (the keys table); the fixed project checks
+    clean, and its view replays a retry (one row)."""
     from idempotent.cli import main
 
     package = tmp_path / f"djshop_{uuid.uuid4().hex[:8]}"
@@ -721,7 +722,10 @@ def test_check_fix_on_a_django_project_imports_runs_and_rechecks_clean(
     (package / "views.py").write_text(UNFIXED_VIEWS, encoding="utf-8")
     (package / "urls.py").write_text(UNFIXED_URLS, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    assert main(["check", "--fix", "-q"]) == 0
+    assert main(["check", "--fix"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("Then, once: add 'idempotent.contrib.django' to INSTALLED_APPS") == 1
+    assert "python manage.py migrate" in err
     fixed = (package / "views.py").read_text(encoding="utf-8")
     assert "from idempotent.contrib.django import idempotent_view" in fixed
     assert "@require_POST\n@idempotent_view()\ndef create_order" in fixed
