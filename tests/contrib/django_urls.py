@@ -199,6 +199,16 @@ class OrderAPIDispatch(APIView):
         return Response({"id": order.pk, "ref": order.ref}, status=201)
 
 
+class OrderAPIPlain(APIView):
+    """An undecorated DRF view (the middleware tests)."""
+
+    def post(self, request: Any) -> Response:
+        order, data = place(request, "drf-plain")
+        if data.get("invalid"):
+            raise serializers.ValidationError({"amount": ["too large"]})
+        return Response({"id": order.pk, "ref": order.ref}, status=201)
+
+
 class TokenAuthentication(BaseAuthentication):
     """``Authorization: Token good`` authenticates; a request without it is answered 401."""
 
@@ -261,5 +271,6 @@ urlpatterns = [
     path("api/peeked/", OrderAPIPeeked.as_view()),
     path("api/function/", drf_function),
     path("api/authenticated/", OrderAPIAuthenticated.as_view()),
+    path("api/plain/", OrderAPIPlain.as_view()),
     path("plain/<int:pk>/", plain),
 ]

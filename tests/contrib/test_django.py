@@ -364,6 +364,22 @@ def test_under_atomic_requests_a_drf_error_response_rolls_back_and_is_not_stored
     assert STATE.runs == ["drf-dispatch", "drf-dispatch"]
 
 
+def test_middleware_under_atomic_requests_stores_a_drf_error_response_without_its_writes(site: Site) -> None:
+    """With the middleware the key's transaction is the outer one and ATOMIC_REQUESTS's a
+    savepoint in it: DRF's rollback of a ValidationError undoes the view's row only, and the 400
+    commits with the key, so a retry gets that 400 back without running the view."""
+    connections[site.alias].settings_dict["ATOMIC_REQUESTS"] = True
+    body = {"ref": "v", "invalid": True}
+    with override_settings(MIDDLEWARE=[MIDDLEWARE]):
+        first = APIClient().post("/api/plain/", body, format="json", headers={KEY: "v"})
+        retry = APIClient().post("/api/plain/", body, format="json", headers={KEY: "v"})
+    assert first.status_code == retry.status_code == 400
+    assert (retry.content, retry[REPLAYED]) == (first.content, "true")
+    assert STATE.runs == ["drf-plain"]
+    assert site.count() == 0
+    assert [row.status for row in site.key_rows()] == ["completed"]
+
+
 def test_atomic_requests_on_another_database_than_the_keys_is_refused(site: Site, tmp_path: Path) -> None:
     """ATOMIC_REQUESTS on another database than the keys' would commit the key apart from the
     view's writes: the decorator and the middleware refuse with an error naming the fix."""
