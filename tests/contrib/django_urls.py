@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpRe
 from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
-from rest_framework import serializers
+from rest_framework import serializers, viewsets
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.decorators import api_view
 from rest_framework.permissions import BasePermission
@@ -209,6 +209,20 @@ class OrderAPIPlain(APIView):
         return Response({"id": order.pk, "ref": order.ref}, status=201)
 
 
+@method_decorator(idempotent_view(), name="update")
+@method_decorator(idempotent_view(), name="partial_update")
+class OrderViewSet(viewsets.ViewSet):
+    """A DRF ViewSet guarding PUT and PATCH, whose ``partial_update`` calls ``update`` as
+    ``UpdateModelMixin`` does: two guarded handlers in one request."""
+
+    def update(self, request: Any, pk: str) -> Response:
+        order, _ = place(request, "viewset-update")
+        return Response({"id": order.pk, "ref": order.ref, "pk": pk}, status=200)
+
+    def partial_update(self, request: Any, pk: str) -> Response:
+        return self.update(request, pk)
+
+
 class TokenAuthentication(BaseAuthentication):
     """``Authorization: Token good`` authenticates; a request without it is answered 401."""
 
@@ -272,5 +286,6 @@ urlpatterns = [
     path("api/function/", drf_function),
     path("api/authenticated/", OrderAPIAuthenticated.as_view()),
     path("api/plain/", OrderAPIPlain.as_view()),
+    path("api/viewset/<str:pk>/", OrderViewSet.as_view({"put": "update", "patch": "partial_update"})),
     path("plain/<int:pk>/", plain),
 ]

@@ -517,6 +517,23 @@ def test_refusals_are_not_stored(site: Site, status: int, mode: str) -> None:
     assert site.count() == (0 if mode == "transaction" else 2)
 
 
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_drf_viewset_handler_calling_another_guarded_handler(site: Site, method: str) -> None:
+    """``update`` and ``partial_update`` both decorated, and PATCH running ``update`` through
+    ``partial_update`` (as DRF's ``UpdateModelMixin`` does): the request is guarded once, runs
+    once and replays, instead of being refused as guarded twice."""
+    client = APIClient()
+    send = getattr(client, method)
+    first = send("/api/viewset/7/", {"ref": "vs"}, format="json", headers={KEY: "vs"})
+    retry = send("/api/viewset/7/", {"ref": "vs"}, format="json", headers={KEY: "vs"})
+    assert first.status_code == 200
+    assert (retry.content, retry[REPLAYED]) == (first.content, "true")
+    assert STATE.runs == ["viewset-update"]
+    assert site.count() == 1
+    [row] = site.key_rows()
+    assert row.scope.startswith(f"http {method.upper()} api/viewset/<str:pk>/")
+
+
 def test_drf_function_view(site: Site) -> None:
     """``@api_view`` above ``@idempotent_view()``: DRF parses, the decorator guards the rest."""
     client = APIClient()

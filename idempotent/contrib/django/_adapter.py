@@ -29,6 +29,9 @@ from idempotent.http import HTTPRequest, Policy, StoredResponse
 SUPPORTED_VENDORS = frozenset({"sqlite", "postgresql", "mysql"})
 #: Set on a request's ``HttpRequest`` while an idempotent view or the middleware guards it.
 MARK = "_idempotent_guard"
+#: Set beside :data:`MARK`: whether the guard is an ``idempotent_view`` on a handler (a function
+#: view or a method such as ``post``/``update``), not on ``dispatch`` nor the middleware.
+MARK_HANDLER = "_idempotent_guard_on_handler"
 
 # ---------------------------------------------------------------------------------------------
 # The IDEMPOTENT setting

@@ -57,6 +57,7 @@ def idempotent_view(
                 "transactions are sync): make the view a def (Django runs it in a thread under ASGI)"
             )
         owner = f"{view.__module__}.{view.__qualname__}"
+        on_handler = getattr(view, "__name__", None) != "dispatch"  # a function view or a handler method
         resolved = _adapter.Resolved(owner, {"name": owner, **options}, using)
 
         @functools.wraps(view)
@@ -74,12 +75,17 @@ def idempotent_view(
             if not policy.applies(str(http_request.method), pairs):
                 return view(request, *args, **kwargs)
             if getattr(http_request, _adapter.MARK, None) is not None:
+                if on_handler and getattr(http_request, _adapter.MARK_HANDLER, False):
+                    # A guarded handler calling another (DRF's partial_update calls update): the
+                    # outer guard already runs this request once.
+                    return view(request, *args, **kwargs)
                 raise ConfigurationError(
                     f"{view.__qualname__} is guarded twice for one request ("
                     f"{getattr(http_request, _adapter.MARK)} already claimed its key): keep one of "
                     "IdempotencyMiddleware, idempotent_view on dispatch, idempotent_view on the method"
                 )
             setattr(http_request, _adapter.MARK, f"idempotent_view on {view.__qualname__}")
+            setattr(http_request, _adapter.MARK_HANDLER, on_handler)
             _adapter.check_atomic_requests(config, "idempotent_view", view_started=True)
             match = getattr(http_request, "resolver_match", None)
             route = getattr(match, "route", None) if match is not None else None
