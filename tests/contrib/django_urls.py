@@ -188,6 +188,18 @@ class OrderAPIPeeked(APIView):
         return Response({"id": order.pk, "ref": order.ref, "bytes": upload.size}, status=201)
 
 
+class OrderAPIPeekedJSON(APIView):
+    """A DRF view whose JSON body was parsed by a permission class before the decorated handler
+    (DRF then read the request's stream: Django keeps no raw body)."""
+
+    permission_classes = (ReadsData,)
+
+    @method_decorator(idempotent_view())
+    def post(self, request: Any) -> Response:
+        order, _ = place(request, "drf-peeked-json")
+        return Response({"id": order.pk, "ref": order.ref, "amount": order.amount}, status=201)
+
+
 @method_decorator(idempotent_view(), name="dispatch")
 class OrderAPIDispatch(APIView):
     """A DRF view decorated on ``dispatch``: DRF's own error responses are what is stored."""
@@ -271,6 +283,16 @@ def plain(request: HttpRequest, pk: int) -> HttpResponse:
     return _answer(order, data, "plain")
 
 
+def receipts(request: HttpRequest) -> HttpResponse:
+    """An undecorated view taking a form with files (the middleware tests): one order whose
+    amount is the files' total size."""
+    with STATE.lock:
+        STATE.runs.append("receipts")
+    size = sum(upload.size for upload in request.FILES.getlist("receipt"))
+    order = STATE.order.objects.using(STATE.alias).create(ref=request.POST["ref"], amount=size)
+    return JsonResponse({"id": order.pk, "bytes": size}, status=201)
+
+
 urlpatterns = [
     path("shops/<str:shop>/orders/", orders),
     path("required/", orders_required),
@@ -283,9 +305,11 @@ urlpatterns = [
     path("api/orders/", OrderAPI.as_view()),
     path("api/dispatch/", OrderAPIDispatch.as_view()),
     path("api/peeked/", OrderAPIPeeked.as_view()),
+    path("api/peeked-json/", OrderAPIPeekedJSON.as_view()),
     path("api/function/", drf_function),
     path("api/authenticated/", OrderAPIAuthenticated.as_view()),
     path("api/plain/", OrderAPIPlain.as_view()),
     path("api/viewset/<str:pk>/", OrderViewSet.as_view({"put": "update", "patch": "partial_update"})),
     path("plain/<int:pk>/", plain),
+    path("receipts/", receipts),
 ]

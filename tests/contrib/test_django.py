@@ -33,6 +33,7 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.db import connections, models
 from django.test import Client, override_settings
+from django.test.client import encode_multipart
 from rest_framework.test import APIClient
 
 from idempotent import SQLStore, migrate
@@ -465,6 +466,61 @@ def test_a_multipart_body_parsed_before_the_handler_still_fingerprints(site: Sit
     assert (retry.content, retry[REPLAYED]) == (first.content, "true")
     assert other.status_code == 422
     assert STATE.runs == ["drf-peeked"]
+    assert site.count() == 1
+
+
+def test_a_json_body_parsed_before_the_handler_still_fingerprints(site: Site) -> None:
+    """A DRF permission class read a JSON body before the decorated handler: the same key with
+    another body is still a 422, not a replay of the first order."""
+    client = APIClient()
+    first = client.post("/api/peeked-json/", {"ref": "j", "amount": 1}, format="json", headers={KEY: "j"})
+    other = client.post("/api/peeked-json/", {"ref": "j", "amount": 2}, format="json", headers={KEY: "j"})
+    assert first.status_code == 201
+    assert other.status_code == 422
+    assert STATE.runs == ["drf-peeked-json"]
+
+
+def _multipart(boundary: str, ref: str, *files: bytes) -> tuple[bytes, str]:
+    """A form with ``ref`` and ``files`` as ``receipt`` fields, encoded with ``boundary``."""
+    uploads = [SimpleUploadedFile(f"r{n}.pdf", data, "application/pdf") for n, data in enumerate(files)]
+    body = encode_multipart(boundary, {"ref": ref, "receipt": uploads})
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_multipart_retry_with_another_boundary_replays(site: Site) -> None:
+    """Clients draw a new multipart boundary for every request: a retry of the same form with the
+    same key replays, a changed field or file (the second of two under one name included) is a
+    422; the fingerprint is the parsed fields and the files' contents, not the raw bytes."""
+
+    def send(boundary: str, ref: str, *files: bytes) -> Any:
+        body, content_type = _multipart(boundary, ref, *files)
+        return Client().generic("POST", "/receipts/", body, content_type=content_type, headers={KEY: "m"})
+
+    with override_settings(MIDDLEWARE=[MIDDLEWARE]):
+        first = send("a1b2c3", "mp", b"one", b"two")
+        retry = send("d4e5f6", "mp", b"one", b"two")
+        other_file = send("g7h8i9", "mp", b"one", b"TWO")
+        other_field = send("j0k1l2", "mq", b"one", b"two")
+    assert first.status_code == 201
+    assert json.loads(first.content)["bytes"] == 6
+    assert (retry.content, retry[REPLAYED]) == (first.content, "true")
+    assert other_file.status_code == other_field.status_code == 422
+    assert STATE.runs == ["receipts"]
+    assert site.count() == 1
+
+
+def test_a_keyed_upload_is_not_held_to_data_upload_max_memory_size(site: Site) -> None:
+    """Django streams the files of a multipart POST outside ``DATA_UPLOAD_MAX_MEMORY_SIZE``; a
+    keyed upload larger than that limit runs and replays as an unkeyed one runs, instead of
+    Django's 400 for a body read whole."""
+    data = b"%PDF" + b"x" * 4096
+    with override_settings(MIDDLEWARE=[MIDDLEWARE], DATA_UPLOAD_MAX_MEMORY_SIZE=1024):
+        body, content_type = _multipart("big0", "big", data)
+        first = Client().generic("POST", "/receipts/", body, content_type=content_type, headers={KEY: "b"})
+        retry = Client().generic("POST", "/receipts/", body, content_type=content_type, headers={KEY: "b"})
+    assert first.status_code == 201
+    assert json.loads(first.content)["bytes"] == len(data)
+    assert (retry.content, retry[REPLAYED]) == (first.content, "true")
     assert site.count() == 1
 
 

@@ -278,22 +278,32 @@ def header_pairs(request: HttpRequest, key_header: str) -> list[tuple[str, str]]
 
 
 def body_of(request: HttpRequest) -> bytes:
-    """The request body. When something before the view already parsed a multipart body from the
-    stream (Django then keeps no raw copy: ``CsrfViewMiddleware`` reading ``request.POST``, a DRF
-    permission class reading ``request.data``), a canonical encoding of its fields and files
-    (their contents hashed) stands for it."""
-    try:
-        return bytes(request.body)
-    except RawPostDataException:
-        files: list[list[str]] = []
-        for name, upload in sorted(request.FILES.items()):
+    """The request body; for a ``multipart/form-data`` POST a canonical encoding of its fields and
+    files (their contents hashed) instead of the raw bytes.
+
+    A multipart body's raw bytes depend on the boundary, which clients (browsers, requests,
+    httpx) draw anew for every request, so a retry would not match its first request; and
+    reading them whole as ``request.body`` counts the files against Django's
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (400 above 2.5 MB) where Django's own parsing streams them.
+    The parsed form is also all that is left when something before the view already parsed the
+    stream (``CsrfViewMiddleware`` reading ``request.POST``, a DRF permission class reading
+    ``request.data``)."""
+    multipart = request.method == "POST" and str(request.content_type) == "multipart/form-data"
+    if not multipart:
+        try:
+            return bytes(request.body)
+        except RawPostDataException:
+            pass  # parsed already (Django parses form bodies of POST only): the fields stand for it
+    files: list[list[str]] = []
+    for name, uploads in sorted(request.FILES.lists()):
+        for upload in uploads:
             digest = hashlib.sha256()
             for chunk in upload.chunks():
                 digest.update(chunk)
             upload.seek(0)
             files.append([name, str(upload.name), str(upload.content_type), digest.hexdigest()])
-        form = sorted((name, request.POST.getlist(name)) for name in request.POST)
-        return b"multipart:" + json.dumps([form, files], sort_keys=True).encode("utf-8")
+    form = sorted((name, request.POST.getlist(name)) for name in request.POST)
+    return b"multipart:" + json.dumps([form, files], sort_keys=True).encode("utf-8")
 
 
 def describe(
