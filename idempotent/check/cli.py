@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from idempotent.check.config import CheckConfig, ConfigError, find_pyproject, load_config
-from idempotent.check.fixes import apply_fixes, plan_fixes, render_diff
+from idempotent.check.fixes import FixPlan, apply_fixes, fix_template, plan_fixes, render_diff
 from idempotent.check.report import FORMATS, render, summary, warning_lines
 from idempotent.check.rules import RULES
 from idempotent.check.runner import Report, UsageError, check
@@ -105,6 +105,17 @@ def _write(stream: TextIO, text: str) -> None:
         stream.flush()
 
 
+def _setups(fixed: list[FixPlan]) -> list[str]:
+    """What the projects' fixed handlers need once (each template's ``setup``), each said once."""
+    setups: list[str] = []
+    for plan in fixed:
+        template = fix_template(plan.finding.framework)
+        setup = template.setup if template is not None and plan.decorator is not None else None
+        if setup and setup not in setups:
+            setups.append(setup)
+    return setups
+
+
 def _fix(report: Report, args: argparse.Namespace, config: CheckConfig, cwd: Path) -> Report:
     plans = plan_fixes(report.findings)
     result = apply_fixes(plans)
@@ -122,6 +133,8 @@ def _fix(report: Report, args: argparse.Namespace, config: CheckConfig, cwd: Pat
             sys.stderr,
             f"Fixed {count} finding{'s' if count != 1 else ''} in {files} file{'s' if files != 1 else ''}.\n",
         )
+        for setup in _setups(result.fixed):
+            _write(sys.stderr, f"Then, once: {setup}.\n")
     if result.fixed:
         return check(args.paths, config, cwd=cwd)
     return report

@@ -66,6 +66,9 @@ _WRITE_ANY = frozenset(
     }
 )
 _WRITE_PREFIXES = ("create_", "insert_", "delete_", "save_", "bulk_", "update_")
+#: Names with a write prefix that only change the response being built (Django's
+#: ``HttpResponse.delete_cookie``), not any state a retry would repeat.
+_RESPONSE_ONLY = frozenset({"delete_cookie"})
 #: Calls that write only when the receiver looks like a session, a connection or an ORM query.
 _WRITE_SESSION = frozenset({"add", "add_all", "merge", "flush", "update"})
 _SESSIONISH = re.compile(r"session|(^|\.)(db|conn|connection|cursor|uow|tx|objects)($|\.)")
@@ -461,7 +464,7 @@ class _BodyScan:
         write = False
         if isinstance(func, ast.Attribute):
             name = func.attr
-            if name in _WRITE_ANY or name.startswith(_WRITE_PREFIXES):
+            if name in _WRITE_ANY or (name.startswith(_WRITE_PREFIXES) and name not in _RESPONSE_ONLY):
                 write = True
             elif name in _OUTBOUND:
                 # ``super().post(request)`` runs the inherited handler: not an outbound request.

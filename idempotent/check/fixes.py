@@ -102,7 +102,9 @@ class FixTemplate:
     only if a decorator uses a name it binds and the file does not already bind it).
     ``decorator`` is inserted above function handlers, ``method_decorator`` (default: the same)
     above methods of class-based views, ``class_decorator`` above a class whose handlers are
-    inherited from a generic view (None: such classes are only shown for review).
+    inherited from a generic view (None: such classes are only shown for review). ``setup`` is
+    what a project must do once for the inserted decorators to work (``--fix`` prints it after
+    fixing such a handler), None when nothing.
     """
 
     module: str
@@ -110,6 +112,7 @@ class FixTemplate:
     decorator: str
     method_decorator: str | None = None
     class_decorator: str | None = None
+    setup: str | None = None
 
     def __post_init__(self) -> None:
         bound: dict[str, str] = {}
@@ -157,6 +160,10 @@ class FixTemplate:
         return [line for line in self.imports if set(_import_bindings(line)) & used]
 
 
+_DJANGO_SETUP = (
+    "add 'idempotent.contrib.django' to INSTALLED_APPS and run `python manage.py migrate`, which "
+    "creates the keys table; give the decorators principal_from on multi-user APIs"
+)
 _BUILTIN: dict[str, FixTemplate] = {
     "fastapi": FixTemplate(
         module="idempotent.contrib.fastapi",
@@ -184,6 +191,7 @@ _BUILTIN: dict[str, FixTemplate] = {
         decorator="@idempotent_view()",
         method_decorator="@method_decorator(idempotent_view())",
         class_decorator='@method_decorator(idempotent_view(), name="dispatch")',
+        setup=_DJANGO_SETUP,
     ),
     "drf": FixTemplate(
         module="idempotent.contrib.django",
@@ -194,6 +202,7 @@ _BUILTIN: dict[str, FixTemplate] = {
         decorator="@idempotent_view()",
         method_decorator="@method_decorator(idempotent_view())",
         class_decorator='@method_decorator(idempotent_view(), name="dispatch")',
+        setup=_DJANGO_SETUP,
     ),
     "celery": FixTemplate(
         module="idempotent.contrib.celery",

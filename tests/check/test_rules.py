@@ -46,6 +46,8 @@ def _check(tmp_path: Path, source: str, config: CheckConfig | None = None) -> li
         ("send_mail('s', 'b', 'f', ['t'])", ("send_mail()",)),
         ("service.create_invoice(order)", ("service.create_invoice()",)),
         ("cache.get(key)", ()),
+        ("response.delete_cookie('jwt')", ()),
+        ("response.set_cookie('jwt', token)", ()),
         ("len(items)", ()),
     ],
 )

@@ -16,12 +16,14 @@ from typing import Any
 import tests.contrib.django_settings  # noqa: F401  (configures Django before DRF is imported)
 
 # isort: split
+from django.contrib.auth.models import AnonymousUser
 from django.db import transaction
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
-from rest_framework import serializers
+from rest_framework import serializers, viewsets
+from rest_framework.authentication import BaseAuthentication
 from rest_framework.decorators import api_view
 from rest_framework.permissions import BasePermission
 from rest_framework.response import Response
@@ -186,6 +188,18 @@ class OrderAPIPeeked(APIView):
         return Response({"id": order.pk, "ref": order.ref, "bytes": upload.size}, status=201)
 
 
+class OrderAPIPeekedJSON(APIView):
+    """A DRF view whose JSON body was parsed by a permission class before the decorated handler
+    (DRF then read the request's stream: Django keeps no raw body)."""
+
+    permission_classes = (ReadsData,)
+
+    @method_decorator(idempotent_view())
+    def post(self, request: Any) -> Response:
+        order, _ = place(request, "drf-peeked-json")
+        return Response({"id": order.pk, "ref": order.ref, "amount": order.amount}, status=201)
+
+
 @method_decorator(idempotent_view(), name="dispatch")
 class OrderAPIDispatch(APIView):
     """A DRF view decorated on ``dispatch``: DRF's own error responses are what is stored."""
@@ -194,6 +208,62 @@ class OrderAPIDispatch(APIView):
         order, data = place(request, "drf-dispatch")
         if data.get("invalid"):
             raise serializers.ValidationError({"amount": ["too large"]})
+        return Response({"id": order.pk, "ref": order.ref}, status=201)
+
+
+class OrderAPIPlain(APIView):
+    """An undecorated DRF view (the middleware tests)."""
+
+    def post(self, request: Any) -> Response:
+        order, data = place(request, "drf-plain")
+        if data.get("invalid"):
+            raise serializers.ValidationError({"amount": ["too large"]})
+        return Response({"id": order.pk, "ref": order.ref}, status=201)
+
+
+@method_decorator(idempotent_view(), name="update")
+@method_decorator(idempotent_view(), name="partial_update")
+class OrderViewSet(viewsets.ViewSet):
+    """A DRF ViewSet guarding PUT and PATCH, whose ``partial_update`` calls ``update`` as
+    ``UpdateModelMixin`` does: two guarded handlers in one request."""
+
+    def update(self, request: Any, pk: str) -> Response:
+        order, _ = place(request, "viewset-update")
+        return Response({"id": order.pk, "ref": order.ref, "pk": pk}, status=200)
+
+    def partial_update(self, request: Any, pk: str) -> Response:
+        return self.update(request, pk)
+
+
+class TokenAuthentication(BaseAuthentication):
+    """``Authorization: Token good`` authenticates; a request without it is answered 401."""
+
+    def authenticate(self, request: Any) -> tuple[Any, None] | None:
+        if request.headers.get("Authorization") != "Token good":
+            return None
+        return AnonymousUser(), None  # stands for the account; is_authenticated is checked below
+
+    def authenticate_header(self, request: Any) -> str:
+        return "Token"
+
+
+class HasToken(BasePermission):
+    """Only requests that carried the token."""
+
+    def has_permission(self, request: Any, view: Any) -> bool:
+        return request.successful_authenticator is not None
+
+
+@method_decorator(idempotent_view(), name="dispatch")
+class OrderAPIAuthenticated(APIView):
+    """A DRF view decorated on ``dispatch`` that needs a token: DRF refuses a request without it
+    (401) before the handler runs, and the decorator sees that refusal as the view's answer."""
+
+    authentication_classes = (TokenAuthentication,)
+    permission_classes = (HasToken,)
+
+    def post(self, request: Any) -> Response:
+        order, _ = place(request, "drf-authenticated")
         return Response({"id": order.pk, "ref": order.ref}, status=201)
 
 
@@ -213,6 +283,16 @@ def plain(request: HttpRequest, pk: int) -> HttpResponse:
     return _answer(order, data, "plain")
 
 
+def receipts(request: HttpRequest) -> HttpResponse:
+    """An undecorated view taking a form with files (the middleware tests): one order whose
+    amount is the files' total size."""
+    with STATE.lock:
+        STATE.runs.append("receipts")
+    size = sum(upload.size for upload in request.FILES.getlist("receipt"))
+    order = STATE.order.objects.using(STATE.alias).create(ref=request.POST["ref"], amount=size)
+    return JsonResponse({"id": order.pk, "bytes": size}, status=201)
+
+
 urlpatterns = [
     path("shops/<str:shop>/orders/", orders),
     path("required/", orders_required),
@@ -225,6 +305,11 @@ urlpatterns = [
     path("api/orders/", OrderAPI.as_view()),
     path("api/dispatch/", OrderAPIDispatch.as_view()),
     path("api/peeked/", OrderAPIPeeked.as_view()),
+    path("api/peeked-json/", OrderAPIPeekedJSON.as_view()),
     path("api/function/", drf_function),
+    path("api/authenticated/", OrderAPIAuthenticated.as_view()),
+    path("api/plain/", OrderAPIPlain.as_view()),
+    path("api/viewset/<str:pk>/", OrderViewSet.as_view({"put": "update", "patch": "partial_update"})),
     path("plain/<int:pk>/", plain),
+    path("receipts/", receipts),
 ]

@@ -33,11 +33,12 @@ from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
 from django.db import connections, models
 from django.test import Client, override_settings
+from django.test.client import encode_multipart
 from rest_framework.test import APIClient
 
 from idempotent import SQLStore, migrate
 from idempotent.contrib.django import idempotent_view
-from idempotent.errors import ConfigurationError
+from idempotent.errors import ConfigurationError, TableMissing
 from idempotent.schema import make_table
 from tests.contrib.django_urls import STATE, Boom
 from tests.django_db import django_alias
@@ -364,6 +365,22 @@ def test_under_atomic_requests_a_drf_error_response_rolls_back_and_is_not_stored
     assert STATE.runs == ["drf-dispatch", "drf-dispatch"]
 
 
+def test_middleware_under_atomic_requests_stores_a_drf_error_response_without_its_writes(site: Site) -> None:
+    """With the middleware the key's transaction is the outer one and ATOMIC_REQUESTS's a
+    savepoint in it: DRF's rollback of a ValidationError undoes the view's row only, and the 400
+    commits with the key, so a retry gets that 400 back without running the view."""
+    connections[site.alias].settings_dict["ATOMIC_REQUESTS"] = True
+    body = {"ref": "v", "invalid": True}
+    with override_settings(MIDDLEWARE=[MIDDLEWARE]):
+        first = APIClient().post("/api/plain/", body, format="json", headers={KEY: "v"})
+        retry = APIClient().post("/api/plain/", body, format="json", headers={KEY: "v"})
+    assert first.status_code == retry.status_code == 400
+    assert (retry.content, retry[REPLAYED]) == (first.content, "true")
+    assert STATE.runs == ["drf-plain"]
+    assert site.count() == 0
+    assert [row.status for row in site.key_rows()] == ["completed"]
+
+
 def test_atomic_requests_on_another_database_than_the_keys_is_refused(site: Site, tmp_path: Path) -> None:
     """ATOMIC_REQUESTS on another database than the keys' would commit the key apart from the
     view's writes: the decorator and the middleware refuse with an error naming the fix."""
@@ -452,6 +469,61 @@ def test_a_multipart_body_parsed_before_the_handler_still_fingerprints(site: Sit
     assert site.count() == 1
 
 
+def test_a_json_body_parsed_before_the_handler_still_fingerprints(site: Site) -> None:
+    """A DRF permission class read a JSON body before the decorated handler: the same key with
+    another body is still a 422, not a replay of the first order."""
+    client = APIClient()
+    first = client.post("/api/peeked-json/", {"ref": "j", "amount": 1}, format="json", headers={KEY: "j"})
+    other = client.post("/api/peeked-json/", {"ref": "j", "amount": 2}, format="json", headers={KEY: "j"})
+    assert first.status_code == 201
+    assert other.status_code == 422
+    assert STATE.runs == ["drf-peeked-json"]
+
+
+def _multipart(boundary: str, ref: str, *files: bytes) -> tuple[bytes, str]:
+    """A form with ``ref`` and ``files`` as ``receipt`` fields, encoded with ``boundary``."""
+    uploads = [SimpleUploadedFile(f"r{n}.pdf", data, "application/pdf") for n, data in enumerate(files)]
+    body = encode_multipart(boundary, {"ref": ref, "receipt": uploads})
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def test_a_multipart_retry_with_another_boundary_replays(site: Site) -> None:
+    """Clients draw a new multipart boundary for every request: a retry of the same form with the
+    same key replays, a changed field or file (the second of two under one name included) is a
+    422; the fingerprint is the parsed fields and the files' contents, not the raw bytes."""
+
+    def send(boundary: str, ref: str, *files: bytes) -> Any:
+        body, content_type = _multipart(boundary, ref, *files)
+        return Client().generic("POST", "/receipts/", body, content_type=content_type, headers={KEY: "m"})
+
+    with override_settings(MIDDLEWARE=[MIDDLEWARE]):
+        first = send("a1b2c3", "mp", b"one", b"two")
+        retry = send("d4e5f6", "mp", b"one", b"two")
+        other_file = send("g7h8i9", "mp", b"one", b"TWO")
+        other_field = send("j0k1l2", "mq", b"one", b"two")
+    assert first.status_code == 201
+    assert json.loads(first.content)["bytes"] == 6
+    assert (retry.content, retry[REPLAYED]) == (first.content, "true")
+    assert other_file.status_code == other_field.status_code == 422
+    assert STATE.runs == ["receipts"]
+    assert site.count() == 1
+
+
+def test_a_keyed_upload_is_not_held_to_data_upload_max_memory_size(site: Site) -> None:
+    """Django streams the files of a multipart POST outside ``DATA_UPLOAD_MAX_MEMORY_SIZE``; a
+    keyed upload larger than that limit runs and replays as an unkeyed one runs, instead of
+    Django's 400 for a body read whole."""
+    data = b"%PDF" + b"x" * 4096
+    with override_settings(MIDDLEWARE=[MIDDLEWARE], DATA_UPLOAD_MAX_MEMORY_SIZE=1024):
+        body, content_type = _multipart("big0", "big", data)
+        first = Client().generic("POST", "/receipts/", body, content_type=content_type, headers={KEY: "b"})
+        retry = Client().generic("POST", "/receipts/", body, content_type=content_type, headers={KEY: "b"})
+    assert first.status_code == 201
+    assert json.loads(first.content)["bytes"] == len(data)
+    assert (retry.content, retry[REPLAYED]) == (first.content, "true")
+    assert site.count() == 1
+
+
 def test_drf_dispatch_stores_drf_error_responses(site: Site) -> None:
     """Decorated on ``dispatch``, the view answers what DRF made of an exception: a 400 is
     stored and replayed like any 4xx answer (without ATOMIC_REQUESTS its write commits)."""
@@ -462,6 +534,60 @@ def test_drf_dispatch_stores_drf_error_responses(site: Site) -> None:
     assert retry.content == first.content
     assert retry[REPLAYED] == "true"
     assert STATE.runs == ["drf-dispatch"]
+
+
+def test_drf_dispatch_does_not_store_an_authentication_refusal(site: Site) -> None:
+    """Decorated on ``dispatch``, a request DRF refuses before the handler (401: no token) is not
+    stored: the client's retry with the token and the same key runs the view and is then
+    replayed, even where ``principal_from`` cannot tell the two requests apart."""
+    client = APIClient()
+    body = {"ref": "t", "amount": 1}
+    with override_settings(IDEMPOTENT=site.idempotent(PRINCIPAL_FROM=None)):
+        refused = client.post("/api/authenticated/", body, format="json", headers={KEY: "t"})
+        assert refused.status_code == 401
+        assert REPLAYED not in refused
+        assert site.key_rows() == []
+        auth = {KEY: "t", "Authorization": "Token good"}
+        first = client.post("/api/authenticated/", body, format="json", headers=auth)
+        retry = client.post("/api/authenticated/", body, format="json", headers=auth)
+    assert first.status_code == 201
+    assert REPLAYED not in first
+    assert (retry.status_code, retry.content, retry[REPLAYED]) == (201, first.content, "true")
+    assert STATE.runs == ["drf-authenticated"]
+    assert site.count() == 1
+
+
+@pytest.mark.parametrize("status", [401, 403, 429])
+@pytest.mark.parametrize("mode", ["transaction", "lease"])
+def test_refusals_are_not_stored(site: Site, status: int, mode: str) -> None:
+    """A 401, 403 or 429 answer (what ``login_required``, a permission or a throttle returns once
+    the middleware is above it) is sent but not stored: the retry runs the view again, and in
+    transaction mode the refused request's writes roll back with its key."""
+    with override_settings(MIDDLEWARE=[MIDDLEWARE], IDEMPOTENT=site.idempotent(MODE=mode)):
+        first = post(Client(), "/plain/3/", {"ref": "no", "status": status})
+        retry = post(Client(), "/plain/3/", {"ref": "no", "status": status})
+    assert first.status_code == retry.status_code == status
+    assert REPLAYED not in retry
+    assert STATE.runs == ["plain", "plain"]
+    assert site.key_rows() == []
+    assert site.count() == (0 if mode == "transaction" else 2)
+
+
+@pytest.mark.parametrize("method", ["put", "patch"])
+def test_drf_viewset_handler_calling_another_guarded_handler(site: Site, method: str) -> None:
+    """``update`` and ``partial_update`` both decorated, and PATCH running ``update`` through
+    ``partial_update`` (as DRF's ``UpdateModelMixin`` does): the request is guarded once, runs
+    once and replays, instead of being refused as guarded twice."""
+    client = APIClient()
+    send = getattr(client, method)
+    first = send("/api/viewset/7/", {"ref": "vs"}, format="json", headers={KEY: "vs"})
+    retry = send("/api/viewset/7/", {"ref": "vs"}, format="json", headers={KEY: "vs"})
+    assert first.status_code == 200
+    assert (retry.content, retry[REPLAYED]) == (first.content, "true")
+    assert STATE.runs == ["viewset-update"]
+    assert site.count() == 1
+    [row] = site.key_rows()
+    assert row.scope.startswith(f"http {method.upper()} api/viewset/<str:pk>/")
 
 
 def test_drf_function_view(site: Site) -> None:
@@ -610,6 +736,26 @@ def test_manage_py_migrate_creates_and_drops_the_keys_table(site: Site) -> None:
     assert site.count() == 1
 
 
+@pytest.mark.parametrize("guard", ["decorator", "middleware"])
+def test_a_missing_keys_table_names_the_django_app_and_migrate(site: Site, guard: str) -> None:
+    """Without the keys table in Django's database (the app left out of INSTALLED_APPS, or
+    ``migrate`` not run), the first keyed request fails with TableMissing telling the Django way
+    to create it, not a SQLAlchemy URL to migrate; nothing is written."""
+    missing = f"idem_absent_{uuid.uuid4().hex[:8]}"
+    path = "/plain/1/" if guard == "middleware" else "/shops/north/orders/"
+    middleware = [MIDDLEWARE] if guard == "middleware" else []
+    store = SQLStore(site.engine, missing)
+    with override_settings(MIDDLEWARE=middleware, IDEMPOTENT=site.idempotent(STORE=store)):
+        with pytest.raises(TableMissing) as info:
+            post(Client(), path, {"ref": "nt"})
+    message = str(info.value)
+    assert "'idempotent.contrib.django' to INSTALLED_APPS" in message
+    assert "manage.py migrate" in message
+    assert repr(missing) in message
+    assert f"Django's {site.alias!r} database" in message
+    assert site.count() == 0
+
+
 def test_import_needs_no_django_and_the_contrib_names_its_extra() -> None:
     """``import idempotent`` loads no Django; without Django the contrib names the extra."""
     code = (
@@ -652,10 +798,11 @@ urlpatterns = [path("orders/", views.create_order)]
 
 
 def test_check_fix_on_a_django_project_imports_runs_and_rechecks_clean(
-    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    site: Site, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """``idempotent check --fix`` decorates the Django view with ``@idempotent_view()``; the fixed
-    project checks clean, and its view replays a retry (one row)."""
+    """``idempotent check --fix`` decorates the Django view with ``@idempotent_view()`` and says,
+    once, that the app must be installed and migrated (the keys table); the fixed project checks
+    clean, and its view replays a retry (one row)."""
     from idempotent.cli import main
 
     package = tmp_path / f"djshop_{uuid.uuid4().hex[:8]}"
@@ -664,7 +811,10 @@ def test_check_fix_on_a_django_project_imports_runs_and_rechecks_clean(
     (package / "views.py").write_text(UNFIXED_VIEWS, encoding="utf-8")
     (package / "urls.py").write_text(UNFIXED_URLS, encoding="utf-8")
     monkeypatch.chdir(tmp_path)
-    assert main(["check", "--fix", "-q"]) == 0
+    assert main(["check", "--fix"]) == 0
+    err = capsys.readouterr().err
+    assert err.count("Then, once: add 'idempotent.contrib.django' to INSTALLED_APPS") == 1
+    assert "python manage.py migrate" in err
     fixed = (package / "views.py").read_text(encoding="utf-8")
     assert "from idempotent.contrib.django import idempotent_view" in fixed
     assert "@require_POST\n@idempotent_view()\ndef create_order" in fixed

@@ -22,13 +22,16 @@ from django.utils.module_loading import import_string
 
 from idempotent import decorator
 from idempotent._django import DjangoTransaction
-from idempotent.errors import ConfigurationError
+from idempotent.errors import ConfigurationError, TableMissing
 from idempotent.http import HTTPRequest, Policy, StoredResponse
 
 #: The database vendors whose connection the key can share (Django's ``connection.vendor``).
 SUPPORTED_VENDORS = frozenset({"sqlite", "postgresql", "mysql"})
 #: Set on a request's ``HttpRequest`` while an idempotent view or the middleware guards it.
 MARK = "_idempotent_guard"
+#: Set beside :data:`MARK`: whether the guard is an ``idempotent_view`` on a handler (a function
+#: view or a method such as ``post``/``update``), not on ``dispatch`` nor the middleware.
+MARK_HANDLER = "_idempotent_guard_on_handler"
 
 # ---------------------------------------------------------------------------------------------
 # The IDEMPOTENT setting
@@ -275,22 +278,32 @@ def header_pairs(request: HttpRequest, key_header: str) -> list[tuple[str, str]]
 
 
 def body_of(request: HttpRequest) -> bytes:
-    """The request body. When something before the view already parsed a multipart body from the
-    stream (Django then keeps no raw copy: ``CsrfViewMiddleware`` reading ``request.POST``, a DRF
-    permission class reading ``request.data``), a canonical encoding of its fields and files
-    (their contents hashed) stands for it."""
-    try:
-        return bytes(request.body)
-    except RawPostDataException:
-        files: list[list[str]] = []
-        for name, upload in sorted(request.FILES.items()):
+    """The request body; for a ``multipart/form-data`` POST a canonical encoding of its fields and
+    files (their contents hashed) instead of the raw bytes.
+
+    A multipart body's raw bytes depend on the boundary, which clients (browsers, requests,
+    httpx) draw anew for every request, so a retry would not match its first request; and
+    reading them whole as ``request.body`` counts the files against Django's
+    ``DATA_UPLOAD_MAX_MEMORY_SIZE`` (400 above 2.5 MB) where Django's own parsing streams them.
+    The parsed form is also all that is left when something before the view already parsed the
+    stream (``CsrfViewMiddleware`` reading ``request.POST``, a DRF permission class reading
+    ``request.data``)."""
+    multipart = request.method == "POST" and str(request.content_type) == "multipart/form-data"
+    if not multipart:
+        try:
+            return bytes(request.body)
+        except RawPostDataException:
+            pass  # parsed already (Django parses form bodies of POST only): the fields stand for it
+    files: list[list[str]] = []
+    for name, uploads in sorted(request.FILES.lists()):
+        for upload in uploads:
             digest = hashlib.sha256()
             for chunk in upload.chunks():
                 digest.update(chunk)
             upload.seek(0)
             files.append([name, str(upload.name), str(upload.content_type), digest.hexdigest()])
-        form = sorted((name, request.POST.getlist(name)) for name in request.POST)
-        return b"multipart:" + json.dumps([form, files], sort_keys=True).encode("utf-8")
+    form = sorted((name, request.POST.getlist(name)) for name in request.POST)
+    return b"multipart:" + json.dumps([form, files], sort_keys=True).encode("utf-8")
 
 
 def describe(
@@ -329,10 +342,23 @@ def rendered(response: Any, caller: Any) -> Any:
     return response
 
 
+#: Statuses that refuse a request for who sent it or when, not for what it asks: Django and DRF
+#: answer them before the view acts (``login_required``, DRF's authentication, permission and
+#: throttle checks turned into responses), and the client is expected to retry the same request,
+#: with the same key, once it has credentials or has waited. Never stored, so that retry runs.
+REFUSALS = frozenset({401, 403, 429})
+
+
+def refused(response: Any) -> bool:
+    """Whether ``response`` is a refusal (:data:`REFUSALS`) that a retry must not get back."""
+    return getattr(response, "status_code", None) in REFUSALS
+
+
 def capture(response: Any) -> StoredResponse | None:
-    """The response to store, None for a streamed one (``StreamingHttpResponse``, ``FileResponse``).
-    Cookies live in ``response.cookies``, apart from the headers, and are never stored."""
-    if getattr(response, "streaming", False):
+    """The response to store, None for a streamed one (``StreamingHttpResponse``, ``FileResponse``)
+    or a refusal (401, 403, 429). Cookies live in ``response.cookies``, apart from the headers, and
+    are never stored."""
+    if getattr(response, "streaming", False) or refused(response):
         return None
     return StoredResponse.capture(response.status_code, response.items(), response.content)
 
@@ -343,7 +369,7 @@ def capture_in_transaction(using: str, owner: str) -> Callable[[Any], StoredResp
     error it caught, ``transaction.set_rollback(True)``) stores nothing, as it commits nothing."""
 
     def render(response: Any) -> StoredResponse | None:
-        if connections[using].needs_rollback:
+        if connections[using].needs_rollback or refused(response):
             return None
         stored = capture(response)
         if stored is None:
@@ -355,6 +381,28 @@ def capture_in_transaction(using: str, owner: str) -> Callable[[Any], StoredResp
         return stored
 
     return render
+
+
+def run(config: Config, described: HTTPRequest, call: Callable[[], Any], owner: str) -> Any:
+    """Serve a keyed request under ``config``: the view's response, or the ``HttpResponse`` of a
+    replay or a problem. A keys table missing from Django's database (transaction mode) is a
+    :class:`~idempotent.errors.TableMissing` naming the Django way to create it."""
+    policy = config.policy
+    if config.using is None:
+        result = policy.run(described, call, capture)
+    else:
+        render = capture_in_transaction(config.using, owner)
+        try:
+            result = policy.run(described, call, render, session=config.session())
+        except TableMissing as exc:
+            table = getattr(policy.store or decorator.default_store(), "table", None)
+            name = f" {table.fullname!r}" if table is not None else ""
+            raise TableMissing(
+                f"{owner}: the idempotency keys table{name} does not exist in Django's {config.using!r} "
+                "database: add 'idempotent.contrib.django' to INSTALLED_APPS and run `python manage.py "
+                "migrate` (Django's test runner then creates it in the test database too)"
+            ) from exc
+    return to_response(result) if isinstance(result, StoredResponse) else result
 
 
 def to_response(stored: StoredResponse) -> HttpResponse:

@@ -9,7 +9,6 @@ from django.urls import Resolver404, resolve
 
 from idempotent.contrib.django import _adapter
 from idempotent.errors import ConfigurationError
-from idempotent.http import StoredResponse
 
 __all__ = ["IdempotencyMiddleware"]
 
@@ -69,9 +68,4 @@ class IdempotencyMiddleware:
         def call() -> Any:
             return _adapter.rendered(self.get_response(request), request)
 
-        if config.using is None:
-            result = policy.run(described, call, _adapter.capture)
-        else:
-            render = _adapter.capture_in_transaction(config.using, "IdempotencyMiddleware")
-            result = policy.run(described, call, render, session=config.session())
-        return _adapter.to_response(result) if isinstance(result, StoredResponse) else result
+        return _adapter.run(config, described, call, "IdempotencyMiddleware")

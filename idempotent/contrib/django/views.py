@@ -12,7 +12,7 @@ from typing_extensions import Unpack
 
 from idempotent.contrib.django import _adapter
 from idempotent.errors import ConfigurationError
-from idempotent.http import Policy, PolicyOptions, StoredResponse
+from idempotent.http import Policy, PolicyOptions
 
 __all__ = ["idempotent_view"]
 
@@ -57,6 +57,7 @@ def idempotent_view(
                 "transactions are sync): make the view a def (Django runs it in a thread under ASGI)"
             )
         owner = f"{view.__module__}.{view.__qualname__}"
+        on_handler = getattr(view, "__name__", None) != "dispatch"  # a function view or a handler method
         resolved = _adapter.Resolved(owner, {"name": owner, **options}, using)
 
         @functools.wraps(view)
@@ -74,12 +75,17 @@ def idempotent_view(
             if not policy.applies(str(http_request.method), pairs):
                 return view(request, *args, **kwargs)
             if getattr(http_request, _adapter.MARK, None) is not None:
+                if on_handler and getattr(http_request, _adapter.MARK_HANDLER, False):
+                    # A guarded handler calling another (DRF's partial_update calls update): the
+                    # outer guard already runs this request once.
+                    return view(request, *args, **kwargs)
                 raise ConfigurationError(
                     f"{view.__qualname__} is guarded twice for one request ("
                     f"{getattr(http_request, _adapter.MARK)} already claimed its key): keep one of "
                     "IdempotencyMiddleware, idempotent_view on dispatch, idempotent_view on the method"
                 )
             setattr(http_request, _adapter.MARK, f"idempotent_view on {view.__qualname__}")
+            setattr(http_request, _adapter.MARK_HANDLER, on_handler)
             _adapter.check_atomic_requests(config, "idempotent_view", view_started=True)
             match = getattr(http_request, "resolver_match", None)
             route = getattr(match, "route", None) if match is not None else None
@@ -88,12 +94,7 @@ def idempotent_view(
             def call() -> Any:
                 return _adapter.rendered(view(request, *args, **kwargs), request)
 
-            if config.using is None:
-                result = policy.run(described, call, _adapter.capture)
-            else:
-                render = _adapter.capture_in_transaction(config.using, f"{view.__qualname__}")
-                result = policy.run(described, call, render, session=config.session())
-            return _adapter.to_response(result) if isinstance(result, StoredResponse) else result
+            return _adapter.run(config, described, call, f"idempotent_view on {view.__qualname__}")
 
         wrapper.__idempotent_view__ = resolved  # type: ignore[attr-defined]
         return cast("F", wrapper)
