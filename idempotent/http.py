@@ -37,8 +37,10 @@ What :meth:`Policy.run` decides, in order:
 4. The decision core runs ``call`` once under that key: in transaction mode on ``session`` (the
    stored response commits with the view's writes), in lease mode on the configured engine.
    ``render`` turns the result into the :class:`StoredResponse` to keep; a 5xx response (unless
-   ``store_server_errors``) or ``render`` returning ``None`` (a streamed body) is not kept: the
-   claim is dropped (in transaction mode with the view's writes) and ``call``'s response is sent.
+   ``store_server_errors``), a refusal (401, 403, 429: :data:`REFUSALS`, so that the retry with
+   credentials, or after the wait, runs) or ``render`` returning ``None`` (a streamed body) is
+   not kept: the claim is dropped (in transaction mode with the view's writes) and ``call``'s
+   response is sent.
 5. A retry gets the stored response plus ``Idempotent-Replayed: true``; the same key with
    another request a 422 problem; a request while the first is still running after ``wait`` a
    409 problem with ``Retry-After``. Problems are ``application/problem+json`` (RFC 9457) whose
@@ -48,6 +50,8 @@ What :meth:`Policy.run` decides, in order:
 
 from __future__ import annotations
 
+import email.parser
+import email.policy
 import hashlib
 import json
 import math
@@ -75,6 +79,7 @@ __all__ = [
     "ELIGIBLE_METHODS",
     "HEADER",
     "NEVER_STORED",
+    "REFUSALS",
     "REPLAYED_HEADER",
     "HTTPRequest",
     "MiddlewareOptions",
@@ -83,6 +88,7 @@ __all__ = [
     "ResponseCodec",
     "StoredResponse",
     "find_session",
+    "form_body",
     "parse_key",
 ]
 
@@ -274,6 +280,60 @@ def find_session(values: Iterable[Any]) -> Any:
 # ---------------------------------------------------------------------------------------------
 # The policy
 # ---------------------------------------------------------------------------------------------
+#: Statuses that refuse a request for who sent it or when, not for what it asks: answered before
+#: the handler acts (authentication, permission and CSRF checks, rate limits), and the client is
+#: expected to send the same request again, with the same key, once it has credentials or has
+#: waited. Never stored, so that the retry runs.
+REFUSALS = frozenset({401, 403, 429})
+
+
+def form_body(fields: Iterable[tuple[str, str]], files: Iterable[tuple[str, str, str, str]]) -> bytes:
+    """What stands for a ``multipart/form-data`` body in the fingerprint: its fields (name, value)
+    and its files (name, file name, content type, SHA-256 of the content, hex), in an encoding
+    that does not depend on the boundary or on the order of the names.
+
+    Clients (browsers, requests, httpx, test clients) draw a new boundary for every request, so
+    the raw bytes of a retry never match its first request's. Adapters whose framework has
+    parsed the form already (Django) pass its fields here; raw bodies are parsed by the core.
+    """
+    form: dict[str, list[str]] = {}
+    for name, value in fields:
+        form.setdefault(name, []).append(value)
+    uploads = sorted(([*upload] for upload in files), key=lambda upload: upload[0])  # stable per name
+    return b"multipart:" + json.dumps([sorted(form.items()), uploads], sort_keys=True).encode("utf-8")
+
+
+def _multipart_body(content_type: str, body: bytes) -> bytes | None:
+    """:func:`form_body` of a raw ``multipart/form-data`` body (one that begins with its first
+    boundary, after line breaks at most), None for any other body or one the parser cannot split
+    into named parts."""
+    if not body[:8].lstrip(b"\r\n").startswith(b"--"):
+        return None
+    if not content_type.lower().lstrip().startswith("multipart/form-data"):
+        return None
+    head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        return None
+    fields: list[tuple[str, str]] = []
+    files: list[tuple[str, str, str, str]] = []
+    for part in message.iter_parts():
+        disposition = part.get("Content-Disposition")
+        params = getattr(disposition, "params", {})
+        name = params.get("name")
+        if name is None:
+            return None
+        content = part.get_payload(decode=True)
+        data = content if isinstance(content, bytes) else b""
+        filename = params.get("filename")
+        if filename is None:
+            fields.append((str(name), data.decode(part.get_content_charset() or "utf-8", "surrogateescape")))
+        else:
+            digest = hashlib.sha256(data).hexdigest()
+            files.append((str(name), str(filename), part.get_content_type(), digest))
+    return form_body(fields, files) if fields or files else None
+
+
 class _NotStored(Exception):
     """Raised inside the guarded call so the core drops the claim of a response it must not keep."""
 
@@ -296,7 +356,11 @@ class _Attempt(Generic[R]):
         """Hold the view's response and return the one to store (raise _NotStored when none)."""
         self.value = value
         response = render(value)
-        if response is None or (response.status >= 500 and not self.policy.store_server_errors):
+        if (
+            response is None
+            or response.status in REFUSALS
+            or (response.status >= 500 and not self.policy.store_server_errors)
+        ):
             raise _NotStored
         return response
 
@@ -509,7 +573,9 @@ class Policy:
         for part in parts:
             data = part.encode("utf-8", "surrogatepass")
             digest.update(len(data).to_bytes(8, "big") + data)
-        digest.update(request.body)
+        types = request.header_values("content-type")
+        body = _multipart_body(types[0], request.body) if len(types) == 1 else None
+        digest.update(request.body if body is None else body)
         return digest.hexdigest()
 
     def problem(self, error: IdempotencyError) -> StoredResponse:

@@ -167,6 +167,25 @@ def test_principal_from_scope_keeps_callers_apart() -> None:
     assert sorted(scope for scope, _ in store.records) == ["http POST /orders @a", "http POST /orders @b"]
 
 
+def test_multipart_retry_with_a_new_boundary_is_replayed() -> None:
+    """httpx draws a new multipart boundary per request: an upload retried with the same key is
+    the same request and replays; another file under the same key is 422."""
+    backend = Backend()
+    with TestClient(backend.app(store=MemoryStore())) as client:
+
+        def send(content: bytes) -> Any:
+            files = {"doc": ("report.pdf", content, "application/pdf")}
+            return client.post("/orders", data={"title": "r"}, files=files, headers={"Idempotency-Key": "u"})
+
+        first = send(b"%PDF\r\n\x00")
+        again = send(b"%PDF\r\n\x00")
+        other = send(b"another")
+    assert first.status_code == 201
+    assert (again.content, again.headers["Idempotent-Replayed"]) == (first.content, "true")
+    assert other.status_code == 422
+    assert backend.runs == ["/orders"]
+
+
 def test_default_store_is_the_configured_engine(sync_db: Db) -> None:
     """Without ``store=`` the middleware uses the SQL store ``configure`` set."""
     from idempotent import configure

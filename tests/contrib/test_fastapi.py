@@ -54,6 +54,9 @@ def _answer(order: OrderIn, order_id: int, response: Response) -> dict[str, Any]
     the write), else the order plus a field the response model filters out, a Location and a cookie."""
     if order.amount < 0:
         raise HTTPException(status_code=400, detail="negative amount")
+    if order.amount == 429:  # a refusal returned, not raised: too many orders for now
+        response.status_code = 429
+        return {"id": order_id, "ref": order.ref}
     response.headers["Location"] = f"/orders/{order_id}"
     response.set_cookie("session", "secret")
     return {"id": order_id, "ref": order.ref, "internal": "filtered"}
@@ -207,6 +210,20 @@ def test_raised_http_errors_roll_back_and_are_not_stored(db: Db) -> None:
         first = _post(client, {"ref": "a", "amount": -1})
         second = _post(client, {"ref": "a", "amount": -1})
     assert first.status_code == second.status_code == 400
+    assert runs == [1, 1]
+    assert db.count() == 0
+    assert db.key_rows() == []
+
+
+def test_returned_refusal_rolls_back_and_is_not_stored(db: Db) -> None:
+    """A 429 the endpoint returns (not raises) is sent, its write rolls back with the claim, and
+    the retry with the same key runs again instead of getting the refusal back."""
+    app, runs = make_app(db)
+    with TestClient(app) as client:
+        first = _post(client, {"ref": "a", "amount": 429})
+        second = _post(client, {"ref": "a", "amount": 429})
+    assert first.status_code == second.status_code == 429
+    assert "Idempotent-Replayed" not in second.headers
     assert runs == [1, 1]
     assert db.count() == 0
     assert db.key_rows() == []

@@ -392,6 +392,61 @@ def test_a_failing_view_leaves_neither_row_nor_key(sync_db: Db) -> None:
     assert (len(attempts), sync_db.count()) == (3, 1)
 
 
+@pytest.mark.parametrize("status", [401, 403, 429])
+def test_a_refusal_is_not_stored(sync_db: Db, status: int) -> None:
+    """A refusal for who sent the request or when (401, 403, 429) is sent but not kept, and its
+    writes roll back: the same request with the same key, once the client has credentials or
+    has waited, runs the view."""
+    app, ext = _fsa_app(sync_db)
+    attempts: list[int] = []
+
+    @app.post("/guarded")
+    @idempotent_route(store=sync_db.store)
+    def guarded() -> Any:
+        attempts.append(1)
+        _insert(ext.session, sync_db, f"try-{len(attempts)}")
+        if len(attempts) == 1:
+            return {"error": "refused"}, status
+        return {"ok": True}, 201
+
+    client = app.test_client()
+    assert client.post("/guarded", headers={KEY: "g"}).status_code == status
+    assert (sync_db.count(), sync_db.key_rows()) == (0, [])
+    assert client.post("/guarded", headers={KEY: "g"}).status_code == 201
+    replay = client.post("/guarded", headers={KEY: "g"})
+    assert (replay.status_code, replay.headers[REPLAYED]) == (201, "true")
+    assert (len(attempts), sync_db.count()) == (2, 1)
+
+
+def test_a_multipart_upload_retried_with_a_new_boundary_is_replayed(sync_db: Db) -> None:
+    """The test client, like browsers and HTTP libraries, draws a new multipart boundary per
+    request: the retry of an upload with the same key replays (it is the same form), while the
+    same key with another file is 422."""
+    app, ext = _fsa_app(sync_db)
+    runs: list[int] = []
+
+    @app.post("/upload")
+    @idempotent_route(store=sync_db.store)
+    def upload() -> Any:
+        runs.append(1)
+        data = flask.request.files["doc"].read()
+        return {"id": _insert(ext.session, sync_db, flask.request.form["title"], len(data))}, 201
+
+    client = app.test_client()
+
+    def send(content: bytes) -> Any:
+        form = {"title": "report", "doc": (io.BytesIO(content), "report.pdf")}
+        return client.post("/upload", data=form, headers={KEY: "u"}, content_type="multipart/form-data")
+
+    first = send(b"%PDF-1.7\r\n\x00\x01")
+    assert first.status_code == 201
+    again = send(b"%PDF-1.7\r\n\x00\x01")
+    assert (again.status_code, again.headers.get(REPLAYED)) == (201, "true")
+    assert again.get_data() == first.get_data()
+    assert send(b"another file").status_code == 422
+    assert (len(runs), sync_db.count()) == (1, 1)
+
+
 def test_a_session_auto_begun_before_the_view_is_committed(sync_db: Db) -> None:
     """An auth lookup in before_request auto-begins the session's transaction; the decorator still
     commits it with the key (the request is the unit of work)."""

@@ -144,6 +144,40 @@ def test_fingerprint_covers_method_path_query_and_body_only() -> None:
     assert policy.fingerprint(_request(method="PUT")) != base
 
 
+def _multipart(boundary: str, parts: list[tuple[str, str | None, bytes]]) -> HTTPRequest:
+    """A POST whose ``multipart/form-data`` body holds ``parts`` (name, file name or None, content)."""
+    body = b""
+    for name, filename, content in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        kind = "\r\nContent-Type: application/octet-stream" if filename else ""
+        body += f"--{boundary}\r\nContent-Disposition: {disposition}{kind}\r\n\r\n".encode() + content + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    headers = [("Content-Type", f"multipart/form-data; boundary={boundary}")]
+    return HTTPRequest("POST", "/upload", headers=headers, body=body)
+
+
+def test_multipart_fingerprint_ignores_the_boundary() -> None:
+    """Clients draw a new multipart boundary per request: a retry of the same form (fields and
+    files, binary content with CR/LF inside) has the first request's fingerprint; another file
+    content, file name or field value does not."""
+    policy = Policy.from_options("test", {})
+    picture = b"\x89PNG\r\n\x1a\n\x00\xff--not-a-boundary\r\n"
+    form = [("title", None, b"holiday"), ("tag", None, b"a"), ("tag", None, b"b"), ("photo", "p.png", picture)]
+    first = policy.fingerprint(_multipart("----first7MA4YWxkTrZu0gW", form))
+    assert policy.fingerprint(_multipart("retry-9f8e7d", form)) == first
+    reordered = [form[3], form[0], form[1], form[2]]  # names in another order, values of a name kept
+    assert policy.fingerprint(_multipart("x", reordered)) == first
+    for changed in (
+        [*form[:3], ("photo", "p.png", picture + b"!")],
+        [*form[:3], ("photo", "q.png", picture)],
+        [("title", None, b"work"), *form[1:]],
+        [form[0], form[2], form[1], form[3]],  # the values of one name in another order
+    ):
+        assert policy.fingerprint(_multipart("----first7MA4YWxkTrZu0gW", changed)) != first
+    plain = HTTPRequest("POST", "/upload", headers=[("Content-Type", "text/plain")], body=b"--x\r\n")
+    assert policy.fingerprint(plain) != first
+
+
 def test_applies_only_to_eligible_methods_with_a_key() -> None:
     """GET/HEAD/OPTIONS and requests without the header need nothing, unless a key is required."""
     policy = Policy(store=MemoryStore())

@@ -8,7 +8,6 @@ keys: :class:`idempotent.http.Policy` does.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from django.utils.module_loading import import_string
 from idempotent import decorator
 from idempotent._django import DjangoTransaction
 from idempotent.errors import ConfigurationError, TableMissing
-from idempotent.http import HTTPRequest, Policy, StoredResponse
+from idempotent.http import REFUSALS, HTTPRequest, Policy, StoredResponse, form_body
 
 #: The database vendors whose connection the key can share (Django's ``connection.vendor``).
 SUPPORTED_VENDORS = frozenset({"sqlite", "postgresql", "mysql"})
@@ -294,16 +293,16 @@ def body_of(request: HttpRequest) -> bytes:
             return bytes(request.body)
         except RawPostDataException:
             pass  # parsed already (Django parses form bodies of POST only): the fields stand for it
-    files: list[list[str]] = []
-    for name, uploads in sorted(request.FILES.lists()):
+    files: list[tuple[str, str, str, str]] = []
+    for name, uploads in request.FILES.lists():
         for upload in uploads:
             digest = hashlib.sha256()
             for chunk in upload.chunks():
                 digest.update(chunk)
             upload.seek(0)
-            files.append([name, str(upload.name), str(upload.content_type), digest.hexdigest()])
-    form = sorted((name, request.POST.getlist(name)) for name in request.POST)
-    return b"multipart:" + json.dumps([form, files], sort_keys=True).encode("utf-8")
+            files.append((name, str(upload.name), str(upload.content_type), digest.hexdigest()))
+    fields = [(name, value) for name in request.POST for value in request.POST.getlist(name)]
+    return form_body(fields, files)
 
 
 def describe(
@@ -342,23 +341,11 @@ def rendered(response: Any, caller: Any) -> Any:
     return response
 
 
-#: Statuses that refuse a request for who sent it or when, not for what it asks: Django and DRF
-#: answer them before the view acts (``login_required``, DRF's authentication, permission and
-#: throttle checks turned into responses), and the client is expected to retry the same request,
-#: with the same key, once it has credentials or has waited. Never stored, so that retry runs.
-REFUSALS = frozenset({401, 403, 429})
-
-
-def refused(response: Any) -> bool:
-    """Whether ``response`` is a refusal (:data:`REFUSALS`) that a retry must not get back."""
-    return getattr(response, "status_code", None) in REFUSALS
-
-
 def capture(response: Any) -> StoredResponse | None:
-    """The response to store, None for a streamed one (``StreamingHttpResponse``, ``FileResponse``)
-    or a refusal (401, 403, 429). Cookies live in ``response.cookies``, apart from the headers, and
-    are never stored."""
-    if getattr(response, "streaming", False) or refused(response):
+    """The response to store, None for a streamed one (``StreamingHttpResponse``, ``FileResponse``).
+    Cookies live in ``response.cookies``, apart from the headers, and are never stored; nor are
+    refusals (401, 403, 429: :data:`idempotent.http.REFUSALS`)."""
+    if getattr(response, "streaming", False):
         return None
     return StoredResponse.capture(response.status_code, response.items(), response.content)
 
@@ -369,8 +356,8 @@ def capture_in_transaction(using: str, owner: str) -> Callable[[Any], StoredResp
     error it caught, ``transaction.set_rollback(True)``) stores nothing, as it commits nothing."""
 
     def render(response: Any) -> StoredResponse | None:
-        if connections[using].needs_rollback or refused(response):
-            return None
+        if connections[using].needs_rollback or response.status_code in REFUSALS:
+            return None  # (a refused streamed response is not an error: nothing is stored)
         stored = capture(response)
         if stored is None:
             raise ConfigurationError(
