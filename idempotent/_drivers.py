@@ -27,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from idempotent import core
+from idempotent._ticker import Ticker
 from idempotent.errors import ConfigurationError
 
 __all__ = ["AsyncHandle", "SyncHandle", "async_handle_for", "run_async", "run_sync", "sync_handle_for"]
@@ -1108,68 +1109,32 @@ class _AsyncRenewal:
 _LATER: Any = object()
 
 
-class _RenewalClock:
-    """Starts, on one asyncio loop, the renewal task of each call still running when its first
-    renewal falls due.
-
-    Most calls end long before ``lease / 3``, so a call only registers here, and one loop
-    callback a period (a quarter of the shortest renewal interval seen, at most 1 s) starts the
-    renewals that fell due: a timer per call cost 4-7% of an async lease-mode first call on
-    Redis. A renewal so starts up to a quarter of its interval late; it then renews at once
-    (:meth:`_AsyncRenewal.run` counts from the call's start). The callback stops once nothing
-    was registered for a whole period, and is a callback rather than a task, so nothing is left
-    pending when the loop closes.
-    """
-
-    def __init__(self) -> None:  # it holds no reference to its loop, the key it is kept under
-        self.waiting: dict[_AsyncRenewal, float] = {}
-        self.period = 1.0
-        self.handle: asyncio.TimerHandle | None = None
-        self.busy = False  # something was registered since the last tick
-
-    def add(self, loop: asyncio.AbstractEventLoop, renewal: _AsyncRenewal, interval: float) -> None:
-        now = loop.time()
-        self.waiting[renewal] = now + interval
-        self.busy = True
-        if interval / 4 < self.period:
-            self.period = max(interval / 4, 0.001)
-            if self.handle is not None and self.handle.when() > now + self.period:
-                self.handle.cancel()  # due too late for this renewal
-                self.handle = None
-        if self.handle is None:
-            self.handle = loop.call_at(now + self.period, self._tick, loop)
-
-    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        for renewal, due in list(self.waiting.items()):
-            if due <= now:
-                del self.waiting[renewal]
-                renewal.task = loop.create_task(renewal.run())  # kept referenced until stopped
-        if self.waiting or self.busy:
-            self.busy = False
-            self.handle = loop.call_at(now + self.period, self._tick, loop)
-        else:
-            self.handle = None
+def _start_renewal(loop: asyncio.AbstractEventLoop, renewal: _AsyncRenewal) -> None:
+    renewal.task = loop.create_task(renewal.run())  # kept referenced until stopped
 
 
-_clocks: weakref.WeakKeyDictionary[Any, _RenewalClock] = weakref.WeakKeyDictionary()
+#: Per event loop: starts the renewal of each call still running when its renewal falls due.
+_clocks: weakref.WeakKeyDictionary[Any, Ticker[_AsyncRenewal]] = weakref.WeakKeyDictionary()
 
 
 def _renew_later(plan: core.Plan[Any]) -> tuple[_AsyncRenewal | None, Any]:
     """Transaction mode, and lease mode on asyncio: the call registers with its loop's
-    :class:`_RenewalClock`, which starts a renewal task only for a call still running after
-    ``lease / 3`` (a task group per call would cost every call). Returns the renewal and what
-    to call to unregister it. Other event loops get no renewal here."""
+    :class:`~idempotent._ticker.Ticker`, which starts a renewal task only for a call still
+    running after ``lease / 3`` (a timer per call cost 1-3% of an async lease-mode first call on
+    Redis, a task group per call more). A renewal so starts up to a quarter of its interval
+    late; it then renews at once (:meth:`_AsyncRenewal.run` counts from the call's start).
+    Returns the renewal and what to call to unregister it. Other event loops get no renewal
+    here."""
     try:
         loop = asyncio.get_running_loop()
     except RuntimeError:
         return None, None
     clock = _clocks.get(loop)
     if clock is None:
-        clock = _clocks[loop] = _RenewalClock()
+        clock = _clocks[loop] = Ticker(loop, _start_renewal)
     renewal = _AsyncRenewal(plan)
     clock.add(loop, renewal, _renew_interval(plan))
-    return renewal, functools.partial(clock.waiting.pop, renewal, None)
+    return renewal, functools.partial(clock.due.pop, renewal, None)
 
 
 async def run_async(

@@ -47,6 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised without the extra
 
 import anyio
 
+from idempotent._ticker import Ticker
 from idempotent.core import ClaimRequest, Existing, Record
 from idempotent.errors import ConfigurationError
 from idempotent.stores import record_key
@@ -281,69 +282,35 @@ def _execute(client: Any, commands: tuple[tuple[bytes, ...], ...]) -> list[Any] 
             pool.release(conn)
 
 
-class _Watchdog:
-    """Closes the connections whose exchange outlived their socket timeout, on one event loop.
-
-    redis-py bounds every async send and every reply with a timer of its own; on an event loop a
-    timer costs about a quarter of a loopback round trip, and an async first call had five.
-    The store's exchanges put their deadline here instead, and one check per period (a quarter
-    of the shortest socket timeout seen, at most 1 s) aborts the transport of a connection past
-    its deadline: its exchange then fails as a dropped connection does and is sent again
-    through the client, where redis-py's own timeouts apply. A timeout so fires up to one
-    period late. The check is a loop callback, not a task (nothing is left pending when the loop
-    closes), and stops once nothing was watched for a whole period.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = weakref.ref(loop)  # not kept alive by a pool that outlives it
-        self.deadlines: dict[Any, float] = {}
-        self.period = 1.0
-        self.handle: asyncio.TimerHandle | None = None
-        self.busy = False  # something was watched since the last check
-
-    def watch(self, loop: asyncio.AbstractEventLoop, conn: Any, timeout: float) -> None:
-        now = loop.time()
-        self.deadlines[conn] = now + timeout
-        self.busy = True
-        if timeout / 4 < self.period:
-            self.period = max(timeout / 4, 0.001)
-            if self.handle is not None and self.handle.when() > now + self.period:
-                self.handle.cancel()  # due too late for this timeout
-                self.handle = None
-        if self.handle is None:
-            self.handle = loop.call_at(now + self.period, self._check, loop)
-
-    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
-        now = loop.time()
-        for conn, deadline in list(self.deadlines.items()):
-            if deadline <= now:
-                del self.deadlines[conn]
-                writer = getattr(conn, "_writer", None)
-                if writer is not None:
-                    writer.transport.abort()
-        if self.deadlines or self.busy:
-            self.busy = False
-            self.handle = loop.call_at(now + self.period, self._check, loop)
-        else:
-            self.handle = None
+def _abort(loop: asyncio.AbstractEventLoop, conn: Any) -> None:
+    """Close the transport of a connection whose exchange outlived its socket timeout: the
+    exchange then fails as a dropped connection does and is sent again through the client,
+    where redis-py's own timeouts apply."""
+    writer = getattr(conn, "_writer", None)
+    if writer is not None:
+        writer.transport.abort()
 
 
-_watchdogs: weakref.WeakKeyDictionary[Any, _Watchdog] = weakref.WeakKeyDictionary()
+#: Per pool, the watchdog of its connections' async exchanges (see :func:`_aexchange`).
+_watchdogs: weakref.WeakKeyDictionary[Any, Ticker[Any]] = weakref.WeakKeyDictionary()
 
 
-def _watch(pool: Any, conn: Any, timeout: float) -> _Watchdog:
+def _watch(pool: Any, conn: Any, timeout: float) -> Ticker[Any]:
     """Put ``conn``'s exchange under the watchdog of ``pool`` on the running loop."""
     loop = asyncio.get_running_loop()
     dog = _watchdogs.get(pool)
     if dog is None or dog.loop() is not loop:
-        dog = _watchdogs[pool] = _Watchdog(loop)
-    dog.watch(loop, conn, timeout)
+        dog = _watchdogs[pool] = Ticker(loop, _abort)
+    dog.add(loop, conn, timeout)
     return dog
 
 
 async def _aexchange(pool: Any, conn: Any, data: list[bytes], count: int) -> list[Any]:
     """Send ``data`` on ``conn`` and read ``count`` replies, bounded by the connection's socket
-    timeout through :class:`_Watchdog` rather than a timer per send and per reply.
+    timeout through a watchdog per pool and event loop (:class:`~idempotent._ticker.Ticker`)
+    rather than redis-py's timer per send and per reply, each of which costs about a quarter
+    of a loopback round trip (an async first call had five). A timeout so fires up to a quarter
+    of it late (at most 1 s).
 
     A connection with health checks, or one not connected yet, goes through redis-py's send as
     before. Failures end as in redis-py: the connection closed, its ``ConnectionError``
@@ -370,7 +337,7 @@ async def _aexchange(pool: Any, conn: Any, data: list[bytes], count: int) -> lis
         raise
     finally:
         if dog is not None:
-            dog.deadlines.pop(conn, None)
+            dog.due.pop(conn, None)
 
 
 def _plain(pool: Any, kind: Any) -> bool:

@@ -82,7 +82,7 @@ def test_watchdog_brought_forward_by_a_shorter_timeout() -> None:
         first = dog.handle.when() - loop.time()
         redis_module._watch(pool, fast, 0.2)
         second = dog.handle.when() - loop.time()
-        dog.deadlines.clear()
+        dog.due.clear()
         return first, second
 
     first, second = asyncio.run(scenario())
