@@ -666,7 +666,8 @@ def test_streamed_responses(site: Site) -> None:
 
 def test_misplaced_decorators_are_refused(site: Site) -> None:
     """``@idempotent_view()`` on a method without method_decorator, twice on one request, without
-    parentheses, on a class, or on an async view: each a ConfigurationError naming the fix."""
+    parentheses, on a class, or in transaction mode on an async view: each a ConfigurationError
+    naming the fix."""
     with pytest.raises(ConfigurationError, match="method_decorator"):
         post(Client(), "/misdecorated/", {"ref": "x"})
     with pytest.raises(ConfigurationError, match="guarded twice"):
@@ -679,8 +680,8 @@ def test_misplaced_decorators_are_refused(site: Site) -> None:
     async def async_view(request: Any) -> Any:  # pragma: no cover - never runs
         return None
 
-    with pytest.raises(ConfigurationError, match="async def"):
-        idempotent_view()(async_view)
+    with pytest.raises(ConfigurationError, match=r"cannot run in transaction mode.*mode='lease'"):
+        idempotent_view(mode="transaction")(async_view)
     with pytest.raises(ConfigurationError, match="no option"):
         idempotent_view(principal=principal)  # type: ignore[call-arg]
     assert site.count() == 0

@@ -21,7 +21,9 @@ scope = method + route template + principal, fingerprint, 400/409/422 problems) 
 :mod:`idempotent.http`. In transaction mode (the default when Django's database is SQLite,
 PostgreSQL or MySQL/MariaDB) the key and the stored response are written through Django's own
 connection inside ``transaction.atomic()``, so they commit and roll back with the view's ORM
-writes. Settings: the ``IDEMPOTENT`` dict (see :mod:`idempotent.contrib.django._adapter`).
+writes. An ``async def`` view (and an async request through the middleware) runs in lease mode
+on the store, since Django's transactions cannot span async code. Settings: the ``IDEMPOTENT``
+dict (see :mod:`idempotent.contrib.django._adapter`).
 """
 
 from __future__ import annotations

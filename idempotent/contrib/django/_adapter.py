@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -134,14 +134,17 @@ class Config:
         return None if self.using is None else DjangoTransaction(self.using)
 
 
-def resolve(owner: str, options: Mapping[str, Any], using: str | None) -> Config:
+def resolve(owner: str, options: Mapping[str, Any], using: str | None, *, is_async: bool = False) -> Config:
     """The configuration of ``owner`` from its ``options`` over ``settings.IDEMPOTENT``.
 
     Mode: as asked, else transaction mode on the database ``using`` (default ``'default'``) when
     Django has it and it is SQLite, PostgreSQL or MySQL/MariaDB, and the store can join a
     transaction; else lease mode when the store can run it; else a ConfigurationError.
+    ``is_async`` (an ``async def`` view): always lease mode, see :func:`resolve_async`.
     """
     merged = {**setting_options(), **options}
+    if is_async:
+        return resolve_async(owner, merged)
     explicit_using = using is not None
     alias = using if using is not None else merged.pop("using", None) or "default"
     merged.pop("using", None)
@@ -182,11 +185,45 @@ def resolve(owner: str, options: Mapping[str, Any], using: str | None) -> Config
     return Config(policy, alias if mode == "transaction" else None, explicit_using)
 
 
+def resolve_async(owner: str, merged: dict[str, Any]) -> Config:
+    """The lease-mode configuration of an ``async def`` view (``merged``: options over settings).
+
+    Django's transactions are sync (each async ORM call runs in a thread, and
+    ``transaction.atomic`` cannot span them), so the key cannot commit with an async view's
+    writes: the claim commits at once on the store, is renewed while the view runs, and the
+    response is stored after. A transaction mode the user asked for (``mode='transaction'``,
+    ``IDEMPOTENT['MODE']``) is refused rather than weakened; the default switches to lease mode
+    when the store can run it. Either way a store that cannot is a ConfigurationError.
+    """
+    merged.pop("using", None)
+    store = merged.get("store")
+    if merged.get("mode") == "transaction":
+        raise ConfigurationError(
+            f"{owner} is an async view, which cannot run in transaction mode: Django runs each async ORM "
+            "query in a thread, so no transaction spans the view and the key cannot commit with its "
+            "writes. Give the view mode='lease' (the claim commits first and the response is stored "
+            "after, on a store with an engine), or make it a def view (Django runs it in a thread under "
+            "ASGI) to keep transaction mode"
+        )
+    if not _lease_capable(store):
+        raise ConfigurationError(
+            f"{owner} is an async view, so it runs in lease mode (Django's transactions cannot span an "
+            "async view), which needs a store that commits on its own: give "
+            "IDEMPOTENT['STORE'] = SQLStore(create_async_engine(...)) (or a sync engine), "
+            "idempotent.configure(engine=...), store=... on the view, or a RedisStore; or make the "
+            "view a def view to keep transaction mode on Django's database"
+        )
+    merged["mode"] = "lease"
+    return Config(Policy.from_options(owner, merged, also=["using"]), None, explicit_using=False)
+
+
 class Resolved:
     """A configuration resolved on first use and again after the settings change."""
 
-    def __init__(self, owner: str, options: Mapping[str, Any], using: str | None) -> None:
-        self.owner, self.options, self.using = owner, dict(options), using
+    def __init__(
+        self, owner: str, options: Mapping[str, Any], using: str | None, *, is_async: bool = False
+    ) -> None:
+        self.owner, self.options, self.using, self.is_async = owner, dict(options), using, is_async
         self._cached: tuple[int, Config] | None = None
         self._lock = threading.Lock()
 
@@ -196,7 +233,7 @@ class Resolved:
             return cached[1]
         with self._lock:
             generation = _generation
-            config = resolve(self.owner, self.options, self.using)
+            config = resolve(self.owner, self.options, self.using, is_async=self.is_async)
             self._cached = (generation, config)
             return config
 
@@ -389,6 +426,13 @@ def run(config: Config, described: HTTPRequest, call: Callable[[], Any], owner: 
                 "database: add 'idempotent.contrib.django' to INSTALLED_APPS and run `python manage.py "
                 "migrate` (Django's test runner then creates it in the test database too)"
             ) from exc
+    return to_response(result) if isinstance(result, StoredResponse) else result
+
+
+async def run_async(config: Config, described: HTTPRequest, call: Callable[[], Awaitable[Any]]) -> Any:
+    """:func:`run` for an async view (lease mode only): the view's response, or the
+    ``HttpResponse`` of a replay or a problem."""
+    result = await config.policy.run_async(described, call, capture)
     return to_response(result) if isinstance(result, StoredResponse) else result
 
 

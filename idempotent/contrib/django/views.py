@@ -4,15 +4,15 @@
 from __future__ import annotations
 
 import functools
-import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from asgiref.sync import iscoroutinefunction, sync_to_async
 from typing_extensions import Unpack
 
 from idempotent.contrib.django import _adapter
 from idempotent.errors import ConfigurationError
-from idempotent.http import Policy, PolicyOptions
+from idempotent.http import HTTPRequest, Policy, PolicyOptions
 
 __all__ = ["idempotent_view"]
 
@@ -36,6 +36,12 @@ def idempotent_view(
     ``IDEMPOTENT`` setting's entries. Transaction mode (the default on SQLite, PostgreSQL and
     MySQL/MariaDB) runs the view inside ``transaction.atomic(using=...)``, or in a savepoint of
     the one ``ATOMIC_REQUESTS`` opened, with the key's statements on Django's own connection.
+
+    An ``async def`` view runs in lease mode (Django's transactions cannot span an async view):
+    the claim commits at once on the store (``IDEMPOTENT['STORE']``, ``store=`` or the
+    ``configure`` engine; an ``AsyncEngine`` is awaited, a sync engine runs in a thread), is
+    renewed while the view runs, and the response is stored after it returns. Without the mode
+    set it switches to lease mode; an explicit ``mode='transaction'`` is a ConfigurationError.
     """
     if args:
         raise ConfigurationError(
@@ -51,17 +57,17 @@ def idempotent_view(
                 '@method_decorator(idempotent_view(), name="dispatch") above the class, or '
                 "@method_decorator(idempotent_view()) above its post/put/patch/delete methods"
             )
-        if inspect.iscoroutinefunction(view):
-            raise ConfigurationError(
-                f"{view.__qualname__} is async def; idempotent_view supports sync views (Django's ORM "
-                "transactions are sync): make the view a def (Django runs it in a thread under ASGI)"
-            )
         owner = f"{view.__module__}.{view.__qualname__}"
         on_handler = getattr(view, "__name__", None) != "dispatch"  # a function view or a handler method
-        resolved = _adapter.Resolved(owner, {"name": owner, **options}, using)
+        is_async = iscoroutinefunction(view) or _async_dispatch(view)
+        if is_async and options.get("mode") == "transaction":
+            _adapter.resolve_async(owner, {**options})  # the ConfigurationError, at import time
+        resolved = _adapter.Resolved(owner, {"name": owner, **options}, using, is_async=is_async)
+        guarded = f"idempotent_view on {view.__qualname__}"
 
-        @functools.wraps(view)
-        def wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+        def enter(request: Any) -> tuple[_adapter.Config, HTTPRequest] | None:
+            """The configuration and the described request of a keyed request; None to run the
+            view as is."""
             http_request = _adapter.http_request_of(request)
             if http_request is None:
                 raise ConfigurationError(
@@ -73,30 +79,65 @@ def idempotent_view(
             policy = config.policy
             pairs = _adapter.header_pairs(http_request, policy.header)
             if not policy.applies(str(http_request.method), pairs):
-                return view(request, *args, **kwargs)
+                return None
             if getattr(http_request, _adapter.MARK, None) is not None:
                 if on_handler and getattr(http_request, _adapter.MARK_HANDLER, False):
                     # A guarded handler calling another (DRF's partial_update calls update): the
                     # outer guard already runs this request once.
-                    return view(request, *args, **kwargs)
+                    return None
                 raise ConfigurationError(
                     f"{view.__qualname__} is guarded twice for one request ("
                     f"{getattr(http_request, _adapter.MARK)} already claimed its key): keep one of "
                     "IdempotencyMiddleware, idempotent_view on dispatch, idempotent_view on the method"
                 )
-            setattr(http_request, _adapter.MARK, f"idempotent_view on {view.__qualname__}")
+            setattr(http_request, _adapter.MARK, guarded)
             setattr(http_request, _adapter.MARK_HANDLER, on_handler)
             _adapter.check_atomic_requests(config, "idempotent_view", view_started=True)
             match = getattr(http_request, "resolver_match", None)
             route = getattr(match, "route", None) if match is not None else None
-            described = _adapter.describe(http_request, policy, pairs, route, request)
+            return config, _adapter.describe(http_request, policy, pairs, route, request)
+
+        if is_async:
+
+            @functools.wraps(view)
+            async def async_wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+                # in a thread: principal_from may read request.user, a lazy ORM query
+                entered = await sync_to_async(enter)(request)
+                if entered is None:
+                    return await view(request, *args, **kwargs)
+                config, described = entered
+
+                async def call() -> Any:
+                    return _adapter.rendered(await view(request, *args, **kwargs), request)
+
+                return await _adapter.run_async(config, described, call)
+
+            async_wrapper.__idempotent_view__ = resolved  # type: ignore[attr-defined]
+            return cast("F", async_wrapper)
+
+        @functools.wraps(view)
+        def wrapper(request: Any, *args: Any, **kwargs: Any) -> Any:
+            entered = enter(request)
+            if entered is None:
+                return view(request, *args, **kwargs)
+            config, described = entered
 
             def call() -> Any:
                 return _adapter.rendered(view(request, *args, **kwargs), request)
 
-            return _adapter.run(config, described, call, f"idempotent_view on {view.__qualname__}")
+            return _adapter.run(config, described, call, guarded)
 
         wrapper.__idempotent_view__ = resolved  # type: ignore[attr-defined]
         return cast("F", wrapper)
 
     return decorate
+
+
+def _async_dispatch(view: Callable[..., Any]) -> bool:
+    """Whether ``view`` is the ``dispatch`` of an async class-based view, as ``method_decorator``
+    hands it over (a partial of the bound method): a sync method returning the async handler's
+    coroutine."""
+    if getattr(view, "__name__", None) != "dispatch":
+        return False
+    instance = getattr(getattr(view, "func", None), "__self__", None)
+    return bool(getattr(type(instance), "view_is_async", False))
