@@ -7,9 +7,14 @@ Anything else a suite needs (URLconf, middleware) it sets with ``override_settin
 
 from __future__ import annotations
 
+import contextlib
 import uuid
+from collections.abc import Iterator
+from typing import Any
 
 import sqlalchemy as sa
+
+from idempotent.schema import make_table
 
 #: The apps every suite gets; the keys' app itself is among them, so its start-up runs here.
 INSTALLED_APPS = [
@@ -57,3 +62,31 @@ def django_alias(url: str) -> str:
         }
     connections.settings[alias] = connections.configure_settings({"default": {}, alias: database})[alias]
     return alias
+
+
+@contextlib.contextmanager
+def order_tables(url: str, app_label: str, module: str) -> Iterator[tuple[str, Any, sa.Table, sa.Engine]]:
+    """The database at ``url`` as a Django alias, with a fresh orders model (``ref``, ``amount``)
+    of ``app_label`` defined in ``module`` and a fresh keys table, both dropped afterwards.
+    Yields the alias, the model, the keys table and a SQLAlchemy engine on the database."""
+    from django.db import connections, models
+
+    alias = django_alias(url)
+    suffix = uuid.uuid4().hex[:10]
+    meta = type("Meta", (), {"app_label": app_label, "db_table": f"dj_orders_{suffix}"})
+    fields = {"ref": models.CharField(max_length=100), "amount": models.IntegerField()}
+    order = type(f"Order{suffix}", (models.Model,), {"__module__": module, "Meta": meta, **fields})
+    engine = sa.create_engine(url)
+    metadata = sa.MetaData()
+    keys = make_table(metadata, f"idem_keys_{suffix}")
+    metadata.create_all(engine)
+    with connections[alias].schema_editor() as editor:
+        editor.create_model(order)
+    try:
+        yield alias, order, keys, engine
+    finally:
+        with connections[alias].schema_editor() as editor:
+            editor.delete_model(order)
+        connections[alias].close()
+        metadata.drop_all(engine)
+        engine.dispose()

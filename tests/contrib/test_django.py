@@ -31,7 +31,7 @@ import tests.contrib.django_settings  # noqa: F401  (configures Django before DR
 from django.core import checks
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.core.management import call_command
-from django.db import connections, models
+from django.db import connections
 from django.test import Client, override_settings
 from django.test.client import encode_multipart
 from rest_framework.test import APIClient
@@ -39,9 +39,8 @@ from rest_framework.test import APIClient
 from idempotent import SQLStore, migrate
 from idempotent.contrib.django import idempotent_view
 from idempotent.errors import ConfigurationError, TableMissing
-from idempotent.schema import make_table
 from tests.contrib.django_urls import STATE, Boom
-from tests.django_db import django_alias
+from tests.django_db import django_alias, order_tables
 from tests.services import DATABASES, database_urls
 
 KEY = "Idempotency-Key"
@@ -83,45 +82,26 @@ class Site:
 def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
     """Each database as a Django alias, with fresh order and keys tables, and the test URLconf."""
     url, _ = database_urls(request.param, tmp_path)
-    alias = django_alias(url)
-    suffix = uuid.uuid4().hex[:10]
-    meta = type("Meta", (), {"app_label": "idem_view_tests", "db_table": f"dj_view_orders_{suffix}"})
-    order = type(
-        f"ViewOrder{suffix}",
-        (models.Model,),
-        {
-            "__module__": __name__,
-            "Meta": meta,
-            "ref": models.CharField(max_length=100),
-            "amount": models.IntegerField(),
-        },
-    )
-    engine = sa.create_engine(url)
-    metadata = sa.MetaData()
-    keys = make_table(metadata, f"idem_view_keys_{suffix}")
-    metadata.create_all(engine)
-    with connections[alias].schema_editor() as editor:
-        editor.create_model(order)
-    STATE.reset(alias, order)
-    values = {
-        "ROOT_URLCONF": "tests.contrib.django_urls",
-        "MIDDLEWARE": [],
-        "ALLOWED_HOSTS": ["testserver"],
-        "IDEMPOTENT": {"DATABASE": alias, "STORE": SQLStore(engine, keys.name), "PRINCIPAL_FROM": principal},
-    }
-    override = override_settings(**values)
-    override.enable()
-    try:
-        yield Site(request.param, alias, order, keys, engine, values)
-    finally:
-        override.disable()
-        connections[alias].settings_dict["ATOMIC_REQUESTS"] = False
-        connections[alias].settings_dict["OPTIONS"] = {}
-        with connections[alias].schema_editor() as editor:
-            editor.delete_model(order)
-        connections[alias].close()
-        metadata.drop_all(engine)
-        engine.dispose()
+    with order_tables(url, "idem_view_tests", __name__) as (alias, order, keys, engine):
+        STATE.reset(alias, order)
+        values = {
+            "ROOT_URLCONF": "tests.contrib.django_urls",
+            "MIDDLEWARE": [],
+            "ALLOWED_HOSTS": ["testserver"],
+            "IDEMPOTENT": {
+                "DATABASE": alias,
+                "STORE": SQLStore(engine, keys.name),
+                "PRINCIPAL_FROM": principal,
+            },
+        }
+        override = override_settings(**values)
+        override.enable()
+        try:
+            yield Site(request.param, alias, order, keys, engine, values)
+        finally:
+            override.disable()
+            connections[alias].settings_dict["ATOMIC_REQUESTS"] = False
+            connections[alias].settings_dict["OPTIONS"] = {}
 
 
 def post(client: Any, path: str, body: dict[str, Any], key: str | None = "k-1", **headers: str) -> Any:

@@ -27,7 +27,6 @@ import tests.contrib.django_settings  # noqa: F401  (configures Django first)
 
 # isort: split
 from asgiref.sync import iscoroutinefunction
-from django.db import connections, models
 from django.http import HttpResponse
 from django.test import AsyncClient, Client, override_settings
 
@@ -35,10 +34,9 @@ from idempotent import SQLStore
 from idempotent.contrib.django import IdempotencyMiddleware, idempotent_view
 from idempotent.errors import ConfigurationError
 from idempotent.events import Event, EventInfo
-from idempotent.schema import make_table
 from tests.contrib.django_async_urls import ASTATE
 from tests.contrib.django_urls import STATE, Boom
-from tests.django_db import django_alias
+from tests.django_db import order_tables
 from tests.services import DATABASES, REDIS_URL, database_urls, require
 
 KEY = "Idempotency-Key"
@@ -103,40 +101,17 @@ def principal(request: Any) -> str | None:
 def site(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Site]:
     """Each database as a Django alias, with fresh order and keys tables, and the async URLconf."""
     url, async_url = database_urls(request.param, tmp_path)
-    alias = django_alias(url)
-    suffix = uuid.uuid4().hex[:10]
-    meta = type("Meta", (), {"app_label": "idem_async_tests", "db_table": f"dj_async_orders_{suffix}"})
-    order = type(
-        f"AsyncOrder{suffix}",
-        (models.Model,),
-        {
-            "__module__": __name__,
-            "Meta": meta,
-            "ref": models.CharField(max_length=100),
-            "amount": models.IntegerField(),
-        },
-    )
-    engine = sa.create_engine(url)
-    metadata = sa.MetaData()
-    keys = make_table(metadata, f"idem_async_keys_{suffix}")
-    metadata.create_all(engine)
-    with connections[alias].schema_editor() as editor:
-        editor.create_model(order)
-    ASTATE.reset(alias, order)
-    STATE.reset(alias, order)
-    override = override_settings(
-        ROOT_URLCONF="tests.contrib.django_async_urls", MIDDLEWARE=[], ALLOWED_HOSTS=["testserver"]
-    )
-    override.enable()
-    try:
-        yield Site(request.param, alias, order, keys, engine, async_url)
-    finally:
-        override.disable()
-        with connections[alias].schema_editor() as editor:
-            editor.delete_model(order)
-        connections[alias].close()
-        metadata.drop_all(engine)
-        engine.dispose()
+    with order_tables(url, "idem_async_tests", __name__) as (alias, order, keys, engine):
+        ASTATE.reset(alias, order)
+        STATE.reset(alias, order)
+        override = override_settings(
+            ROOT_URLCONF="tests.contrib.django_async_urls", MIDDLEWARE=[], ALLOWED_HOSTS=["testserver"]
+        )
+        override.enable()
+        try:
+            yield Site(request.param, alias, order, keys, engine, async_url)
+        finally:
+            override.disable()
 
 
 async def post(

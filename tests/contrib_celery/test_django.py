@@ -8,19 +8,17 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from celery import Celery
 
 from idempotent import SQLStore
 from idempotent.contrib.celery import idempotent_task
-from idempotent.schema import make_table
 from tests.services import DATABASES, database_urls
 
 pytest.importorskip("django")
 
 from django.db import connections, models, transaction
 
-from tests.django_db import django_alias
+from tests.django_db import order_tables
 
 
 class DjangoDb:
@@ -44,33 +42,8 @@ class DjangoDb:
 def djdb(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[DjangoDb]:
     """Each database as a Django alias (PostgreSQL through psycopg, MariaDB through PyMySQL)."""
     url, _ = database_urls(request.param, tmp_path)
-    suffix = uuid.uuid4().hex[:10]
-    alias = django_alias(url)
-    meta = type("Meta", (), {"app_label": "idem_celery_tests", "db_table": f"dj_orders_{suffix}"})
-    order = type(
-        f"Order{suffix}",
-        (models.Model,),
-        {
-            "__module__": __name__,
-            "Meta": meta,
-            "ref": models.CharField(max_length=100),
-            "amount": models.IntegerField(),
-        },
-    )
-    engine = sa.create_engine(url)
-    metadata = sa.MetaData()
-    keys = make_table(metadata, f"idem_keys_{suffix}")
-    metadata.create_all(engine)
-    with connections[alias].schema_editor() as editor:
-        editor.create_model(order)
-    try:
+    with order_tables(url, "idem_celery_tests", __name__) as (alias, order, keys, _):
         yield DjangoDb(alias, order, SQLStore(None, keys.name))
-    finally:
-        with connections[alias].schema_editor() as editor:
-            editor.delete_model(order)
-        connections[alias].close()
-        metadata.drop_all(engine)
-        engine.dispose()
 
 
 def _task(djdb: DjangoDb, fail_first: bool = False) -> Any:
