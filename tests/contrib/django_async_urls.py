@@ -17,13 +17,13 @@ from typing import Any
 import tests.contrib.django_settings  # noqa: F401  (configures Django first)
 
 # isort: split
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import HttpRequest, HttpResponse
 from django.urls import path
 from django.utils.decorators import method_decorator
 from django.views import View
 
 from idempotent.contrib.django import idempotent_view
-from tests.contrib.django_urls import Boom, plain
+from tests.contrib.django_urls import Boom, answer, plain
 
 
 @dataclass
@@ -58,13 +58,7 @@ async def place(request: HttpRequest, where: str) -> HttpResponse:
     if data.get("fail") or ASTATE.fail_next:
         ASTATE.fail_next = False
         raise Boom("the payment provider timed out")
-    response = JsonResponse(
-        {"id": order.pk, "ref": order.ref, "where": where},
-        status=int(data.get("status", 201)),
-        headers={"Location": f"/orders/{order.pk}/", "X-Run": str(len(ASTATE.runs))},
-    )
-    response.set_cookie("session_hint", "abc")
-    return response
+    return answer(order, data, where, len(ASTATE.runs))
 
 
 @idempotent_view()

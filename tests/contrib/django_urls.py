@@ -74,11 +74,13 @@ def place(request: Any, where: str) -> tuple[Any, dict[str, Any]]:
     return order, data
 
 
-def _answer(order: Any, data: dict[str, Any], where: str) -> JsonResponse:
+def answer(order: Any, data: dict[str, Any], where: str, runs: int | None = None) -> JsonResponse:
+    """The order views' response: the order, ``status`` from the body (201), a Location, the run
+    count (``runs``, default the sync views' own) and a cookie that must never be stored."""
     response = JsonResponse(
         {"id": order.pk, "ref": order.ref, "where": where},
         status=int(data.get("status", 201)),
-        headers={"Location": f"/orders/{order.pk}/", "X-Run": str(len(STATE.runs))},
+        headers={"Location": f"/orders/{order.pk}/", "X-Run": str(len(STATE.runs) if runs is None else runs)},
     )
     response.set_cookie("session_hint", "abc")
     return response
@@ -87,13 +89,13 @@ def _answer(order: Any, data: dict[str, Any], where: str) -> JsonResponse:
 @idempotent_view()
 def orders(request: HttpRequest, shop: str) -> HttpResponse:
     order, data = place(request, "function")
-    return _answer(order, data, "function")
+    return answer(order, data, "function")
 
 
 @idempotent_view(required=True)
 def orders_required(request: HttpRequest) -> HttpResponse:
     order, data = place(request, "required")
-    return _answer(order, data, "required")
+    return answer(order, data, "required")
 
 
 @idempotent_view(mode="lease")
@@ -114,11 +116,11 @@ class OrderView(View):
 
     def post(self, request: HttpRequest) -> HttpResponse:
         order, data = place(request, "class")
-        return _answer(order, data, "class")
+        return answer(order, data, "class")
 
     def put(self, request: HttpRequest) -> HttpResponse:
         order, data = place(request, "class-put")
-        return _answer(order, data, "class-put")
+        return answer(order, data, "class-put")
 
 
 class OrderMethodView(View):
@@ -127,7 +129,7 @@ class OrderMethodView(View):
     @method_decorator(idempotent_view())
     def post(self, request: HttpRequest) -> HttpResponse:
         order, data = place(request, "method")
-        return _answer(order, data, "method")
+        return answer(order, data, "method")
 
 
 class MisdecoratedView(View):
@@ -280,7 +282,7 @@ def drf_function(request: Any) -> Response:
 def plain(request: HttpRequest, pk: int) -> HttpResponse:
     """An undecorated view (the middleware tests)."""
     order, data = place(request, "plain")
-    return _answer(order, data, "plain")
+    return answer(order, data, "plain")
 
 
 def receipts(request: HttpRequest) -> HttpResponse:
