@@ -19,10 +19,15 @@ one UPDATE of a 16-row accounts table, COMMIT) on its own psycopg connection, pl
 * ``library claim``: the library's own claim statement (all of the above, and the key's row read
   back in the same statement when it exists) and its own result UPDATE, the SQL taken from
   ``SQLStore``: what a decorator-owned first call sends, without the decorator's Python;
+* ``library, row always joined``: the library's claim as it was before the key's row was read
+  only when the key exists (the join not gated on the insert having found a row);
 * ``library, 2 round trips``: the same two statements, prepared once per connection with SQL
   ``PREPARE``, the claim sent with BEGIN and the result write with COMMIT, each pair as one
   simple-query string on an autocommit connection (literals bound on the client): two round
-  trips fewer than ``library claim``.
+  trips fewer than ``library claim``;
+* ``library via libpq``: the same two statements as the decorator sends them on a sync psycopg
+  connection (``idempotent/_libpq.py``): prepared once, the claim pipelined with BEGIN and the
+  guarded result write with COMMIT, straight on the connection's libpq object.
 
 Variants run round-robin in a new random order each round; ratios are of medians of the same run.
 
@@ -49,7 +54,7 @@ import psycopg
 import sqlalchemy as sa
 from psycopg import sql
 
-from idempotent import SQLStore
+from idempotent import SQLStore, _libpq
 from idempotent.schema import make_table
 
 URL = os.environ.get("IDEMPOTENT_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test")
@@ -110,6 +115,10 @@ def statements(table: str) -> dict[str, list[str]]:
     }
 
 
+class _Transaction:
+    """Stands for the SQLAlchemy transaction the decorator would pass (only its identity counts)."""
+
+
 def _number(order: list[str], name: str) -> str:
     """``$n`` for the named parameter ``name`` (numbered in order of first use)."""
     if name not in order:
@@ -135,6 +144,9 @@ def main() -> int:
     bound = SQLStore(engine, keys.name).for_dialect(engine.dialect)
     variants = statements(keys.name)
     variants["library claim"] = [bound._claim_pg.sql, bound._complete.sql]
+    gate = " AND NOT EXISTS (SELECT FROM ins)"
+    assert gate in bound._claim_pg.sql
+    variants["library, row always joined"] = [bound._claim_pg.sql.replace(gate, ""), bound._complete.sql]
     dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     ids = itertools.count()
     connections: list[psycopg.Connection[Any]] = []
@@ -208,8 +220,26 @@ def main() -> int:
 
         return call
 
-    calls = {name: make(extra, name == "library claim") for name, extra in variants.items()}
+    def make_libpq(claim: str, complete: str) -> Callable[[], None]:
+        """The library's two statements through ``idempotent._libpq``, as the decorator sends them."""
+        conn = psycopg.connect(dsn)
+        connections.append(conn)
+        transaction = _Transaction()
+
+        def call() -> None:
+            n = next(ids)
+            values = values_for(n, True)
+            rows = _libpq.begin_and_run(conn, transaction, b"BEGIN", claim, values, fetch=True)
+            assert rows[0][0] == 1, "the claim found the key"
+            with conn.cursor() as cur:
+                business(cur, n)
+            _libpq.run_and_commit(conn, transaction, complete, values)
+
+        return call
+
+    calls = {name: make(extra, name.startswith("library")) for name, extra in variants.items()}
     calls["library, 2 round trips"] = make_merged(bound._claim_pg.sql, bound._complete.sql)
+    calls["library via libpq"] = make_libpq(bound._claim_pg.sql, bound._complete_guarded.sql)
     samples: dict[str, list[float]] = {name: [] for name in calls}
     try:
         for call in calls.values():  # warm up: connections, prepared statements
@@ -234,13 +264,13 @@ def main() -> int:
         engine.dispose()
     medians = {name: statistics.median(values) for name, values in samples.items()}
     print(f"PostgreSQL, psycopg {psycopg.__version__}, {args.rounds} rounds of {args.calls} calls a variant")
-    print(f"\n{'variant':<24} {'p50 µs':>8} {'p90 µs':>8} {'x bare':>7}")
+    print(f"\n{'variant':<28} {'p50 µs':>8} {'p90 µs':>8} {'x bare':>7}")
     rows = []
     for name, values in samples.items():
         p90 = statistics.quantiles(values, n=10)[-1]
         ratio = medians[name] / medians["bare"]
         rows.append({"variant": name, "p50_us": medians[name], "p90_us": p90, "ratio_to_bare": ratio})
-        print(f"{name:<24} {medians[name]:8.0f} {p90:8.0f} {ratio:7.2f}")
+        print(f"{name:<28} {medians[name]:8.0f} {p90:8.0f} {ratio:7.2f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
     report = {"python": platform.python_version(), "psycopg": psycopg.__version__, "rows": rows}
     args.output.write_text(json.dumps(report, indent=2))

@@ -179,7 +179,7 @@ def build(url: str, suffix: str) -> tuple[dict[str, Callable[[], None]], Callabl
                     with engine.connect() as conn:
                         fn(conn, next(ids))
                 finally:
-                    drivers._LEAN, drivers._PIPELINE = True, None
+                    drivers._LEAN, drivers._PIPELINE = True, True
 
             run[f"{body} {mode}"] = call
 
@@ -333,7 +333,7 @@ def build_async(url: str, suffix: str) -> tuple[dict[str, Callable[[], None]], C
                     async with each.connect() as conn:
                         await fn(conn, next(ids))
                 finally:
-                    drivers._LEAN, drivers._PIPELINE = True, None
+                    drivers._LEAN, drivers._PIPELINE = True, True
 
             run[f"{body} {mode}"] = lambda acall=acall: loop.run_until_complete(acall())
 

@@ -11,7 +11,6 @@ import asyncio
 import collections
 import functools
 import heapq
-import ipaddress
 import itertools
 import logging
 import math
@@ -26,7 +25,7 @@ import anyio
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from idempotent import core
+from idempotent import _libpq, core
 from idempotent._ticker import Ticker
 from idempotent.errors import ConfigurationError
 
@@ -210,7 +209,8 @@ def _lease_engine(plan: core.Plan[Any]) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reads outside any transaction (core.Peek), on drivers that toggle autocommit client-side.
+# Reads outside any transaction (core.Peek), on psycopg: through libpq on the idle connection, or
+# (when something watches the statements) with autocommit switched on client-side.
 # ---------------------------------------------------------------------------------------------
 def _peek_sync(handle: SyncHandle, op: core.Peek) -> Any:
     obj = handle.obj
@@ -218,6 +218,16 @@ def _peek_sync(handle: SyncHandle, op: core.Peek) -> Any:
         obj.begin()  # explicitly: a Session(autobegin=False) begins nothing by itself; ended below
     conn = handle.connection()
     driver = conn.connection.driver_connection
+    if driver.info.transaction_status == _idle() and not _observed(conn) and _pq_allowed(conn, driver):  # type: ignore[union-attr]
+        # Through libpq on the idle connection: the read is its own transaction, with no
+        # autocommit switch around it.
+        try:
+            return _libpq.read(driver, op.sql, op.params)
+        except BaseException as exc:
+            _lean_failed_sync(conn, op, exc, driver, pipelined=True)
+            raise
+        finally:
+            handle.obj.rollback()  # ends what a Session began above; the driver is idle: nothing is sent
     try:
         driver.autocommit = True  # type: ignore[union-attr]
     except Exception:  # the driver refuses here (say, mid-transaction): claim as usual instead
@@ -293,6 +303,19 @@ async def _peek_async(handle: AsyncHandle, op: core.Peek) -> Any:
     conn = await obj.connection() if handle.is_session else obj
     raw = await conn.get_raw_connection()
     driver, adapted = raw.driver_connection, raw.dbapi_connection
+    sync = conn.sync_connection
+    if driver.info.transaction_status == _idle() and not _observed(sync) and _pq_allowed(sync, driver):
+        try:  # see _peek_sync
+            rows = await _libpq.aread(driver, op.sql, op.params)
+        except BaseException as exc:
+            try:  # a driver error is raised as SQLAlchemy's; the connection is dropped if need be
+                await _lean_failed_async(conn, op, exc, driver, pipelined=True)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await obj.rollback()
+            raise
+        await obj.rollback()
+        return rows
     try:
         await driver.set_autocommit(True)
     except Exception:  # the driver refuses here (say, mid-transaction): claim as usual instead
@@ -332,74 +355,44 @@ async def _end_peek_async(obj: Any, conn: Any, driver: Any) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# psycopg: the library's own statements on the driver's cursor, BEGIN and COMMIT pipelined.
+# The library's own statements on the driver's connection; on psycopg, BEGIN and COMMIT pipelined.
 # ---------------------------------------------------------------------------------------------
-#: ``_LEAN``: the library's statements on the psycopg cursor instead of ``exec_driver_sql``.
-#: ``_PIPELINE``: BEGIN sent with the claim, and the result write with COMMIT (needs ``_LEAN``):
-#: None (in use) pipelines only over a network, True and False always and never (for tests and
-#: benchmarks/bench_pipeline.py, which measures what each buys).
+#: ``_LEAN``: the library's statements on the DBAPI connection instead of ``exec_driver_sql``.
+#: ``_PIPELINE``: on psycopg, BEGIN sent with the claim and the result write with COMMIT, through
+#: libpq (``idempotent/_libpq.py``; needs ``_LEAN``); False sends each on psycopg's cursor (for
+#: tests and benchmarks/bench_pipeline.py, which measures what each buys).
 _LEAN = True
-_PIPELINE: bool | None = None
+_PIPELINE = True
 
 
-@functools.lru_cache(maxsize=64)
-def _networked(host: str | None, hostaddr: str | None) -> bool:
-    """True unless the server is reached over loopback or a Unix socket.
-
-    A batch in psycopg's pipeline mode costs more than a loopback round trip: it flushes each
-    command on its own and syncs in Python (one ``SELECT 1`` took 118 µs in a pipeline against
-    45 µs without, on the machine of benchmarks/README.md), so on loopback the two round trips
-    it saves a first call do not pay for it. Over a network they do (see "What each way bought").
-    """
-    if not host or host.startswith("/"):
-        return False
-    try:
-        return not ipaddress.ip_address(hostaddr or host).is_loopback
-    except ValueError:
-        return host != "localhost"
-
-
-@functools.cache
-def _pipeline_supported() -> bool:
-    try:
-        import psycopg  # noqa: PLC0415  (only psycopg connections get here)
-    except ImportError:  # pragma: no cover - a psycopg dialect without psycopg
-        return False
-    return bool(psycopg.Pipeline.is_supported())
+#: Sync drivers whose cursor runs the library's statements when nothing watches them (psycopg's
+#: async connection too): SQLAlchemy's ``exec_driver_sql`` costs more Python than the statement
+#: itself on SQLite, and a sizeable share of a loopback round trip on MariaDB.
+_LEAN_SYNC_DRIVERS = frozenset({"psycopg", "pysqlite", "pymysql"})
 
 
 def _lean_connection(conn: Any, is_async: bool) -> Any:
-    """The psycopg connection under the SQLAlchemy ``conn`` (sync), when the library may run its
-    own statements on it directly: psycopg, and nothing watching ``conn``'s statements (event
-    listeners, ``echo``: they keep seeing every statement through SQLAlchemy). Else None."""
+    """The DBAPI connection under the SQLAlchemy ``conn``, when the library may run its own
+    statements on it directly: psycopg (sync or async), or sqlite3 or PyMySQL (sync), and nothing
+    watching ``conn``'s statements (event listeners, ``echo``: they keep seeing every statement
+    through SQLAlchemy). Else None."""
     if not _LEAN or not isinstance(conn, sa.Connection):
         return None
     dialect = conn.dialect
-    if dialect.driver != "psycopg" or bool(getattr(dialect, "is_async", False)) is not is_async:
+    if bool(getattr(dialect, "is_async", False)) is not is_async:
+        return None
+    if dialect.driver != "psycopg" and (is_async or dialect.driver not in _LEAN_SYNC_DRIVERS):
         return None
     if conn.invalidated or conn.closed or _observed(conn):
         return None
     return conn.connection.driver_connection
 
 
-def _can_pipeline(driver: Any) -> bool:
-    """True when pipeline mode may be entered here: supported by libpq, not already entered by the
-    caller, and the psycopg attributes this relies on are there."""
-    if _PIPELINE is False or not _pipeline_supported():
-        return False
-    if getattr(driver, "_pipeline", True) is not None or not hasattr(driver, "_autocommit"):
-        return False
-    if _PIPELINE is None:
-        info = driver.info
-        return _networked(info.host, info.hostaddr)
-    return True
-
-
-def _begin_due(driver: Any) -> bytes | None:
+def _begin_due(driver: Any, pipeline: bool) -> bytes | None:
     """The BEGIN psycopg is about to send as its own round trip before the next statement (its
     transaction is idle and it is not in autocommit), so that it may go with that statement
-    instead; None when psycopg would send none."""
-    if driver.autocommit or driver.info.transaction_status != _idle() or not _can_pipeline(driver):
+    instead; None when psycopg would send none, or when ``pipeline`` says it may not."""
+    if not pipeline or driver.autocommit or driver.info.transaction_status != _idle():
         return None
     import psycopg  # noqa: PLC0415
 
@@ -428,13 +421,15 @@ def _intrans() -> Any:
     return TransactionStatus.INTRANS
 
 
-def _commit_pipelined(handle: SyncHandle | AsyncHandle, conn: sa.Connection, driver: Any) -> bool:
+def _commit_pipelined(
+    handle: SyncHandle | AsyncHandle, conn: sa.Connection, driver: Any, pipeline: bool
+) -> bool:
     """True when the result write and COMMIT may go to the server together, bypassing what
-    ``Commit`` would call first: the handle's transaction is the root one, psycopg's is open and
-    sound, and a Session has nothing left to flush and no ``before_commit`` listener (its
-    ``commit()`` then only ends the transaction, which it still does afterwards, after_commit
-    listeners and expiry included)."""
-    if driver.info.transaction_status != _intrans() or not _can_pipeline(driver):
+    ``Commit`` would call first: ``pipeline`` allows it, the handle's transaction is the root one,
+    psycopg's is open and sound, and a Session has nothing left to flush and no ``before_commit``
+    listener (its ``commit()`` then only ends the transaction, which it still does afterwards,
+    after_commit listeners and expiry included)."""
+    if not pipeline or driver.info.transaction_status != _intrans():
         return False
     if conn.in_nested_transaction():
         return False
@@ -480,27 +475,28 @@ def _lean_failed_sync(
     _raise_wrapped(conn.dialect, op, exc, driver)
 
 
+def _pq_allowed(conn: sa.Connection, driver: Any) -> bool:
+    """True when the library may send its statements on ``conn`` (sync, or the sync face of an
+    async connection) through libpq (see ``_libpq``)."""
+    return conn.dialect.driver == "psycopg" and _PIPELINE is not False and _libpq.usable(driver)
+
+
 def _exec_lean_sync(conn: sa.Connection, driver: Any, op: core.Exec) -> Any:
-    """``Exec`` on the psycopg cursor; a BEGIN psycopg would send first goes in the same round trip."""
+    """``Exec`` on the DBAPI connection. On psycopg, a BEGIN psycopg would send first goes in the
+    same round trip (through libpq); else the statement goes on the driver's cursor."""
     if not conn.in_transaction():
         conn.begin()  # what exec_driver_sql's autobegin does (it sends nothing): SQLAlchemy's commit ends it
-    begin = _begin_due(driver)
+    begin = _begin_due(driver, _pq_allowed(conn, driver))
     try:
-        with driver.cursor() as cur:
-            if begin is None:
-                cur.execute(op.sql, op.params)
-            else:
-                # psycopg sends its own BEGIN, and waits for it, before a statement of an idle
-                # transaction, even in pipeline mode: with autocommit on for this step it sends
-                # none, and the same BEGIN goes in the pipeline with the statement.
-                driver.autocommit = True
-                try:
-                    with driver.pipeline(), driver.cursor() as first:
-                        first.execute(begin, prepare=False)
-                        cur.execute(op.sql, op.params)
-                finally:
-                    driver._autocommit = False  # the setter refuses it mid-transaction
+        if begin is not None:
+            transaction = conn.get_transaction()
+            return _libpq.begin_and_run(driver, transaction, begin, op.sql, op.params, fetch=op.fetch)
+        cur = driver.cursor()
+        try:
+            cur.execute(op.sql, op.params)
             return cur.fetchall() if op.fetch else cur.rowcount
+        finally:
+            cur.close()
     except BaseException as exc:
         _lean_failed_sync(conn, op, exc, driver, pipelined=begin is not None)
         raise
@@ -509,7 +505,7 @@ def _exec_lean_sync(conn: sa.Connection, driver: Any, op: core.Exec) -> Any:
 def _exec_commit_sync(handle: SyncHandle, op: core.ExecCommit) -> int:
     conn = handle.connection()
     driver = _lean_connection(conn, False)
-    if driver is None or not _commit_pipelined(handle, conn, driver):
+    if driver is None or not _commit_pipelined(handle, conn, driver, _pq_allowed(conn, driver)):
         if driver is None:
             rowcount = conn.exec_driver_sql(op.sql, op.params).rowcount
         else:
@@ -518,9 +514,7 @@ def _exec_commit_sync(handle: SyncHandle, op: core.ExecCommit) -> int:
             handle.obj.commit()
         return int(rowcount)
     try:
-        with driver.cursor() as cur, driver.cursor() as end, driver.pipeline():
-            cur.execute(op.guarded, op.params)
-            end.execute(b"COMMIT", prepare=False)
+        _libpq.run_and_commit(driver, conn.get_transaction(), op.guarded, op.params)
     except BaseException as exc:
         _lean_failed_sync(conn, core.Exec(op.guarded, op.params), exc, driver, pipelined=True)
         raise
@@ -1241,19 +1235,14 @@ async def _exec_lean_async(conn: Any, driver: Any, op: core.Exec) -> Any:
     """:func:`_exec_lean_sync` on psycopg's ``AsyncConnection``."""
     if not conn.in_transaction():
         conn.sync_connection.begin()  # exec_driver_sql's autobegin (no I/O)
-    begin = _begin_due(driver)
+    sync = conn.sync_connection
+    begin = _begin_due(driver, _pq_allowed(sync, driver))
     try:
+        if begin is not None:
+            transaction = sync.get_transaction()
+            return await _libpq.abegin_and_run(driver, transaction, begin, op.sql, op.params, fetch=op.fetch)
         async with driver.cursor() as cur:
-            if begin is None:
-                await cur.execute(op.sql, op.params)
-            else:
-                await driver.set_autocommit(True)  # see _exec_lean_sync
-                try:
-                    async with driver.pipeline(), driver.cursor() as first:
-                        await first.execute(begin, prepare=False)
-                        await cur.execute(op.sql, op.params)
-                finally:
-                    driver._autocommit = False  # the setter refuses it mid-transaction
+            await cur.execute(op.sql, op.params)
             return (await cur.fetchall()) if op.fetch else cur.rowcount
     except BaseException as exc:
         await _lean_failed_async(conn, op, exc, driver, pipelined=begin is not None)
@@ -1262,8 +1251,9 @@ async def _exec_lean_async(conn: Any, driver: Any, op: core.Exec) -> Any:
 
 async def _exec_commit_async(handle: AsyncHandle, obj: Any, op: core.ExecCommit) -> int:
     conn = await obj.connection() if handle.is_session else obj
-    driver = _lean_connection(conn.sync_connection, True)
-    if driver is None or not _commit_pipelined(handle, conn.sync_connection, driver):
+    sync = conn.sync_connection
+    driver = _lean_connection(sync, True)
+    if driver is None or not _commit_pipelined(handle, sync, driver, _pq_allowed(sync, driver)):
         if driver is None:
             rowcount = (await conn.exec_driver_sql(op.sql, op.params)).rowcount
         else:
@@ -1272,9 +1262,7 @@ async def _exec_commit_async(handle: AsyncHandle, obj: Any, op: core.ExecCommit)
             await obj.commit()
         return int(rowcount)
     try:
-        async with driver.cursor() as cur, driver.cursor() as end, driver.pipeline():
-            await cur.execute(op.guarded, op.params)
-            await end.execute(b"COMMIT", prepare=False)
+        await _libpq.arun_and_commit(driver, sync.get_transaction(), op.guarded, op.params)
     except BaseException as exc:
         await _lean_failed_async(conn, core.Exec(op.guarded, op.params), exc, driver, pipelined=True)
         raise

@@ -51,6 +51,38 @@ def test_replay_on_a_connection_ends_with_commit(sync_db: Db) -> None:
     assert (shop.executions, sync_db.count()) == (1, 1)
 
 
+def test_library_statements_skip_sqlalchemy_unless_watched(sync_db: Db, monkeypatch: Any) -> None:
+    """On every sync driver the claim and the result write go to the DBAPI cursor, not through
+    ``exec_driver_sql``; once a listener watches the engine, it sees both, as before."""
+    db = sync_db
+    through_sqlalchemy: list[str] = []
+    execute = sa.Connection.exec_driver_sql
+
+    def spy(self: sa.Connection, statement: str, *args: Any, **kwargs: Any) -> Any:
+        through_sqlalchemy.append(statement)
+        return execute(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(sa.Connection, "exec_driver_sql", spy)
+    shop = Shop(db)
+    first = shop.call("lean-1")
+    assert [s for s in through_sqlalchemy if db.keys.name in s] == []
+    listened: list[str] = []
+
+    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        listened.append(statement)
+
+    sa.event.listen(db.engine, "before_cursor_execute", listener)
+    try:
+        second = shop.call("lean-2")
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", listener)
+    assert len([s for s in listened if db.keys.name in s]) == 2  # the claim and the result write
+    assert shop.call("lean-1") == first
+    assert second != first
+    assert (shop.executions, db.count()) == (2, 2)
+    assert [r.status for r in db.key_rows()] == ["completed", "completed"]
+
+
 def test_replay_on_a_session_still_rolls_back(sync_db: Db) -> None:
     """On a Session the replay's transaction is rolled back: the Session's commit events do not fire."""
     shop = Shop(sync_db)
