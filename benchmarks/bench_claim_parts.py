@@ -19,8 +19,6 @@ one UPDATE of a 16-row accounts table, COMMIT) on its own psycopg connection, pl
 * ``library claim``: the library's own claim statement (all of the above, and the key's row read
   back in the same statement when it exists) and its own result UPDATE, the SQL taken from
   ``SQLStore``: what a decorator-owned first call sends, without the decorator's Python;
-* ``library, row always joined``: the library's claim as it was before the key's row was read
-  only when the key exists (the join not gated on the insert having found a row);
 * ``library, 2 round trips``: the same two statements, prepared once per connection with SQL
   ``PREPARE``, the claim sent with BEGIN and the result write with COMMIT, each pair as one
   simple-query string on an autocommit connection (literals bound on the client): two round
@@ -144,9 +142,6 @@ def main() -> int:
     bound = SQLStore(engine, keys.name).for_dialect(engine.dialect)
     variants = statements(keys.name)
     variants["library claim"] = [bound._claim_pg.sql, bound._complete.sql]
-    gate = " AND NOT EXISTS (SELECT FROM ins)"
-    assert gate in bound._claim_pg.sql
-    variants["library, row always joined"] = [bound._claim_pg.sql.replace(gate, ""), bound._complete.sql]
     dsn = engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
     ids = itertools.count()
     connections: list[psycopg.Connection[Any]] = []

@@ -339,8 +339,7 @@ class BoundSQLStore:
 
     def _pg_claim(self, dialect: Dialect) -> Prepared:
         """One round trip on PostgreSQL: set lock_timeout, claim, set the previous value back, and
-        return the row the statement's snapshot shows for the key when the claim found one (NULLs
-        when there is none, or when the claim inserted the key's row).
+        return the row the statement's snapshot shows for the key (NULLs when there is none).
 
         The snapshot is taken when the statement starts, so it does not show a row committed by
         a transaction the claim waited for: :meth:`claim` trusts it only for a final record.
@@ -365,9 +364,7 @@ class BoundSQLStore:
             f"{now} + CAST(:ttl_ms AS BIGINT) FROM cfg "
             f"ON CONFLICT ({scope}, {key}) DO NOTHING RETURNING 1) "
             f"SELECT (SELECT count(*) FROM ins), set_config('lock_timeout', cfg.prev, true), {found}, {now} "
-            f"FROM cfg LEFT JOIN {table} AS k ON k.{scope} = :scope AND k.{key} = :key "
-            # A claimed key's row is not in the statement's snapshot anyway: the join is skipped.
-            "AND NOT EXISTS (SELECT FROM ins)"
+            f"FROM cfg LEFT JOIN {table} AS k ON k.{scope} = :scope AND k.{key} = :key"
         )
         return prepare(text, dialect)
 
