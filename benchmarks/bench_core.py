@@ -298,8 +298,12 @@ def percentile(samples: list[int], q: float) -> float:
     return float(ordered[index])
 
 
-def measure(benches: list[Bench], iterations: int, warmup: int) -> dict[tuple[str, str], list[int]]:
-    """Time every (dialect, variant) ``iterations`` times, round-robin.
+Samples = dict[tuple[str, str], list[int]]
+
+
+def measure(benches: list[Bench], iterations: int, warmup: int) -> tuple[Samples, Samples]:
+    """Time every (dialect, variant) ``iterations`` times, round-robin: wall-clock time, and the
+    CPU time of this thread (the client's own work, whatever the server and the disk take).
 
     Each round runs every (dialect, variant) once, in a new random order: whatever runs right
     after a switch of dialect pays for the switch (cold caches, an idle server process), so a
@@ -309,20 +313,22 @@ def measure(benches: list[Bench], iterations: int, warmup: int) -> dict[tuple[st
     for _ in range(warmup):
         for bench, variant in order:
             bench.run[variant]()
-    samples: dict[tuple[str, str], list[int]] = {(b.dialect, v): [] for b, v in order}
-    clock = time.perf_counter_ns
+    samples: Samples = {(b.dialect, v): [] for b, v in order}
+    cpu: Samples = {(b.dialect, v): [] for b, v in order}
+    clock, thread = time.perf_counter_ns, time.thread_time_ns
     shuffle = random.Random(SEED).shuffle
     for _ in range(iterations):
         shuffle(order)
         for bench, variant in order:
             fn = bench.run[variant]
-            start = clock()
+            start, start_cpu = clock(), thread()
             fn()
             samples[(bench.dialect, variant)].append(clock() - start)
-    return samples
+            cpu[(bench.dialect, variant)].append(thread() - start_cpu)
+    return samples, cpu
 
 
-def summarise(samples: dict[tuple[str, str], list[int]]) -> list[dict[str, Any]]:
+def summarise(samples: Samples, cpu: Samples) -> list[dict[str, Any]]:
     rows = []
     for (dialect, variant), values in samples.items():
         median = statistics.median(values) / 1000.0
@@ -334,6 +340,7 @@ def summarise(samples: dict[tuple[str, str], list[int]]) -> list[dict[str, Any]]
                 "median_us": round(median, 1),
                 "p90_us": round(percentile(values, 0.9) / 1000.0, 1),
                 "ratio_to_bare": round(median / bare, 3),
+                "cpu_us": round(statistics.median(cpu[(dialect, variant)]) / 1000.0, 1),
                 "calls": len(values),
             }
         )
@@ -358,11 +365,11 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[dict[str, Any]], checks: list[dict[str, Any]]) -> None:
-    print(f"{'variant':<12} {'dialect':<11} {'median µs':>10} {'p90 µs':>10} {'x bare':>7}")
+    print(f"{'variant':<12} {'dialect':<11} {'median µs':>10} {'p90 µs':>10} {'x bare':>7} {'cpu µs':>8}")
     for row in rows:
         print(
             f"{row['variant']:<12} {row['dialect']:<11} {row['median_us']:>10.1f} {row['p90_us']:>10.1f} "
-            f"{row['ratio_to_bare']:>7.2f}"
+            f"{row['ratio_to_bare']:>7.2f} {row['cpu_us']:>8.1f}"
         )
     if checks:
         print()
@@ -407,13 +414,13 @@ def main(argv: list[str] | None = None) -> int:
                 except sa.exc.OperationalError as exc:
                     parser.exit(2, f"cannot set up {dialect} at {url}: {exc.orig}\n")
             started = time.monotonic()
-            samples = measure(benches, args.iterations, args.warmup)
+            samples, cpu = measure(benches, args.iterations, args.warmup)
             elapsed = time.monotonic() - started
         finally:
             for bench in benches:
                 if bench.cleanup is not None:
                     bench.cleanup()
-    rows = summarise(samples)
+    rows = summarise(samples, cpu)
     checks = check_targets(rows)
     print_table(rows, checks)
     print(f"\n{args.iterations} calls per variant after {args.warmup} warm-up calls, {elapsed:.1f} s")

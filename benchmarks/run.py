@@ -154,7 +154,7 @@ def scenario_business(
                 benches.append(bench_core.build(database, url, suffix))
             except sa.exc.OperationalError as exc:
                 rows.append(row("business", database, "all", None, note=f"not run: {exc.orig}"))
-        samples = bench_core.measure(benches, iterations, warmup)
+        samples, _ = bench_core.measure(benches, iterations, warmup)
     finally:
         for bench in benches:
             if bench.cleanup is not None:

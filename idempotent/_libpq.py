@@ -1,4 +1,4 @@
-"""The library's own statements sent through libpq, under psycopg's (sync) connection.
+"""The library's own statements sent through libpq, under psycopg's connection (sync or async).
 
 psycopg's cursor costs about as much Python per statement as a loopback round trip, and its
 pipeline mode more (see benchmarks/README.md). The few statements a decorator-owned first call
@@ -8,8 +8,11 @@ object instead:
 * the claim goes in one pipeline with the BEGIN psycopg was about to send on its own, and the
   result write in one with COMMIT, so a first call costs the round trips of the function's own
   statements and no more;
-* a read outside any transaction is one blocking call, with no autocommit switch around it;
-* statements are prepared once per connection under names of the library's own (``_idem_N``).
+* a read outside any transaction is one round trip, with no autocommit switch around it;
+* statements are prepared once per connection under names of the library's own (``_idem_N``);
+* the socket is awaited with ``poll()`` (sync: the GIL is released, and a signal interrupts the
+  wait) or with the running asyncio loop's reader (async). A wait cut short leaves the connection
+  mid-pipeline: the caller then discards it.
 
 psycopg keeps no state of its own that this bypasses: it reads the transaction status from
 libpq before each statement, so it sends no BEGIN after the pipelined one, and ``commit()``
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 import select
 import sys
@@ -94,28 +98,21 @@ _states: weakref.WeakKeyDictionary[Any, _State] = weakref.WeakKeyDictionary()
 
 def usable(driver: Any) -> bool:
     """True when the library may talk to ``driver``'s libpq object directly: libpq can pipeline,
-    nobody else has a pipeline open on it, and no green-thread library has replaced blocking
-    I/O (a blocking libpq call would stall every green thread)."""
+    nobody else has a pipeline open on it, and no green-thread library is loaded (its hub must
+    see every wait on a socket, which psycopg arranges for its own waits only)."""
     if "gevent" in sys.modules or "eventlet" in sys.modules:
         return False
-    pgconn = driver.pgconn
-    return bool(_supported() and pgconn.pipeline_status == 0)
+    return _supported() and driver.pgconn.pipeline_status == 0
 
 
+@functools.cache
 def _supported() -> bool:
-    global _SUPPORTED  # noqa: PLW0603  (computed once)
-    if _SUPPORTED is None:
-        try:
-            import psycopg  # noqa: PLC0415
-            from psycopg.errors import error_from_result  # noqa: F401, PLC0415
-        except ImportError:  # pragma: no cover - an older psycopg
-            _SUPPORTED = False
-        else:
-            _SUPPORTED = bool(psycopg.Pipeline.is_supported())
-    return _SUPPORTED
-
-
-_SUPPORTED: bool | None = None
+    try:
+        import psycopg  # noqa: PLC0415
+        from psycopg.errors import error_from_result  # noqa: F401, PLC0415
+    except ImportError:  # pragma: no cover - an older psycopg
+        return False
+    return bool(psycopg.Pipeline.is_supported())
 
 
 def _state(driver: Any) -> _State:
@@ -232,6 +229,16 @@ async def _adrive(steps: Steps, pgconn: Any) -> Any:
         return stop.value
 
 
+@functools.cache
+def _psycopg() -> tuple[Any, Any, Any]:
+    """What the pipelines need from psycopg (imported on first use: psycopg is optional)."""
+    from psycopg import OperationalError  # noqa: PLC0415
+    from psycopg.errors import error_from_result  # noqa: PLC0415
+    from psycopg.pq import ExecStatus  # noqa: PLC0415
+
+    return OperationalError, error_from_result, ExecStatus
+
+
 def _pipeline(pgconn: Any, encoding: str, commands: Sequence[tuple[str, Any]]) -> Steps:
     """Send ``commands`` in one pipeline; one result per command.
 
@@ -240,10 +247,7 @@ def _pipeline(pgconn: Any, encoding: str, commands: Sequence[tuple[str, Any]]) -
     error is raised as psycopg raises it, after every result has been read (the server skips
     what follows an error until the sync).
     """
-    from psycopg import OperationalError  # noqa: PLC0415
-    from psycopg.errors import error_from_result  # noqa: PLC0415
-    from psycopg.pq import ExecStatus  # noqa: PLC0415
-
+    OperationalError, error_from_result, ExecStatus = _psycopg()  # noqa: N806  (classes)
     pgconn.enter_pipeline_mode()
     ok = False
     try:
@@ -264,6 +268,7 @@ def _pipeline(pgconn: Any, encoding: str, commands: Sequence[tuple[str, Any]]) -
         error: Exception | None = None
         fatal = (ExecStatus.FATAL_ERROR, ExecStatus.BAD_RESPONSE)
         while True:
+            yield False  # the server cannot have answered already: wait, then read
             pgconn.consume_input()
             while not pgconn.is_busy():
                 result = pgconn.get_result()
@@ -284,7 +289,6 @@ def _pipeline(pgconn: Any, encoding: str, commands: Sequence[tuple[str, Any]]) -
                 current = result
             if pgconn.status != 0:  # CONNECTION_BAD: the reads above returned what they had
                 raise OperationalError(pgconn.get_error_message(encoding) or "the connection was lost")
-            yield False
     finally:
         if ok:
             pgconn.exit_pipeline_mode()
