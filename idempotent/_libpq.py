@@ -239,13 +239,19 @@ def _psycopg() -> tuple[Any, Any, Any]:
     return OperationalError, error_from_result, ExecStatus
 
 
-def _pipeline(pgconn: Any, encoding: str, commands: Sequence[tuple[str, Any]]) -> Steps:
+def _pipeline(
+    pgconn: Any,
+    encoding: str,
+    commands: Sequence[tuple[str, Any]],
+    prepared: dict[str, bytes] | None = None,
+) -> Steps:
     """Send ``commands`` in one pipeline; one result per command.
 
     A command is ``("sql", bytes)`` (a statement without parameters), ``("prepare", (name,
-    query))``, ``("prepared", (name, values))`` or ``("unnamed", (query, values))``. The first
-    error is raised as psycopg raises it, after every result has been read (the server skips
-    what follows an error until the sync).
+    query, sql))``, ``("prepared", (name, values))`` or ``("unnamed", (query, values))``. Each
+    statement the server prepared is recorded in ``prepared`` (SQL -> name), even when a later
+    command fails. The first error is raised as psycopg raises it, after every result has been
+    read (the server skips what follows an error until the sync).
     """
     OperationalError, error_from_result, ExecStatus = _psycopg()  # noqa: N806  (classes)
     pgconn.enter_pipeline_mode()
@@ -273,6 +279,10 @@ def _pipeline(pgconn: Any, encoding: str, commands: Sequence[tuple[str, Any]]) -
             while not pgconn.is_busy():
                 result = pgconn.get_result()
                 if result is None:  # the end of one command's results
+                    kind, arg = commands[len(results)]
+                    done = current is not None and current.status == ExecStatus.COMMAND_OK
+                    if kind == "prepare" and done and prepared is not None:
+                        prepared[arg[2]] = arg[0]
                     results.append(current)
                     current = None
                     continue
@@ -301,18 +311,16 @@ def _missing(exc: BaseException) -> bool:
     return getattr(exc, "sqlstate", None) == _MISSING
 
 
-def _statement_commands(
-    state: _State, sql: str, params: Any, named: bool
-) -> tuple[list[tuple[str, Any]], bytes]:
-    """The commands that run ``sql`` once (preparing it first when new), and the name used."""
+def _statement_commands(state: _State, sql: str, params: Any, named: bool) -> list[tuple[str, Any]]:
+    """The commands that run ``sql`` once (preparing it first when new)."""
     statement = _statement(state, sql)
     values = _values(statement, params, state.encoding)
     if not named:
-        return [("unnamed", (statement.query, values))], b""
+        return [("unnamed", (statement.query, values))]
     name, new = state.name_for(sql)
-    commands: list[tuple[str, Any]] = [("prepare", (name, statement.query))] if new else []
+    commands: list[tuple[str, Any]] = [("prepare", (name, statement.query, sql))] if new else []
     commands.append(("prepared", (name, values)))
-    return commands, name
+    return commands
 
 
 def _begin_and_run(
@@ -322,9 +330,11 @@ def _begin_and_run(
     state.verified = None
     pgconn = driver.pgconn
     for attempt in (1, 2):
-        commands, name = _statement_commands(state, sql, params, state.named)
+        commands = _statement_commands(state, sql, params, state.named)
         try:
-            results = yield from _pipeline(pgconn, state.encoding, [("sql", begin), *commands])
+            results = yield from _pipeline(
+                pgconn, state.encoding, [("sql", begin), *commands], state.prepared
+            )
         except Exception as exc:
             if attempt == 1 and state.named and _missing(exc):
                 # The server lost the library's statements (psycopg's DEALLOCATE ALL after a
@@ -334,7 +344,6 @@ def _begin_and_run(
                 continue
             raise
         if state.named:
-            state.prepared[sql] = name
             state.verified = weakref.ref(transaction)
         return _answer(_statement(state, sql), results[-1], state.encoding, fetch)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -345,26 +354,24 @@ def _run_and_commit(driver: Any, transaction: object, sql: str, params: Any) -> 
     verified = state.verified
     named = state.named and verified is not None and verified() is transaction
     state.verified = None
-    commands, name = _statement_commands(state, sql, params, named)
-    results = yield from _pipeline(driver.pgconn, state.encoding, [*commands, ("sql", b"COMMIT")])
-    if named:
-        state.prepared[sql] = name
+    commands = _statement_commands(state, sql, params, named)
+    results = yield from _pipeline(
+        driver.pgconn, state.encoding, [*commands, ("sql", b"COMMIT")], state.prepared
+    )
     return int(results[-2].command_tuples or 0)
 
 
 def _read(driver: Any, sql: str, params: Any) -> Steps:
     state = _state(driver)
     for attempt in (1, 2):
-        commands, name = _statement_commands(state, sql, params, state.named)
+        commands = _statement_commands(state, sql, params, state.named)
         try:
-            results = yield from _pipeline(driver.pgconn, state.encoding, commands)
+            results = yield from _pipeline(driver.pgconn, state.encoding, commands, state.prepared)
         except Exception as exc:
             if attempt == 1 and state.named and _missing(exc):
                 state.forget()
                 continue
             raise
-        if state.named:
-            state.prepared[sql] = name
         return _rows(_statement(state, sql), results[-1], state.encoding)
     raise AssertionError("unreachable")  # pragma: no cover
 

@@ -232,3 +232,36 @@ def test_async_driver_prepares_again_what_the_server_lost(pg: Db) -> None:
     asyncio.run(main())
     assert calls == ["a-1", "a-2"]
     assert _refs(pg) == ["a-1", "a-2"]
+
+
+def test_statement_prepared_in_a_failed_pipeline_is_kept(pg: Db) -> None:
+    """The claim's first use on a connection gives up on a duplicate's uncommitted claim
+    (``InProgress`` after ``wait``): its statement was prepared all the same, and the next calls
+    use it rather than prepare another."""
+    from idempotent import InProgress
+
+    calls: list[str] = []
+
+    @idempotent(key_from="ref", scope="tests.libpq.kept", store=pg.store, wait=0.05)
+    def place(conn: Any, ref: str) -> str:
+        calls.append(ref)
+        conn.execute(pg.orders.insert().values(ref=ref))
+        return ref
+
+    with pg.engine.connect() as holder, pg.engine.connect() as conn:
+        holder.begin()
+        holder.execute(
+            pg.keys.insert().values(
+                scope="tests.libpq.kept", key="k-1", status="in_progress", owner="other",
+                locked_until=0, created_at=0, expires_at=2**62,
+            )
+        )  # fmt: skip
+        with pytest.raises(InProgress):
+            place(conn, "k-1")
+        conn.rollback()
+        assert len(_ours(conn)) == 1  # the claim, prepared in the pipeline that failed
+        holder.rollback()
+        assert place(conn, "k-2") == "k-2"
+        assert place(conn, "k-1") == "k-1"
+        assert len(_ours(conn)) == 2  # the claim (the same one) and the result write
+    assert calls == ["k-2", "k-1"]
