@@ -9,7 +9,8 @@ driver's measuring switches ``_LEAN`` and ``_PIPELINE`` (``idempotent/_drivers.p
 
 * ``exec``: the library's statements through SQLAlchemy's ``exec_driver_sql`` (both off);
 * ``cursor``: on the psycopg cursor, each statement its own round trip (``_LEAN`` only);
-* ``pipeline``: on the cursor, BEGIN sent with the claim and the result write with COMMIT (both on).
+* ``pipeline``: BEGIN sent with the claim and the result write with COMMIT, through libpq
+  (``idempotent/_libpq.py``; both on).
 
 Each on two bodies: ``business`` (one INSERT and one UPDATE, as in ``bench_core.py``; its ``bare``
 is the same transaction without the decorator) and ``trivial`` (returns a dict, no statement).
