@@ -478,7 +478,7 @@ def _lean_failed_sync(
 def _pq_allowed(conn: sa.Connection, driver: Any) -> bool:
     """True when the library may send its statements on ``conn`` (sync, or the sync face of an
     async connection) through libpq (see ``_libpq``)."""
-    return conn.dialect.driver == "psycopg" and _PIPELINE is not False and _libpq.usable(driver)
+    return _PIPELINE and conn.dialect.driver == "psycopg" and _libpq.usable(driver)
 
 
 def _exec_lean_sync(conn: sa.Connection, driver: Any, op: core.Exec) -> Any:
