@@ -217,6 +217,17 @@ def _peek_sync(handle: SyncHandle, op: core.Peek) -> Any:
     if handle.is_session:
         obj.begin()  # explicitly: a Session(autobegin=False) begins nothing by itself; ended below
     conn = handle.connection()
+    if conn.dialect.name != "postgresql":
+        # MySQL/MariaDB: a plain read in a transaction of its own (switching autocommit would
+        # cost a round trip each way), ended with ROLLBACK.
+        try:
+            driver = _lean_connection(conn, False)
+            read = core.Exec(op.sql, op.params, fetch=True)
+            if driver is not None:
+                return _exec_lean_sync(conn, driver, read)
+            return conn.exec_driver_sql(op.sql, op.params).fetchall()
+        finally:
+            obj.rollback()  # the read began a transaction (SQLAlchemy's, and the server's): end both
     driver = conn.connection.driver_connection
     if driver.info.transaction_status == _idle() and not _observed(conn) and _pq_allowed(conn, driver):  # type: ignore[union-attr]
         # Through libpq on the idle connection: the read is its own transaction, with no
@@ -301,6 +312,12 @@ async def _peek_async(handle: AsyncHandle, op: core.Peek) -> Any:
     if handle.is_session:
         await obj.begin()  # explicitly: an AsyncSession(autobegin=False) begins nothing by itself
     conn = await obj.connection() if handle.is_session else obj
+    if conn.dialect.name != "postgresql":  # see _peek_sync
+        try:
+            return (await conn.exec_driver_sql(op.sql, op.params)).fetchall()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await obj.rollback()
     raw = await conn.get_raw_connection()
     driver, adapted = raw.driver_connection, raw.dbapi_connection
     sync = conn.sync_connection

@@ -206,12 +206,15 @@ class BoundSQLStore:
         self.dialect = dialect
         self.name = dialect.name
         self.mysql = dialect.name in ("mysql", "mariadb")
-        # psycopg switches autocommit without a round trip, so a decorator-owned call can look for
-        # a stored result before it begins: a replay is then one statement instead of three.
-        self.peek_first = dialect.name == "postgresql" and dialect.driver in ("psycopg", "psycopg_async")
+        psycopg = dialect.name == "postgresql" and dialect.driver in ("psycopg", "psycopg_async")
+        # A decorator-owned call of a function that replays often looks for a stored result
+        # before it claims. psycopg reads outside any transaction (one round trip instead of
+        # three); MySQL/MariaDB read in a transaction of their own (a plain read, then ROLLBACK),
+        # which spares a replay the claim's duplicate-key error and the locking read after it.
+        self.peek_first = psycopg or self.mysql
         # psycopg can send a decorator-owned unit's result write and its COMMIT in one round trip
         # (pipeline mode): the flow then uses :meth:`complete_commit`.
-        self.pipelined = self.peek_first
+        self.pipelined = psycopg
         t = store.table
         c = t.c
         bp = sa.bindparam

@@ -143,7 +143,8 @@ class Exec(Op):
 
 @dataclass(slots=True)
 class Peek(Op):
-    """Read with one statement outside any transaction on the caller's connection (autocommit).
+    """Read with one statement outside any transaction on the caller's connection (autocommit;
+    on MySQL/MariaDB, in a transaction of its own that the driver then rolls back).
 
     Result: the rows. Used before the decorator begins a transaction it will own, so that a
     replay costs one round trip; the driver answers ``[]`` when the connection cannot do it.

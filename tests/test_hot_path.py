@@ -276,19 +276,68 @@ def test_fingerprint_of_dicts_is_stable() -> None:
     assert digest(arguments, "f") == "v1:3e7f17536b0aca3e0751682dd1ebd9219cccabd7b16dadebb562df10fb415df5"
 
 
-def test_frequent_replays_read_first_and_still_refuse_reuse(pg_db: Db) -> None:
+@pytest.fixture(
+    params=[(n, k) for n in ("postgresql", "mariadb") for k in ("sync", "async")],
+    ids=lambda p: f"{p[0]}-{p[1]}",
+)
+def read_first_db(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Db]:
+    """The databases whose frequent replays read before they claim, sync and async."""
+    yield from _make_db(*request.param, tmp_path)
+
+
+def test_frequent_replays_read_first_and_still_refuse_reuse(read_first_db: Db) -> None:
     """After several replays a call reads before claiming: replays, KeyReused and first calls stay correct."""
-    shop = Shop(pg_db)
+    db = read_first_db
+    shop = Shop(db)
     first = shop.call("hp-8", 10)
     for _ in range(4):
         assert shop.call("hp-8", 10) == first
-    entry = shop.aplace if pg_db.is_async else shop.place
+    entry = shop.aplace if db.is_async else shop.place
     assert entry.__idempotent__.replay_rate >= 0.25  # type: ignore[attr-defined]
     with pytest.raises(KeyReused):
         shop.call("hp-8", 11)
     other = shop.call("hp-9", 10)
     assert other != first
-    assert (shop.executions, pg_db.count(), len(pg_db.key_rows())) == (2, 2, 2)
+    assert (shop.executions, db.count(), len(db.key_rows())) == (2, 2, 2)
+
+
+@pytest.fixture
+def maria_sync(tmp_path: Any) -> Iterator[Db]:
+    """MariaDB through its sync driver."""
+    yield from _make_db("mariadb", "sync", tmp_path)
+
+
+def test_mariadb_frequent_replay_is_one_read_and_a_rollback(maria_sync: Db) -> None:
+    """On MariaDB a replay of a function that replays often is one plain SELECT, in a transaction
+    of its own that ends with ROLLBACK: no claim, no duplicate-key error, no locking read; the
+    connection is left outside any transaction, on the server too."""
+    db = maria_sync
+    shop = Shop(db)
+    first = shop.call("hp-m")
+    while shop.place.__idempotent__.replay_rate < PEEK_AT:  # type: ignore[attr-defined]
+        assert shop.call("hp-m") == first
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    counts = _count_events(db.engine, ("commit", "rollback"))
+    sa.event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        assert shop.call("hp-m") == first
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", record)
+    assert [s.lstrip().split()[0] for s in seen] == ["SELECT"]
+    assert "LOCK IN SHARE MODE" not in seen[0]
+    assert counts == {"commit": 0, "rollback": 1}
+    with db.engine.connect() as conn:  # unwatched: the read goes on the driver's cursor
+        assert shop.place(conn, "hp-m", 10) == first
+        assert not conn.in_transaction()
+        cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        cursor.execute("SELECT @@in_transaction")
+        assert cursor.fetchone() == (0,)
+        cursor.close()
+    assert (shop.executions, db.count()) == (1, 1)
 
 
 def test_replay_read_leaves_the_connection_as_found(pg_sync: Db) -> None:
