@@ -29,7 +29,7 @@ one UPDATE of a 16-row accounts table, COMMIT) on its own psycopg connection, pl
 
 Variants run round-robin in a new random order each round; ratios are of medians of the same run.
 
-    .venv/bin/python benchmarks/bench_claim_parts.py --rounds 30 --calls 30
+    .venv/bin/python benchmarks/bench_claim_parts.py --rounds 30 --calls 30 --pin 0
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ import platform
 import random
 import re
 import statistics
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -54,6 +55,9 @@ from psycopg import sql
 
 from idempotent import SQLStore, _libpq
 from idempotent.schema import make_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pinning import pinned
 
 URL = os.environ.get("IDEMPOTENT_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test")
 OUTPUT = Path(__file__).parent / "results" / "bench_claim_parts.json"
@@ -129,6 +133,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=30, help="interleaved rounds (default 30)")
     parser.add_argument("--calls", type=int, default=30, help="timed calls a variant, a round (default 30)")
     parser.add_argument("--output", type=Path, default=OUTPUT, help=f"JSON report (default {OUTPUT})")
+    parser.add_argument(
+        "--pin",
+        type=int,
+        metavar="CPU",
+        help="run this process and the local servers on this CPU only (see pinning.py)",
+    )
     args = parser.parse_args()
     engine = sa.create_engine(URL)
     suffix = uuid.uuid4().hex[:8]
@@ -237,18 +247,19 @@ def main() -> int:
     calls["library via libpq"] = make_libpq(bound._claim_pg.sql, bound._complete_guarded.sql)
     samples: dict[str, list[float]] = {name: [] for name in calls}
     try:
-        for call in calls.values():  # warm up: connections, prepared statements
-            for _ in range(20):
-                call()
-        rng = random.Random(7)
-        for _ in range(args.rounds):
-            order = list(calls.items())
-            rng.shuffle(order)
-            for name, call in order:
-                for _ in range(args.calls):
-                    start = time.perf_counter_ns()
+        with pinned(args.pin) as placement:
+            for call in calls.values():  # warm up: connections, prepared statements
+                for _ in range(20):
                     call()
-                    samples[name].append((time.perf_counter_ns() - start) / 1000)
+            rng = random.Random(7)
+            for _ in range(args.rounds):
+                order = list(calls.items())
+                rng.shuffle(order)
+                for name, call in order:
+                    for _ in range(args.calls):
+                        start = time.perf_counter_ns()
+                        call()
+                        samples[name].append((time.perf_counter_ns() - start) / 1000)
     finally:
         for conn in connections:
             conn.close()
@@ -259,6 +270,7 @@ def main() -> int:
         engine.dispose()
     medians = {name: statistics.median(values) for name, values in samples.items()}
     print(f"PostgreSQL, psycopg {psycopg.__version__}, {args.rounds} rounds of {args.calls} calls a variant")
+    print(placement)
     print(f"\n{'variant':<28} {'p50 µs':>8} {'p90 µs':>8} {'x bare':>7}")
     rows = []
     for name, values in samples.items():
@@ -267,7 +279,12 @@ def main() -> int:
         rows.append({"variant": name, "p50_us": medians[name], "p90_us": p90, "ratio_to_bare": ratio})
         print(f"{name:<28} {medians[name]:8.0f} {p90:8.0f} {ratio:7.2f}")
     args.output.parent.mkdir(parents=True, exist_ok=True)
-    report = {"python": platform.python_version(), "psycopg": psycopg.__version__, "rows": rows}
+    report = {
+        "python": platform.python_version(),
+        "psycopg": psycopg.__version__,
+        "placement": placement,
+        "rows": rows,
+    }
     args.output.write_text(json.dumps(report, indent=2))
     print(f"\nwrote {args.output}")
     return 0

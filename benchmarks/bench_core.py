@@ -9,6 +9,11 @@ Variants, per dialect, timed round-robin in one run so that machine noise hits t
 * ``core``: the business statements plus hand-written SQLAlchemy Core statements doing what the
   decorator does on that dialect (claim with ``ON CONFLICT DO NOTHING``, then the result UPDATE),
   executed with ``Connection.execute``;
+* ``statements`` (PostgreSQL on psycopg, MariaDB on PyMySQL): the business statements plus the
+  decorator's own two statements sent exactly as it sends them (on psycopg BEGIN with the claim
+  and the guarded result write with COMMIT, through ``idempotent._libpq``; on PyMySQL on the
+  driver's cursor), with none of the decorator's Python around them: what ``first`` would cost
+  if the decorator's own code took no time;
 * ``core_replay``: a reference for ``replay``, the least a hand-written replay does: read the
   stored result by key in a transaction (one SELECT with SQLAlchemy Core) and decode it;
 * ``read``: a bare one-statement autocommit read through SQLAlchemy (one SELECT by primary key
@@ -38,8 +43,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
-from idempotent import SQLStore, idempotent
+from idempotent import SQLStore, _drivers, _libpq, idempotent
 from idempotent.schema import make_table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pinning import pinned
 
 DEFAULT_POSTGRES_URL = os.environ.get(
     "IDEMPOTENT_TEST_POSTGRES_URL", "postgresql+psycopg://127.0.0.1:5432/test"
@@ -48,7 +56,7 @@ DEFAULT_MARIADB_URL = os.environ.get(
     "IDEMPOTENT_TEST_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/test"
 )
 RESULTS = Path(__file__).resolve().parent / "results" / "bench_core.json"
-VARIANTS = ("bare", "first", "replay", "core", "core_replay", "read")
+VARIANTS = ("bare", "first", "replay", "core", "core_replay", "read", "statements")
 ACCOUNTS = 16
 SCOPE = "bench.place_order"
 SEED = 20240601
@@ -212,6 +220,10 @@ def build(dialect: str, url: str, suffix: str) -> Bench:
         "core_replay": core_replay,
         "read": read,
     }
+    if dialect == "postgresql" and engine.dialect.driver == "psycopg":
+        bench.run["statements"] = _statements_only(engines["statements"], store, business, ids)
+    elif dialect == "mariadb" and engine.dialect.driver == "pymysql":
+        bench.run["statements"] = _statements_only_mysql(engines["statements"], store, business, ids)
 
     def cleanup() -> None:
         for each in engines.values():
@@ -221,6 +233,83 @@ def build(dialect: str, url: str, suffix: str) -> Bench:
 
     bench.cleanup = cleanup
     return bench
+
+
+def _statements_only(
+    engine: sa.Engine,
+    store: SQLStore,
+    business: Callable[[sa.Connection, int, int], dict[str, int]],
+    ids: Counter,
+) -> Callable[[], None]:
+    """The ``statements`` variant: the decorator's claim and result write, as it sends them on
+    psycopg, around the business statements, without the decorator."""
+    bound: Any = store.for_dialect(engine.dialect)
+    claim, complete = bound._claim_pg, bound._complete_guarded
+    common = {"scope": SCOPE, "clock_offset": 0}
+
+    def statements() -> None:
+        order_id, amount = ids.next(), 5
+        key, owner = str(order_id), uuid.uuid4().hex
+        fingerprint = "v1:" + hashlib.sha256(json.dumps([order_id, amount]).encode()).hexdigest()
+        with engine.connect() as conn:
+            conn.begin()  # SQLAlchemy's transaction; psycopg's begins with the claim below
+            driver = conn.connection.driver_connection
+            transaction = conn.get_transaction()
+            begin = _drivers._begin_due(driver, True)
+            assert begin is not None, "psycopg's transaction was already open"
+            values = {
+                **common, "key": key, "owner": owner, "fingerprint": fingerprint, "status": "in_progress",
+                "lease_ms": LEASE_MS, "ttl_ms": TTL_MS, "lock_ms": str(WAIT_MS),
+            }  # fmt: skip
+            rows = _libpq.begin_and_run(driver, transaction, begin, claim.sql, claim.bind(values), fetch=True)
+            assert rows[0][0] == 1, "the claim found the key"
+            result = business(conn, order_id, amount)
+            done = {
+                **common, "key": key, "owner": owner, "new_status": "completed", "codec": "json",
+                "result": json.dumps(result), "error_type": None, "keep_ms": WAIT_MS,
+            }  # fmt: skip
+            _libpq.run_and_commit(driver, transaction, complete.sql, complete.bind(done))
+            conn.commit()  # psycopg's transaction is over: this ends SQLAlchemy's and sends nothing
+
+    return statements
+
+
+def _statements_only_mysql(
+    engine: sa.Engine,
+    store: SQLStore,
+    business: Callable[[sa.Connection, int, int], dict[str, int]],
+    ids: Counter,
+) -> Callable[[], None]:
+    """The ``statements`` variant on MariaDB: the decorator's claim and result write on PyMySQL's
+    cursor, as it sends them, around the business statements, without the decorator."""
+    bound: Any = store.for_dialect(engine.dialect)
+    claim = bound._mysql_wait(WAIT_MS) + bound._claim_plain.sql
+    order, complete = bound._claim_plain, bound._complete
+    common = {"scope": SCOPE, "clock_offset": 0}
+
+    def statements() -> None:
+        order_id, amount = ids.next(), 5
+        key, owner = str(order_id), uuid.uuid4().hex
+        fingerprint = "v1:" + hashlib.sha256(json.dumps([order_id, amount]).encode()).hexdigest()
+        with engine.connect() as conn:
+            conn.begin()
+            cursor = conn.connection.driver_connection.cursor()
+            values = {
+                **common, "key": key, "owner": owner, "fingerprint": fingerprint, "status": "in_progress",
+                "lease_ms": LEASE_MS, "ttl_ms": TTL_MS,
+            }  # fmt: skip
+            cursor.execute(claim, order.bind(values))
+            result = business(conn, order_id, amount)
+            done = {
+                **common, "key": key, "owner": owner, "new_status": "completed", "codec": "json",
+                "result": json.dumps(result), "error_type": None, "keep_ms": WAIT_MS,
+            }  # fmt: skip
+            cursor.execute(complete.sql, complete.bind(done))
+            assert cursor.rowcount == 1, "the result write matched no row"
+            cursor.close()
+            conn.commit()
+
+    return statements
 
 
 def _hand_written(
@@ -309,7 +398,7 @@ def measure(benches: list[Bench], iterations: int, warmup: int) -> tuple[Samples
     after a switch of dialect pays for the switch (cold caches, an idle server process), so a
     fixed or merely rotated order would keep charging the same variants.
     """
-    order = [(bench, variant) for bench in benches for variant in VARIANTS]
+    order = [(bench, variant) for bench in benches for variant in VARIANTS if variant in bench.run]
     for _ in range(warmup):
         for bench, variant in order:
             bench.run[variant]()
@@ -345,6 +434,18 @@ def summarise(samples: Samples, cpu: Samples) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def own_code(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """What the decorator's own code adds to a first call, per database: ``first`` against
+    ``statements`` (the same statements and round trips, no decorator), in µs and as a ratio."""
+    median = {(r["dialect"], r["variant"]): r["median_us"] for r in rows}
+    out = {}
+    for dialect in ("postgresql", "mariadb"):
+        first, floor = median.get((dialect, "first")), median.get((dialect, "statements"))
+        if first is not None and floor is not None:
+            out[dialect] = {"us": round(first - floor, 1), "ratio": round(first / floor, 3)}
+    return out
 
 
 def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -393,6 +494,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--mariadb-url", default=DEFAULT_MARIADB_URL, help=f"default {DEFAULT_MARIADB_URL}")
     parser.add_argument("--output", type=Path, default=RESULTS, help=f"JSON results (default {RESULTS})")
+    parser.add_argument(
+        "--pin",
+        type=int,
+        metavar="CPU",
+        help="run this process and the local database servers on this CPU only (see pinning.py)",
+    )
     args = parser.parse_args(argv)
     dialects = [d.strip() for d in args.dialects.split(",") if d.strip()]
     unknown = set(dialects) - set(NOW_SQL)
@@ -413,9 +520,11 @@ def main(argv: list[str] | None = None) -> int:
                     benches.append(build(dialect, url, suffix))
                 except sa.exc.OperationalError as exc:
                     parser.exit(2, f"cannot set up {dialect} at {url}: {exc.orig}\n")
-            started = time.monotonic()
-            samples, cpu = measure(benches, args.iterations, args.warmup)
-            elapsed = time.monotonic() - started
+            with pinned(args.pin) as placement:
+                print(placement)
+                started = time.monotonic()
+                samples, cpu = measure(benches, args.iterations, args.warmup)
+                elapsed = time.monotonic() - started
         finally:
             for bench in benches:
                 if bench.cleanup is not None:
@@ -423,6 +532,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarise(samples, cpu)
     checks = check_targets(rows)
     print_table(rows, checks)
+    own = own_code(rows)
+    for dialect, cost in own.items():
+        print(
+            f"\n{dialect}: the decorator's own code, first - statements: {cost['us']:.0f} µs a call "
+            f"(first / statements {cost['ratio']:.2f})",
+            end="",
+        )
+    print()
     print(f"\n{args.iterations} calls per variant after {args.warmup} warm-up calls, {elapsed:.1f} s")
     report = {
         "benchmark": "bench_core",
@@ -433,9 +550,11 @@ def main(argv: list[str] | None = None) -> int:
         "sqlalchemy": sa.__version__,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "placement": placement,
         "dialects": dialects,
         "results": rows,
         "targets": checks,
+        "decorator_own_code": own,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_core
 import peers
+from pinning import pinned
 
 from idempotent import SQLStore, idempotent
 from idempotent.schema import make_table
@@ -140,6 +141,7 @@ BUSINESS_ROWS = (
     ("hand-written first", "core", "bare"),
     ("hand-written replay", "core_replay", "read"),
     ("bare autocommit read", "read", ""),
+    ("its statements, no decorator", "statements", "bare"),
 )
 
 
@@ -161,6 +163,8 @@ def scenario_business(
                 bench.cleanup()
     for bench in benches:
         for system, variant, reference in BUSINESS_ROWS:
+            if (bench.dialect, variant) not in samples:  # a variant of one database only
+                continue
             ref = samples[(bench.dialect, reference)] if reference else None
             ref_name = {v: s for s, v, _ in BUSINESS_ROWS}.get(reference, "")
             rows.append(
@@ -676,6 +680,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--concurrent-calls", type=int, help="calls in the 8-process scenario (default 4000, quick 400)"
     )
+    parser.add_argument(
+        "--pin",
+        type=int,
+        metavar="CPU",
+        help="run the one-process scenarios (business, trivial, keys-table) with this process and the "
+        "local servers on this CPU only (see pinning.py)",
+    )
     args = parser.parse_args(argv)
     databases = [d.strip() for d in args.databases.split(",") if d.strip()]
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
@@ -694,16 +705,22 @@ def main(argv: list[str] | None = None) -> int:
             "mariadb": bench_core.DEFAULT_MARIADB_URL,
         }
         sql_urls = {d: urls[d] for d in DATABASES if d in databases}
+        placement = "not pinned"
         if "business" in scenarios:
-            rows += scenario_business(sql_urls, iterations, warmup, suffix)
+            with pinned(args.pin) as placement:
+                print(placement)
+                rows += scenario_business(sql_urls, iterations, warmup, suffix)
         if "trivial" in scenarios:
-            rows += scenario_trivial(databases, f"sqlite:///{db_path}.trivial", iterations, warmup, suffix)
+            trivial_url = f"sqlite:///{db_path}.trivial"
+            with pinned(args.pin) as placement:
+                rows += scenario_trivial(databases, trivial_url, iterations, warmup, suffix)
         if "concurrent" in scenarios:
             rows += scenario_concurrent(
                 {d: u for d, u in sql_urls.items() if d != "sqlite"}, concurrent_calls, suffix
             )
         if "keys-table" in scenarios and "postgresql" in databases:
-            rows += scenario_keys_table(urls["postgresql"], 1000, large, iterations, warmup, suffix)
+            with pinned(args.pin) as placement:
+                rows += scenario_keys_table(urls["postgresql"], 1000, large, iterations, warmup, suffix)
         if "http" in scenarios:
             rows += scenario_http(args.quick, databases)
     elapsed = time.monotonic() - started
@@ -713,6 +730,7 @@ def main(argv: list[str] | None = None) -> int:
         f"\n{'quick' if args.quick else 'full'} run, {iterations} timed calls per variant, "
         f"{elapsed:.0f} s, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
+    print(f"one-process scenarios: {placement}")
     if args.quick and "keys-table" in scenarios and "postgresql" in databases:
         print(f"quick mode: the large keys table has {large:,} rows, not 5,000,000")
     report = {
@@ -726,6 +744,7 @@ def main(argv: list[str] | None = None) -> int:
         "sqlalchemy": sa.__version__,
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
+        "placement": placement,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "rows": rows,
         "targets": checks,

@@ -411,16 +411,22 @@ def _begin_due(driver: Any, pipeline: bool) -> bytes | None:
     instead; None when psycopg would send none, or when ``pipeline`` says it may not."""
     if not pipeline or driver.autocommit or driver.info.transaction_status != _idle():
         return None
+    return _begin_statement(driver.isolation_level, driver.read_only, driver.deferrable)
+
+
+@functools.cache
+def _begin_statement(isolation_level: Any, read_only: bool | None, deferrable: bool | None) -> bytes:
+    """The BEGIN psycopg sends for these transaction characteristics, as psycopg words it."""
     import psycopg  # noqa: PLC0415
 
     parts = ["BEGIN"]
-    if driver.isolation_level is not None:  # as psycopg words it (create_engine(isolation_level=))
-        level = psycopg.IsolationLevel(driver.isolation_level).name
+    if isolation_level is not None:  # create_engine(isolation_level=...)
+        level = psycopg.IsolationLevel(isolation_level).name
         parts.append("ISOLATION LEVEL " + level.replace("_", " "))
-    if driver.read_only is not None:
-        parts.append("READ ONLY" if driver.read_only else "READ WRITE")
-    if driver.deferrable is not None:
-        parts.append("DEFERRABLE" if driver.deferrable else "NOT DEFERRABLE")
+    if read_only is not None:
+        parts.append("READ ONLY" if read_only else "READ WRITE")
+    if deferrable is not None:
+        parts.append("DEFERRABLE" if deferrable else "NOT DEFERRABLE")
     return " ".join(parts).encode()
 
 

@@ -1,4 +1,5 @@
-"""The benchmark runner still runs: a quick SQLite-only pass of ``benchmarks/run.py``.
+"""The benchmark runner still runs: a quick SQLite-only pass of ``benchmarks/run.py``; and its
+``--pin`` option gives every CPU back.
 
 Speed is never asserted here (that is what the benchmark report is for); this only proves the
 script runs end to end, measures both scenarios it can run on SQLite and writes its report.
@@ -7,9 +8,12 @@ script runs end to end, measures both scenarios it can run on SQLite and writes 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -45,3 +49,33 @@ def test_quick_run_on_sqlite_writes_a_report(tmp_path: Path) -> None:
     sqlite_target = [t for t in json.loads(report.read_text())["targets"] if t["target"].startswith("SQLite")]
     assert sqlite_target[0]["ratio"] is not None
     assert "SQLite first call" in done.stdout
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is a Linux matter")
+def test_pinning_moves_this_process_to_one_cpu_and_back() -> None:
+    """``--pin CPU``: inside the block this process runs on that CPU only (when it may move the
+    servers too); afterwards every thread has its CPUs back, and so do the local servers."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from pinning import pinned, server_pids  # a script directory, not a package
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    before = os.sched_getaffinity(0)
+    servers = {pid: os.sched_getaffinity(pid) for pids in server_pids().values() for pid in pids}
+    cpu = min(before)
+    with pinned(None) as placement:
+        assert placement == "not pinned"
+        assert os.sched_getaffinity(0) == before
+    with pinned(cpu) as placement:
+        if placement.startswith("pinned"):
+            assert os.sched_getaffinity(0) == {cpu}
+        else:  # no right to move the servers: nothing was moved
+            assert placement.startswith("not pinned"), placement
+            assert os.sched_getaffinity(0) == before
+    assert os.sched_getaffinity(0) == before
+    for pid, cpus in servers.items():
+        try:
+            assert os.sched_getaffinity(pid) == cpus, pid
+        except ProcessLookupError:  # a server process that ended meanwhile
+            continue

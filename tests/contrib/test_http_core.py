@@ -150,7 +150,9 @@ def _multipart(boundary: str, parts: list[tuple[str, str | None, bytes]]) -> HTT
     for name, filename, content in parts:
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
         kind = "\r\nContent-Type: application/octet-stream" if filename else ""
-        body += f"--{boundary}\r\nContent-Disposition: {disposition}{kind}\r\n\r\n".encode() + content + b"\r\n"
+        body += (
+            f"--{boundary}\r\nContent-Disposition: {disposition}{kind}\r\n\r\n".encode() + content + b"\r\n"
+        )
     body += f"--{boundary}--\r\n".encode()
     headers = [("Content-Type", f"multipart/form-data; boundary={boundary}")]
     return HTTPRequest("POST", "/upload", headers=headers, body=body)
@@ -162,7 +164,12 @@ def test_multipart_fingerprint_ignores_the_boundary() -> None:
     content, file name or field value does not."""
     policy = Policy.from_options("test", {})
     picture = b"\x89PNG\r\n\x1a\n\x00\xff--not-a-boundary\r\n"
-    form = [("title", None, b"holiday"), ("tag", None, b"a"), ("tag", None, b"b"), ("photo", "p.png", picture)]
+    form = [
+        ("title", None, b"holiday"),
+        ("tag", None, b"a"),
+        ("tag", None, b"b"),
+        ("photo", "p.png", picture),
+    ]
     first = policy.fingerprint(_multipart("----first7MA4YWxkTrZu0gW", form))
     assert policy.fingerprint(_multipart("retry-9f8e7d", form)) == first
     reordered = [form[3], form[0], form[1], form[2]]  # names in another order, values of a name kept
