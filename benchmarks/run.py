@@ -603,7 +603,8 @@ PEERS = ("idemkit", "Powertools", "drf-idempotency")
 
 def _is_other(system: str) -> bool:
     """A reference or a peer rather than this library (grey in the chart)."""
-    return system.startswith(("bare", "hand-written")) or any(peer in system for peer in PEERS)
+    references = ("bare", "hand-written", "its statements")
+    return system.startswith(references) or any(peer in system for peer in PEERS)
 
 
 def chart(rows: list[dict[str, Any]], path: Path) -> str:
