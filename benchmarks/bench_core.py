@@ -44,6 +44,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import sqlite as sqlite_dialect
 
 from idempotent import SQLStore, _drivers, _libpq, idempotent
+from idempotent._sql import Prepared
 from idempotent.schema import make_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -220,10 +221,8 @@ def build(dialect: str, url: str, suffix: str) -> Bench:
         "core_replay": core_replay,
         "read": read,
     }
-    if dialect == "postgresql" and engine.dialect.driver == "psycopg":
+    if (dialect, engine.dialect.driver) in {("postgresql", "psycopg"), ("mariadb", "pymysql")}:
         bench.run["statements"] = _statements_only(engines["statements"], store, business, ids)
-    elif dialect == "mariadb" and engine.dialect.driver == "pymysql":
-        bench.run["statements"] = _statements_only_mysql(engines["statements"], store, business, ids)
 
     def cleanup() -> None:
         for each in engines.values():
@@ -235,79 +234,70 @@ def build(dialect: str, url: str, suffix: str) -> Bench:
     return bench
 
 
+def _unit_values(order_id: int, amount: int) -> tuple[dict[str, Any], Callable[[Any], dict[str, Any]]]:
+    """The parameters of the decorator's claim for one call, and a function that gives those of
+    its result write (both by the library's parameter names)."""
+    key, owner = str(order_id), uuid.uuid4().hex
+    common = {"scope": SCOPE, "key": key, "owner": owner, "clock_offset": 0}
+    claim = {
+        **common,
+        "fingerprint": "v1:" + hashlib.sha256(json.dumps([order_id, amount]).encode()).hexdigest(),
+        "status": "in_progress",
+        "lease_ms": LEASE_MS,
+        "ttl_ms": TTL_MS,
+        "lock_ms": str(WAIT_MS),
+    }
+
+    def done(result: Any) -> dict[str, Any]:
+        return {
+            **common, "new_status": "completed", "codec": "json", "result": json.dumps(result),
+            "error_type": None, "keep_ms": WAIT_MS,
+        }  # fmt: skip
+
+    return claim, done
+
+
 def _statements_only(
     engine: sa.Engine,
     store: SQLStore,
     business: Callable[[sa.Connection, int, int], dict[str, int]],
     ids: Counter,
 ) -> Callable[[], None]:
-    """The ``statements`` variant: the decorator's claim and result write, as it sends them on
-    psycopg, around the business statements, without the decorator."""
+    """The ``statements`` variant: the decorator's claim and result write, as it sends them (on
+    psycopg through libpq, BEGIN with the claim and the result write with COMMIT; on PyMySQL on
+    the driver's cursor), around the business statements, without the decorator."""
     bound: Any = store.for_dialect(engine.dialect)
-    claim, complete = bound._claim_pg, bound._complete_guarded
-    common = {"scope": SCOPE, "clock_offset": 0}
+    if engine.dialect.driver == "psycopg":
+        claim, complete = bound._claim_pg, bound._complete_guarded
+    else:  # PyMySQL: a plain INSERT with the statement's lock wait set, as the decorator sends it
+        plain = bound._claim_plain
+        claim = Prepared(bound._mysql_wait(WAIT_MS) + plain.sql, plain.order)
+        complete = bound._complete
 
     def statements() -> None:
         order_id, amount = ids.next(), 5
-        key, owner = str(order_id), uuid.uuid4().hex
-        fingerprint = "v1:" + hashlib.sha256(json.dumps([order_id, amount]).encode()).hexdigest()
+        values, done = _unit_values(order_id, amount)
         with engine.connect() as conn:
-            conn.begin()  # SQLAlchemy's transaction; psycopg's begins with the claim below
+            conn.begin()  # SQLAlchemy's transaction (it sends nothing)
             driver = conn.connection.driver_connection
-            transaction = conn.get_transaction()
-            begin = _drivers._begin_due(driver, True)
-            assert begin is not None, "psycopg's transaction was already open"
-            values = {
-                **common, "key": key, "owner": owner, "fingerprint": fingerprint, "status": "in_progress",
-                "lease_ms": LEASE_MS, "ttl_ms": TTL_MS, "lock_ms": str(WAIT_MS),
-            }  # fmt: skip
-            rows = _libpq.begin_and_run(driver, transaction, begin, claim.sql, claim.bind(values), fetch=True)
-            assert rows[0][0] == 1, "the claim found the key"
-            result = business(conn, order_id, amount)
-            done = {
-                **common, "key": key, "owner": owner, "new_status": "completed", "codec": "json",
-                "result": json.dumps(result), "error_type": None, "keep_ms": WAIT_MS,
-            }  # fmt: skip
-            _libpq.run_and_commit(driver, transaction, complete.sql, complete.bind(done))
-            conn.commit()  # psycopg's transaction is over: this ends SQLAlchemy's and sends nothing
-
-    return statements
-
-
-def _statements_only_mysql(
-    engine: sa.Engine,
-    store: SQLStore,
-    business: Callable[[sa.Connection, int, int], dict[str, int]],
-    ids: Counter,
-) -> Callable[[], None]:
-    """The ``statements`` variant on MariaDB: the decorator's claim and result write on PyMySQL's
-    cursor, as it sends them, around the business statements, without the decorator."""
-    bound: Any = store.for_dialect(engine.dialect)
-    claim = bound._mysql_wait(WAIT_MS) + bound._claim_plain.sql
-    order, complete = bound._claim_plain, bound._complete
-    common = {"scope": SCOPE, "clock_offset": 0}
-
-    def statements() -> None:
-        order_id, amount = ids.next(), 5
-        key, owner = str(order_id), uuid.uuid4().hex
-        fingerprint = "v1:" + hashlib.sha256(json.dumps([order_id, amount]).encode()).hexdigest()
-        with engine.connect() as conn:
-            conn.begin()
-            cursor = conn.connection.driver_connection.cursor()
-            values = {
-                **common, "key": key, "owner": owner, "fingerprint": fingerprint, "status": "in_progress",
-                "lease_ms": LEASE_MS, "ttl_ms": TTL_MS,
-            }  # fmt: skip
-            cursor.execute(claim, order.bind(values))
-            result = business(conn, order_id, amount)
-            done = {
-                **common, "key": key, "owner": owner, "new_status": "completed", "codec": "json",
-                "result": json.dumps(result), "error_type": None, "keep_ms": WAIT_MS,
-            }  # fmt: skip
-            cursor.execute(complete.sql, complete.bind(done))
-            assert cursor.rowcount == 1, "the result write matched no row"
-            cursor.close()
-            conn.commit()
+            if engine.dialect.driver == "psycopg":
+                transaction = conn.get_transaction()
+                begin = _drivers._begin_due(driver, True)
+                assert begin is not None, "psycopg's transaction was already open"
+                found = _libpq.begin_and_run(
+                    driver, transaction, begin, claim.sql, claim.bind(values), fetch=True
+                )
+                assert found[0][0] == 1, "the claim found the key"
+                result = business(conn, order_id, amount)
+                _libpq.run_and_commit(driver, transaction, complete.sql, complete.bind(done(result)))
+            else:
+                cursor = driver.cursor()
+                cursor.execute(claim.sql, claim.bind(values))
+                result = business(conn, order_id, amount)
+                cursor.execute(complete.sql, complete.bind(done(result)))
+                assert cursor.rowcount == 1, "the result write matched no row"
+                cursor.close()
+            conn.commit()  # on psycopg its transaction is over: this ends SQLAlchemy's, sending nothing
 
     return statements
 
