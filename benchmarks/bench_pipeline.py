@@ -100,7 +100,9 @@ class DelayProxy:
                     while not queue:
                         ready.wait()
                     due, data = queue.popleft()
-                if not data:
+                if not data:  # the other side closed: pass the end on, even while recv() waits on sink
+                    with contextlib.suppress(OSError):
+                        sink.shutdown(socket.SHUT_WR)
                     sink.close()
                     return
                 while (left := due - time.perf_counter()) > 0:

@@ -43,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_core
 import peers
+from bench_pipeline import DelayProxy
 from pinning import pinned
 
 from idempotent import SQLStore, idempotent
@@ -656,6 +657,25 @@ def sqlite_file() -> Iterator[str]:
         yield str(Path(tmp) / "bench.db")
 
 
+def _delayed(url: str, delay_us: int, default_port: int) -> str:
+    """``url`` pointed at a new ``DelayProxy`` in front of its server (``delay_us`` each way)."""
+    parsed = sa.make_url(url)
+    proxy = DelayProxy(parsed.host or "127.0.0.1", parsed.port or default_port, delay_us / 1e6)
+    return parsed.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+
+
+def across_network(delay_us: int) -> None:
+    """Send the one-process scenarios' connections to PostgreSQL, MariaDB and Redis through
+    ``bench_pipeline.DelayProxy``: each chunk is delivered ``delay_us`` late, each way, a stand-in
+    for a server across a network. The URLs ``bench_core`` and ``peers`` hand out change; the
+    concurrent and http scenarios keep theirs (8 processes through one Python proxy would measure
+    the proxy)."""
+    bench_core.DEFAULT_POSTGRES_URL = _delayed(bench_core.DEFAULT_POSTGRES_URL, delay_us, 5432)
+    bench_core.DEFAULT_MARIADB_URL = _delayed(bench_core.DEFAULT_MARIADB_URL, delay_us, 3306)
+    peers.POSTGRES_URL = _delayed(peers.POSTGRES_URL, delay_us, 5432)
+    peers.REDIS_URL = _delayed(peers.REDIS_URL, delay_us, 6379)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
     parser.add_argument(
@@ -682,6 +702,14 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrent-calls", type=int, help="calls in the 8-process scenario (default 4000, quick 400)"
     )
     parser.add_argument(
+        "--delay-us",
+        type=int,
+        default=0,
+        metavar="US",
+        help="send the one-process scenarios' connections through a proxy delaying each chunk this "
+        "many µs each way (a server across a network; see bench_pipeline.py)",
+    )
+    parser.add_argument(
         "--pin",
         type=int,
         metavar="CPU",
@@ -698,6 +726,9 @@ def main(argv: list[str] | None = None) -> int:
     suffix = f"{os.getpid()}_{uuid.uuid4().hex[:6]}"
     rows: list[dict[str, Any]] = []
     started = time.monotonic()
+    direct = {"postgresql": bench_core.DEFAULT_POSTGRES_URL, "mariadb": bench_core.DEFAULT_MARIADB_URL}
+    if args.delay_us:
+        across_network(args.delay_us)
     with sqlite_file() as db_path:
         sqlite_url = f"sqlite:///{db_path}"
         urls = {
@@ -717,7 +748,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += scenario_trivial(databases, trivial_url, iterations, warmup, suffix)
         if "concurrent" in scenarios:
             rows += scenario_concurrent(
-                {d: u for d, u in sql_urls.items() if d != "sqlite"}, concurrent_calls, suffix
+                {d: direct[d] for d in sql_urls if d != "sqlite"}, concurrent_calls, suffix
             )
         if "keys-table" in scenarios and "postgresql" in databases:
             with pinned(args.pin) as placement:
@@ -732,6 +763,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{elapsed:.0f} s, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}"
     )
     print(f"one-process scenarios: {placement}")
+    if args.delay_us:
+        print(f"one-process scenarios: through a proxy delaying {args.delay_us} µs each way")
     if args.quick and "keys-table" in scenarios and "postgresql" in databases:
         print(f"quick mode: the large keys table has {large:,} rows, not 5,000,000")
     report = {
@@ -746,6 +779,7 @@ def main(argv: list[str] | None = None) -> int:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "placement": placement,
+        "delay_us": args.delay_us,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "rows": rows,
         "targets": checks,

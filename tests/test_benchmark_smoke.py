@@ -1,5 +1,5 @@
 """The benchmark runner still runs: a quick SQLite-only pass of ``benchmarks/run.py``; and its
-``--pin`` option gives every CPU back.
+``--pin`` option gives every CPU back, and its ``--delay-us`` proxy passes a closed connection on.
 
 Speed is never asserted here (that is what the benchmark report is for); this only proves the
 script runs end to end, measures both scenarios it can run on SQLite and writes its report.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -79,3 +80,26 @@ def test_pinning_moves_this_process_to_one_cpu_and_back() -> None:
             assert os.sched_getaffinity(pid) == cpus, pid
         except ProcessLookupError:  # a server process that ended meanwhile
             continue
+
+
+def test_delay_proxy_passes_a_closed_connection_on() -> None:
+    """``--delay-us`` routes connections through ``bench_pipeline.DelayProxy``: when the server
+    ends a connection, the client must see the end (asyncpg's close waits for it), even while the
+    proxy is still reading from the client."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from bench_pipeline import DelayProxy  # a script directory, not a package
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    server = socket.create_server(("127.0.0.1", 0))
+    proxy = DelayProxy("127.0.0.1", server.getsockname()[1], 0.0001)
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=10) as client:
+        accepted, _ = server.accept()
+        accepted.sendall(b"bye")
+        accepted.close()  # the server ends the connection; the client has not sent anything
+        received = b""
+        while chunk := client.recv(1024):  # the timeout turns a lost end into a failure
+            received += chunk
+    server.close()
+    assert received == b"bye"
