@@ -11,11 +11,11 @@ placement luck would be charged to whichever variant drew it, run after run diff
 ``pinned(cpu)`` moves every thread of this process and of the local server processes named in
 :data:`SERVERS` onto ``cpu`` (server processes started meanwhile, such as a new connection's
 PostgreSQL backend, inherit it) and gives each its previous CPUs back at the end (those started
-meanwhile get the CPUs this process had). The round trips
-then cost what the client and the server do for them, the same on every connection. It needs the
-right to change the servers' affinity (root, or ``CAP_SYS_NICE``) and servers on this machine;
-otherwise it says why and measures unpinned. Do not use it while processes run in parallel (the
-8-process scenario of ``run.py``): they would share the one CPU.
+meanwhile get the CPUs this process had). The round trips then cost what the client and the
+server do for them, the same on every connection. It needs the right to change the servers'
+affinity (root, or ``CAP_SYS_NICE``) and servers on this machine; otherwise it says why and
+measures unpinned. Do not use it while processes run in parallel (the 8-process scenario of
+``run.py``): they would share the one CPU.
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ def pinned(cpu: int | None) -> Iterator[str]:
         except ProcessLookupError:
             continue  # a thread that ended meanwhile
         except PermissionError as exc:
-            problem = f"not pinned: cannot move server processes ({exc.strerror}); run as root"
+            problem = f"not pinned: cannot move the servers ({exc.strerror}); run as root or with CAP_SYS_NICE"
             break
         saved[task] = previous
     if problem:
