@@ -74,7 +74,8 @@ def pinned(cpu: int | None) -> Iterator[str]:
         except ProcessLookupError:
             continue  # a thread that ended meanwhile
         except PermissionError as exc:
-            problem = f"not pinned: cannot move the servers ({exc.strerror}); run as root or with CAP_SYS_NICE"
+            why = exc.strerror
+            problem = f"not pinned: cannot move the servers ({why}); run as root or with CAP_SYS_NICE"
             break
         saved[task] = previous
     if problem:
