@@ -221,11 +221,7 @@ def _peek_sync(handle: SyncHandle, op: core.Peek) -> Any:
         # MySQL/MariaDB: a plain read in a transaction of its own (switching autocommit would
         # cost a round trip each way), ended with ROLLBACK.
         try:
-            driver = _lean_connection(conn, False)
-            read = core.Exec(op.sql, op.params, fetch=True)
-            if driver is not None:
-                return _exec_lean_sync(conn, driver, read)
-            return conn.exec_driver_sql(op.sql, op.params).fetchall()
+            return _exec_sync(conn, core.Exec(op.sql, op.params, fetch=True), _lean_connection(conn, False))
         finally:
             obj.rollback()  # the read began a transaction (SQLAlchemy's, and the server's): end both
     driver = conn.connection.driver_connection
@@ -525,14 +521,20 @@ def _exec_lean_sync(conn: sa.Connection, driver: Any, op: core.Exec) -> Any:
         raise
 
 
+def _exec_sync(conn: sa.Connection, op: core.Exec, driver: Any) -> Any:
+    """``Exec`` on the caller's connection: on the DBAPI connection ``driver`` when the library
+    may use it (see :func:`_lean_connection`), else through SQLAlchemy. Rows or rowcount."""
+    if driver is not None:
+        return _exec_lean_sync(conn, driver, op)
+    result = conn.exec_driver_sql(op.sql, op.params)
+    return result.fetchall() if op.fetch else result.rowcount
+
+
 def _exec_commit_sync(handle: SyncHandle, op: core.ExecCommit) -> int:
     conn = handle.connection()
     driver = _lean_connection(conn, False)
     if driver is None or not _commit_pipelined(handle, conn, driver, _pq_allowed(conn, driver)):
-        if driver is None:
-            rowcount = conn.exec_driver_sql(op.sql, op.params).rowcount
-        else:
-            rowcount = _exec_lean_sync(conn, driver, core.Exec(op.sql, op.params))
+        rowcount = _exec_sync(conn, core.Exec(op.sql, op.params), driver)
         if rowcount == 1:
             handle.obj.commit()
         return int(rowcount)
@@ -913,12 +915,7 @@ def run_sync(
                 else:
                     if conn is None:
                         conn = handle.connection()  # type: ignore[union-attr]
-                    driver = _lean_connection(conn, False)
-                    if driver is not None:
-                        value = _exec_lean_sync(conn, driver, op)  # type: ignore[arg-type]
-                    else:
-                        result = conn.exec_driver_sql(op.sql, op.params)  # type: ignore[attr-defined]
-                        value = result.fetchall() if op.fetch else result.rowcount  # type: ignore[attr-defined]
+                    value = _exec_sync(conn, op, _lean_connection(conn, False))  # type: ignore[arg-type]
             elif kind is core.ExecCommit:
                 value = _exec_commit_sync(handle, op)  # type: ignore[arg-type]
                 conn = None
@@ -1272,15 +1269,20 @@ async def _exec_lean_async(conn: Any, driver: Any, op: core.Exec) -> Any:
         raise
 
 
+async def _exec_async(conn: Any, op: core.Exec, driver: Any) -> Any:
+    """:func:`_exec_sync` on an ``AsyncConnection``."""
+    if driver is not None:
+        return await _exec_lean_async(conn, driver, op)
+    result = await conn.exec_driver_sql(op.sql, op.params)
+    return result.fetchall() if op.fetch else result.rowcount
+
+
 async def _exec_commit_async(handle: AsyncHandle, obj: Any, op: core.ExecCommit) -> int:
     conn = await obj.connection() if handle.is_session else obj
     sync = conn.sync_connection
     driver = _lean_connection(sync, True)
     if driver is None or not _commit_pipelined(handle, sync, driver, _pq_allowed(sync, driver)):
-        if driver is None:
-            rowcount = (await conn.exec_driver_sql(op.sql, op.params)).rowcount
-        else:
-            rowcount = await _exec_lean_async(conn, driver, core.Exec(op.sql, op.params))
+        rowcount = await _exec_async(conn, core.Exec(op.sql, op.params), driver)
         if rowcount == 1:
             await obj.commit()
         return int(rowcount)
@@ -1303,11 +1305,7 @@ async def _perform_async(
         if op.own:  # type: ignore[attr-defined]
             return await _exec_own_async(plan, op)  # type: ignore[arg-type]
         conn = await obj.connection() if handle is not None and handle.is_session else obj
-        driver = _lean_connection(conn.sync_connection, True)
-        if driver is not None:
-            return await _exec_lean_async(conn, driver, op)  # type: ignore[arg-type]
-        result = await conn.exec_driver_sql(op.sql, op.params)  # type: ignore[attr-defined]
-        return result.fetchall() if op.fetch else result.rowcount  # type: ignore[attr-defined]
+        return await _exec_async(conn, op, _lean_connection(conn.sync_connection, True))  # type: ignore[arg-type]
     if kind is core.ExecCommit:
         return await _exec_commit_async(handle, obj, op)  # type: ignore[arg-type]
     if kind is core.Peek:
