@@ -27,6 +27,7 @@ import tests.contrib.django_settings  # noqa: F401  (configures Django first)
 
 # isort: split
 from asgiref.sync import iscoroutinefunction
+from django.core import checks
 from django.http import HttpResponse
 from django.test import AsyncClient, Client, override_settings
 
@@ -314,13 +315,13 @@ def test_async_view_with_transaction_mode_asked_is_refused(site: Site) -> None:
     ConfigurationError naming the cause and the fix, and the view does not run. (The same
     option on the decorator of an async view fails when the module is imported.)"""
 
-    path = "/shops/acme/orders/"
+    path, fix = "/shops/acme/orders/", "Give the view mode='lease'"
 
     async def scenario(client: AsyncClient) -> None:
         with pytest.raises(ConfigurationError) as info:
             await post(client, path, {"ref": "a"})
         message = str(info.value)
-        assert "async view" in message and "transaction mode" in message and "mode='lease'" in message
+        assert "async view" in message and "transaction mode" in message and fix in message
 
     site.run(scenario, MODE="transaction")
     assert ASTATE.runs == []
@@ -331,10 +332,63 @@ def test_async_view_with_transaction_mode_asked_is_refused(site: Site) -> None:
     with pytest.raises(ConfigurationError, match=r"async view.*mode='lease'"):
         idempotent_view(mode="transaction")(view)
 
-    path = "/aplain/1/"
+    path, fix = "/aplain/1/", "Set IDEMPOTENT['MODE'] = 'lease'"
     with override_settings(MIDDLEWARE=[MIDDLEWARE]):
         site.run(scenario, MODE="transaction")  # the middleware, for an undecorated async view
     assert ASTATE.runs == []
+
+
+def test_async_view_with_using_is_refused() -> None:
+    """``using=`` names the Django database whose transaction the key joins; an async view has no
+    such transaction, so the decorator refuses it (naming the fixes) instead of ignoring it."""
+
+    async def view(request: Any) -> HttpResponse:  # pragma: no cover - never runs
+        return HttpResponse()
+
+    with pytest.raises(ConfigurationError) as info:
+        idempotent_view(using="default")(view)
+    message = str(info.value)
+    assert "async view" in message and "using='default'" in message
+    assert "store=SQLStore(engine)" in message and "def view" in message
+
+    def sync_view(request: Any) -> HttpResponse:  # pragma: no cover - never runs
+        return HttpResponse()
+
+    assert callable(idempotent_view(using="default")(sync_view))  # a def view keeps using=
+
+
+def test_manage_py_check_reports_async_views_that_cannot_run(site: Site) -> None:
+    """``manage.py check`` finds what only async views would hit at their first keyed request:
+    E002 for a decorated async function view, W001 (under ASGI only) for async views behind the
+    middleware, each naming the fix; a configuration they can run with reports nothing."""
+
+    def messages(**setting: Any) -> list[Any]:
+        with override_settings(IDEMPOTENT={"DATABASE": site.alias, **setting}):
+            return [m for m in checks.run_checks() if m.id.startswith("idempotent.")]
+
+    lease_store = SQLStore(site.engine, site.keys.name)
+    assert messages(STORE=lease_store) == []
+    with override_settings(MIDDLEWARE=[MIDDLEWARE]):
+        assert messages(STORE=lease_store) == []
+
+    decorated = ["OrderDispatchView", "OrderView", "orders"]  # dispatch, post, a function view
+    found = messages(MODE="transaction")
+    assert [m.id for m in found] == ["idempotent.E002"] * 3
+    assert sorted(m.msg.split(" ")[0].rsplit(".", 1)[1] for m in found) == decorated
+    assert all("async view" in m.msg and "mode='lease'" in m.msg for m in found)
+
+    atomic_store = SQLStore(None, site.keys.name)  # no engine: it cannot run lease mode
+    found = messages(STORE=atomic_store)
+    assert [m.id for m in found] == ["idempotent.E002"] * 3
+    assert all("IDEMPOTENT['STORE']" in m.msg and "store=... on the view" in m.msg for m in found)
+
+    with override_settings(MIDDLEWARE=[MIDDLEWARE]):
+        found = messages(MODE="transaction")
+    warnings = [m for m in found if m.id == "idempotent.W001"]
+    assert len(warnings) == 1 and len(found) == 4
+    assert "under ASGI" in warnings[0].msg and "django_async_urls.aplain " in warnings[0].msg
+    assert "IDEMPOTENT['MODE'] = 'lease'" in warnings[0].msg
+    assert not any(name in warnings[0].msg for name in decorated)  # those have their own E002
 
 
 def test_async_view_by_default_uses_lease_mode_on_the_store(site: Site) -> None:

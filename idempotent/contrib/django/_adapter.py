@@ -144,7 +144,7 @@ def resolve(owner: str, options: Mapping[str, Any], using: str | None, *, is_asy
     """
     merged = {**setting_options(), **options}
     if is_async:
-        return resolve_async(owner, merged)
+        return resolve_async(owner, merged, using)
     explicit_using = using is not None
     alias = using if using is not None else merged.pop("using", None) or "default"
     merged.pop("using", None)
@@ -185,32 +185,61 @@ def resolve(owner: str, options: Mapping[str, Any], using: str | None, *, is_asy
     return Config(policy, alias if mode == "transaction" else None, explicit_using)
 
 
-def resolve_async(owner: str, merged: dict[str, Any]) -> Config:
+MIDDLEWARE_OWNER = "IdempotencyMiddleware"
+
+
+def refuse_async(owner: str, options: Mapping[str, Any], using: str | None) -> None:
+    """Refuse what an ``async def`` view cannot honour (its decorator's ``using=``, a
+    ``mode='transaction'`` asked for): a ConfigurationError naming the fix, never a silent change."""
+    middleware = owner == MIDDLEWARE_OWNER
+    if using is not None:
+        raise ConfigurationError(
+            f"{owner} is an async view, so it runs in lease mode on the store (Django's "
+            "transactions cannot span an async view), and using= (the Django database whose "
+            f"transaction the key joins) would be ignored: remove using={using!r}, give "
+            "store=SQLStore(engine) on that database for the view's keys, or make it a def view "
+            "to keep transaction mode"
+        )
+    if options.get("mode") == "transaction":
+        subject = (
+            f"{owner} cannot run a request for an async view in transaction mode"
+            if middleware
+            else f"{owner} is an async view, which cannot run in transaction mode"
+        )
+        fix = "Set IDEMPOTENT['MODE'] = 'lease'" if middleware else "Give the view mode='lease'"
+        raise ConfigurationError(
+            f"{subject}: Django runs each async ORM query in a thread, so no transaction spans the "
+            f"view and the key cannot commit with its writes. {fix} (the claim commits first and the "
+            "response is stored after, on a store with an engine), or make the view a def view (Django "
+            "runs it in a thread under ASGI) to keep transaction mode"
+        )
+
+
+def resolve_async(owner: str, merged: dict[str, Any], using: str | None = None) -> Config:
     """The lease-mode configuration of an ``async def`` view (``merged``: options over settings).
 
     Django's transactions are sync (each async ORM call runs in a thread, and
     ``transaction.atomic`` cannot span them), so the key cannot commit with an async view's
     writes: the claim commits at once on the store, is renewed while the view runs, and the
     response is stored after. A transaction mode the user asked for (``mode='transaction'``,
-    ``IDEMPOTENT['MODE']``) is refused rather than weakened; the default switches to lease mode
-    when the store can run it. Either way a store that cannot is a ConfigurationError.
+    ``IDEMPOTENT['MODE']``) or a database named with ``using=`` is refused rather than ignored
+    (:func:`refuse_async`); the default switches to lease mode when the store can run it. Either
+    way a store that cannot is a ConfigurationError.
     """
+    refuse_async(owner, merged, using)
     merged.pop("using", None)
     store = merged.get("store")
-    if merged.get("mode") == "transaction":
-        raise ConfigurationError(
-            f"{owner} is an async view, which cannot run in transaction mode: Django runs each async ORM "
-            "query in a thread, so no transaction spans the view and the key cannot commit with its "
-            "writes. Give the view mode='lease' (the claim commits first and the response is stored "
-            "after, on a store with an engine), or make it a def view (Django runs it in a thread under "
-            "ASGI) to keep transaction mode"
-        )
     if not _lease_capable(store):
+        subject = (
+            f"{owner} runs a request for an async view in lease mode"
+            if owner == MIDDLEWARE_OWNER
+            else f"{owner} is an async view, so it runs in lease mode"
+        )
+        on_view = "" if owner == MIDDLEWARE_OWNER else " store=... on the view,"
         raise ConfigurationError(
-            f"{owner} is an async view, so it runs in lease mode (Django's transactions cannot span an "
-            "async view), which needs a store that commits on its own: give "
-            "IDEMPOTENT['STORE'] = SQLStore(create_async_engine(...)) (or a sync engine), "
-            "idempotent.configure(engine=...), store=... on the view, or a RedisStore; or make the "
+            f"{subject} (Django's transactions cannot span an async view), which needs a store that "
+            "commits on its own: give IDEMPOTENT['STORE'] = SQLStore(create_async_engine(...)) (or a "
+            f"sync engine), idempotent.configure(engine=...),{on_view} or a RedisStore; or make the "
             "view a def view to keep transaction mode on Django's database"
         )
     merged["mode"] = "lease"

@@ -63,7 +63,7 @@ class IdempotencyMiddleware:
                 "'idempotent.contrib.django.IdempotencyMiddleware' in settings.MIDDLEWARE"
             )
         self.get_response = get_response
-        owner = type(self).__qualname__
+        owner = _adapter.MIDDLEWARE_OWNER
         self._resolved = _adapter.Resolved(owner, {"name": owner}, None)
         self._resolved_async = _adapter.Resolved(owner, {"name": owner}, None, is_async=True)
         self._resolved.get()  # a wrong setting fails when Django loads the middleware

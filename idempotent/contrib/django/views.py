@@ -41,7 +41,8 @@ def idempotent_view(
     the claim commits at once on the store (``IDEMPOTENT['STORE']``, ``store=`` or the
     ``configure`` engine; an ``AsyncEngine`` is awaited, a sync engine runs in a thread), is
     renewed while the view runs, and the response is stored after it returns. Without the mode
-    set it switches to lease mode; an explicit ``mode='transaction'`` is a ConfigurationError.
+    set it switches to lease mode; an explicit ``mode='transaction'`` or ``using=`` is a
+    ConfigurationError.
     """
     if args:
         raise ConfigurationError(
@@ -60,8 +61,8 @@ def idempotent_view(
         owner = f"{view.__module__}.{view.__qualname__}"
         on_handler = getattr(view, "__name__", None) != "dispatch"  # a function view or a handler method
         is_async = iscoroutinefunction(view) or _async_dispatch(view)
-        if is_async and options.get("mode") == "transaction":
-            _adapter.resolve_async(owner, {**options})  # the ConfigurationError, at import time
+        if is_async:
+            _adapter.refuse_async(owner, options, using)  # a ConfigurationError at import time
         resolved = _adapter.Resolved(owner, {"name": owner, **options}, using, is_async=is_async)
         guarded = f"idempotent_view on {view.__qualname__}"
 
