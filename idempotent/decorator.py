@@ -716,7 +716,10 @@ class Guard:
         plan, flow, handle = self._spec.start(
             key, fingerprint, lambda: session, False, normalise_scope(scope)
         )
-        return _drivers.run_sync(plan, flow, handle, call), plan.replayed
+        try:
+            return _drivers.run_sync(plan, flow, handle, call), plan.replayed
+        finally:
+            self._spec.observe(plan.replayed)  # frequent replays read before they claim
 
     async def run_async(
         self,
@@ -729,4 +732,7 @@ class Guard:
     ) -> tuple[R, bool]:
         """:meth:`run` for coroutines; ``session`` is an AsyncSession or AsyncConnection."""
         plan, flow, handle = self._spec.start(key, fingerprint, lambda: session, True, normalise_scope(scope))
-        return await _drivers.run_async(plan, flow, handle, call), plan.replayed
+        try:
+            return await _drivers.run_async(plan, flow, handle, call), plan.replayed
+        finally:
+            self._spec.observe(plan.replayed)

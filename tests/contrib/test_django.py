@@ -141,6 +141,34 @@ def test_first_request_runs_once_and_a_retry_replays_it(site: Site) -> None:
     assert row.scope == "http POST shops/<str:shop>/orders/"  # the route template, not the path
 
 
+def test_frequent_retries_on_mysql_read_the_stored_response_first(site: Site) -> None:
+    """Once most requests to a view are retries, a retry on MySQL/MariaDB reads the stored
+    response with one SELECT on Django's connection, outside any transaction, instead of claiming
+    the key (SQLite and PostgreSQL claim as before); the replay and the 422 are unchanged."""
+    path = "/shops/north/orders/"
+    first = post(Client(), path, {"ref": "a-1"})
+    for _ in range(4):
+        assert post(Client(), path, {"ref": "a-1"}).content == first.content
+    sent: list[str] = []
+
+    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
+        sent.append(sql.split()[0].upper())
+        return execute(sql, params, many, context)
+
+    with connections[site.alias].execute_wrapper(record):
+        retry = post(Client(), path, {"ref": "a-1"})
+    reused = post(Client(), path, {"ref": "a-2"})
+    assert retry.status_code == 201 and retry.content == first.content and retry[REPLAYED] == "true"
+    assert reused.status_code == 422
+    if site.name == "mariadb":
+        assert sent == ["SELECT"], sent
+    else:  # the claim: an INSERT (a CTE around it on PostgreSQL)
+        assert {"INSERT", "WITH"} & set(sent), sent
+    assert not connections[site.alias].in_atomic_block
+    assert STATE.runs == ["function"]
+    assert (site.count(), len(site.key_rows())) == (1, 1)
+
+
 def test_same_key_with_another_body_or_path_is_422(site: Site) -> None:
     """The same key with another body, or on another path of the same route, is a 422 problem and
     never runs the view."""

@@ -329,6 +329,39 @@ def test_first_run_replay_and_reuse_on_every_database(db: Db) -> None:
     assert len(db.key_rows()) == 1
 
 
+def test_frequent_retries_read_the_stored_response_first(db: Db) -> None:
+    """Once most requests with a key are retries, a retry reads the stored response with one
+    SELECT instead of claiming the key (PostgreSQL and MariaDB; SQLite always claims); the
+    replay, the 422 for another body and a new key's first run are unchanged."""
+    shop = _Orders(db)
+    first = shop.post(_request())
+    for _ in range(4):
+        assert shop.post(_request()).body == first[1]
+    engine = db.async_engine.sync_engine if db.is_async else db.engine
+    seen: list[list[str]] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen[-1].append(statement.split()[0].upper())
+
+    sa.event.listen(engine, "before_cursor_execute", record)
+    try:
+        outcomes = []
+        for request in (_request(), _request(body=b'{"item": "cake"}'), _request(key="k2")):
+            seen.append([])
+            outcomes.append(shop.post(request))
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", record)
+    replay, reused, other = outcomes
+    assert isinstance(replay, StoredResponse) and (replay.status, replay.body) == (201, first[1])
+    assert isinstance(reused, StoredResponse) and reused.status == 422
+    assert other[0] == 201 and other[1] != first[1]
+    reads_first = db.name != "sqlite"
+    assert (seen[0] == ["SELECT"]) is reads_first, seen[0]
+    assert "INSERT" in seen[2]  # the new key: claimed and run
+    assert db.count() == 2
+    assert len(db.key_rows()) == 2
+
+
 def test_principals_never_share_a_key(db: Db) -> None:
     """Two callers sending the same key each get their own order and their own response."""
     shop = _Orders(db)
