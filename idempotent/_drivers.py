@@ -219,7 +219,8 @@ def _peek_sync(handle: SyncHandle, op: core.Peek) -> Any:
     conn = handle.connection()
     if conn.dialect.name != "postgresql":
         # MySQL/MariaDB: a plain read in a transaction of its own (switching autocommit would
-        # cost a round trip each way), ended with ROLLBACK.
+        # cost a round trip each way), ended with ROLLBACK. SQLite: a plain read (the driver
+        # begins no transaction for it), then the rollback of SQLAlchemy's transaction.
         try:
             return _exec_sync(conn, core.Exec(op.sql, op.params, fetch=True), _lean_connection(conn, False))
         finally:

@@ -210,8 +210,10 @@ class BoundSQLStore:
         # A decorator-owned call of a function that replays often looks for a stored result
         # before it claims. psycopg reads outside any transaction (one round trip instead of
         # three); MySQL/MariaDB read in a transaction of their own (a plain read, then ROLLBACK),
-        # which spares a replay the claim's duplicate-key error and the locking read after it.
-        self.peek_first = psycopg or self.mysql
+        # which spares a replay the claim's duplicate-key error and the locking read after it;
+        # SQLite reads without the claim's write transaction, so a replay neither takes the
+        # database's write lock nor waits for another connection's.
+        self.peek_first = psycopg or self.mysql or self.name == "sqlite"
         # psycopg can send a decorator-owned unit's result write and its COMMIT in one round trip
         # (pipeline mode): the flow then uses :meth:`complete_commit`.
         self.pipelined = psycopg

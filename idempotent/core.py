@@ -537,6 +537,20 @@ def _in_progress(plan: Plan[Any], retry_after: float) -> InProgress:
     )
 
 
+def _blocked(plan: Plan[Any], exc: ClaimBlocked, retry_after: float) -> InProgress:
+    """The claim waited past its limit: for the key's row (another call with the key holds it),
+    or, on SQLite, for the whole database, which one writer at a time may hold."""
+    if "database is locked" not in str(exc).lower():
+        return _in_progress(plan, retry_after)
+    return InProgress(
+        f"the key {plan.request.key!r} of {plan.function} could not be claimed: the SQLite database is "
+        "locked by another connection's write transaction (SQLite allows one writer at a time, and "
+        f"the driver's busy timeout ran out); retry in {max(retry_after, 0.0):.1f} s, or give the "
+        "driver a longer timeout (connect_args={'timeout': seconds})",
+        retry_after=retry_after,
+    )
+
+
 def _mismatch(plan: Plan[Any]) -> KeyReused:
     return KeyReused(
         f"key {plan.request.key!r} was already used for {plan.function} with different arguments; "
@@ -691,10 +705,10 @@ def _transaction_attempt(plan: Plan[T], deadline: float) -> Steps[T]:
                 raise _Aborted(exc) from None
             hooks.emit(Event.CONFLICT, plan, detail="aborted")
             raise _aborted_error(plan, exc, 0) from exc.__cause__
-        except ClaimBlocked:
+        except ClaimBlocked as exc:
             yield from _undo(plan, token)
             hooks.emit(Event.CONFLICT, plan, detail="timeout")
-            raise _in_progress(plan, max(plan.wait, 1.0)) from None
+            raise _blocked(plan, exc, max(plan.wait, 1.0)) from None
         except BaseException:
             yield from _undo(plan, token)
             raise
@@ -888,9 +902,9 @@ def lease_flow(plan: Plan[T]) -> Steps[T]:
             raise TransactionAborted(
                 f"the database kept aborting the claim of key {request.key!r} for {plan.function} ({exc})"
             ) from exc.__cause__
-        except ClaimBlocked:
+        except ClaimBlocked as exc:
             hooks.emit(Event.CONFLICT, plan, detail="timeout")
-            raise _in_progress(plan, plan.lease) from None
+            raise _blocked(plan, exc, plan.lease) from None
         if found is None:
             break
         if decision.outcome is not Outcome.WAIT:

@@ -7,6 +7,7 @@ import collections
 import decimal
 import inspect
 import itertools
+import sqlite3
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from idempotent import InProgress, KeyReused
+from idempotent import InProgress, KeyReused, SQLStore
 from idempotent.decorator import PEEK_AT, _Spec
 from idempotent.fingerprint import digest
 from tests.conftest import Db, _make_db
@@ -277,11 +278,11 @@ def test_fingerprint_of_dicts_is_stable() -> None:
 
 
 @pytest.fixture(
-    params=[(n, k) for n in ("postgresql", "mariadb") for k in ("sync", "async")],
+    params=[(n, k) for n in ("sqlite", "postgresql", "mariadb") for k in ("sync", "async")],
     ids=lambda p: f"{p[0]}-{p[1]}",
 )
 def read_first_db(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[Db]:
-    """The databases whose frequent replays read before they claim, sync and async."""
+    """Every database (frequent replays read before they claim on each), sync and async."""
     yield from _make_db(*request.param, tmp_path)
 
 
@@ -338,6 +339,40 @@ def test_mariadb_frequent_replay_is_one_read_and_a_rollback(maria_sync: Db) -> N
         assert cursor.fetchone() == (0,)
         cursor.close()
     assert (shop.executions, db.count()) == (1, 1)
+
+
+@pytest.fixture
+def sqlite_sync(tmp_path: Any) -> Iterator[Db]:
+    """SQLite through its sync driver."""
+    yield from _make_db("sqlite", "sync", tmp_path)
+
+
+def test_sqlite_frequent_replays_are_served_while_another_connection_writes(sqlite_sync: Db) -> None:
+    """On SQLite a frequent replay reads without a write transaction: it is served while another
+    connection holds the database's write lock, instead of waiting for it and failing; a first
+    call still waits for the lock, as any writer does, and past the driver's busy timeout gets
+    InProgress naming the lock (not "another call with this key")."""
+    db = sqlite_sync
+    engine = sa.create_engine(db.url, connect_args={"timeout": 0.05})  # a short busy timeout
+    shop = Shop(
+        Db(db.name, db.kind, db.url, db.async_url, engine, SQLStore(engine, db.keys.name), db.keys, db.orders)
+    )
+    first = shop.call("hp-s")
+    while shop.place.__idempotent__.replay_rate < PEEK_AT:  # type: ignore[attr-defined]
+        assert shop.call("hp-s") == first
+    writer = sqlite3.connect(db.url.split("///", 1)[1], isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # the write lock, held
+        writer.execute(f"INSERT INTO {db.orders.name} (ref, amount) VALUES ('other', 1)")
+        assert shop.call("hp-s") == first
+        with pytest.raises(InProgress, match=r"SQLite database is locked by another connection"):
+            shop.call("hp-s2")  # the message names the real cause, not a call with the key
+        writer.execute("COMMIT")
+    finally:
+        writer.close()
+        engine.dispose()
+    assert shop.call("hp-s2").ref == "hp-s2"
+    assert (shop.executions, db.count()) == (2, 3)
 
 
 def test_replay_read_leaves_the_connection_as_found(pg_sync: Db) -> None:
