@@ -81,7 +81,11 @@ def check_atomic(obj: Session | sa.Connection, function: str) -> None:
     """Refuse handles on which the key and the function's writes cannot commit together."""
     bind: Any = obj
     if isinstance(obj, Session):
-        binds = {id(b): b for b in obj.binds.values()}
+        # Session(binds=...): public as ``binds`` from SQLAlchemy 2.1, private before it
+        by_target = getattr(obj, "binds", None)
+        if by_target is None:
+            by_target = getattr(obj, "_Session__binds", {})
+        binds = {id(b): b for b in by_target.values()}
         if obj.bind is not None:
             binds[id(obj.bind)] = obj.bind
         if len(binds) > 1:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import django
 import pytest
 import sqlalchemy as sa
 
@@ -32,7 +33,7 @@ from django.http import HttpResponse
 from django.test import AsyncClient, Client, override_settings
 
 from idempotent import SQLStore
-from idempotent.contrib.django import IdempotencyMiddleware, idempotent_view
+from idempotent.contrib.django import IdempotencyMiddleware, _adapter, idempotent_view
 from idempotent.errors import ConfigurationError
 from idempotent.events import Event, EventInfo
 from tests.contrib.django_async_urls import ASTATE
@@ -144,7 +145,18 @@ def same_response(first: Any, again: Any) -> None:
 # -- the request contract ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/shops/acme/orders/", "/method/", "/dispatch/"])
+BEFORE_DJANGO_51 = django.VERSION[:2] < (5, 1)
+NEEDS_51 = "method_decorator keeps async methods async from Django 5.1 (before it: refused, tested below)"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/shops/acme/orders/",
+        pytest.param("/method/", marks=pytest.mark.skipif(BEFORE_DJANGO_51, reason=NEEDS_51)),
+        "/dispatch/",
+    ],
+)
 def test_async_view_runs_once_and_replays(site: Site, path: str) -> None:
     """An async function view, an async class-based view's decorated ``post`` and one decorated
     on ``dispatch``: the first
@@ -165,6 +177,26 @@ def test_async_view_runs_once_and_replays(site: Site, path: str) -> None:
     assert len(ASTATE.runs) == 1
     assert site.count() == 1
     assert len(site.key_rows()) == 1
+
+
+def test_async_method_under_method_decorator_before_django_51_is_refused(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before Django 5.1 ``method_decorator`` makes an async method sync, so the view would answer
+    with an unawaited coroutine: the request is a ConfigurationError naming the two fixes, and
+    the view does not run. (Django 5.1 and later: the version is pretended.)"""
+    monkeypatch.setattr(_adapter, "DJANGO_VERSION", (4, 2))
+
+    async def scenario(client: AsyncClient) -> None:
+        with pytest.raises(ConfigurationError) as info:
+            await post(client, "/method/", {"ref": "a"})
+        message = str(info.value)
+        assert "OrderView.post" in message and "Django 5.1" in message
+        assert 'name="dispatch"' in message
+
+    site.run(scenario)
+    assert ASTATE.runs == []
+    assert site.key_rows() == []
 
 
 def account_from_database(request: Any) -> str | None:
@@ -357,6 +389,7 @@ def test_async_view_with_using_is_refused() -> None:
     assert callable(idempotent_view(using="default")(sync_view))  # a def view keeps using=
 
 
+@pytest.mark.skipif(BEFORE_DJANGO_51, reason=NEEDS_51)
 def test_manage_py_check_reports_async_views_that_cannot_run(site: Site) -> None:
     """``manage.py check`` finds what only async views would hit at their first keyed request:
     E002 for a decorated async function view, W001 (under ASGI only) for async views behind the
@@ -389,6 +422,17 @@ def test_manage_py_check_reports_async_views_that_cannot_run(site: Site) -> None
     assert "under ASGI" in warnings[0].msg and "django_async_urls.aplain " in warnings[0].msg
     assert "IDEMPOTENT['MODE'] = 'lease'" in warnings[0].msg
     assert not any(name in warnings[0].msg for name in decorated)  # those have their own E002
+
+
+@pytest.mark.skipif(not BEFORE_DJANGO_51, reason="Django 5.1's method_decorator keeps async methods async")
+def test_manage_py_check_reports_async_methods_made_sync_before_django_51(site: Site) -> None:
+    """Before Django 5.1, ``manage.py check`` reports an async method under
+    ``method_decorator(idempotent_view())`` (E002, naming the two fixes)."""
+    store = SQLStore(site.engine, site.keys.name)
+    with override_settings(IDEMPOTENT={"DATABASE": site.alias, "STORE": store}):
+        found = [m for m in checks.run_checks() if m.id.startswith("idempotent.")]
+    assert [m.id for m in found] == ["idempotent.E002"]
+    assert "OrderView.post" in found[0].msg and "Django 5.1" in found[0].msg
 
 
 def test_async_view_by_default_uses_lease_mode_on_the_store(site: Site) -> None:

@@ -237,9 +237,10 @@ def test_openapi_keeps_the_route_and_documents_the_header(sync_db: Db) -> None:
     assert operation["responses"]["201"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/OrderOut"
     }
-    assert operation["requestBody"]["content"]["application/json"]["schema"] == {
-        "$ref": "#/components/schemas/OrderIn"
-    }
+    body = operation["requestBody"]["content"]["application/json"]["schema"]
+    if "allOf" in body:  # older pydantic releases (2.5) wrap a titled reference in allOf
+        (body,) = body["allOf"]
+    assert body == {"$ref": "#/components/schemas/OrderIn"}
     (parameter,) = operation["parameters"]
     assert (parameter["name"], parameter["in"], parameter["required"]) == ("Idempotency-Key", "header", False)
     (strict_parameter,) = strict.openapi()["paths"]["/orders"]["post"]["parameters"]

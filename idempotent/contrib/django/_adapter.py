@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import django
 from django.conf import settings
 from django.core.signals import setting_changed
 from django.db import connections
@@ -186,6 +187,17 @@ def resolve(owner: str, options: Mapping[str, Any], using: str | None, *, is_asy
 
 
 MIDDLEWARE_OWNER = "IdempotencyMiddleware"
+DJANGO_VERSION: tuple[int, ...] = tuple(django.VERSION[:2])
+
+
+def async_method_needs_django_51(owner: str) -> ConfigurationError:
+    """The error for ``method_decorator(idempotent_view())`` on an async method before Django 5.1."""
+    return ConfigurationError(
+        f"{owner} is an async method under @method_decorator(idempotent_view()), which needs Django "
+        f"5.1 or later: Django {'.'.join(map(str, DJANGO_VERSION))}'s method_decorator turns the "
+        "method into a sync one, so the view would answer with an unawaited coroutine. Decorate the "
+        'class instead, @method_decorator(idempotent_view(), name="dispatch"), or upgrade Django'
+    )
 
 
 def refuse_async(owner: str, options: Mapping[str, Any], using: str | None) -> None:

@@ -38,7 +38,12 @@ def check_settings(app_configs: Any = None, **_: Any) -> list[checks.CheckMessag
     """
     from django.conf import settings  # noqa: PLC0415 - after the app registry
 
-    from idempotent.contrib.django._adapter import MIDDLEWARE_OWNER, resolve  # noqa: PLC0415
+    from idempotent.contrib.django._adapter import (  # noqa: PLC0415
+        DJANGO_VERSION,
+        MIDDLEWARE_OWNER,
+        async_method_needs_django_51,
+        resolve,
+    )
 
     middleware = "idempotent.contrib.django.IdempotencyMiddleware"
     with_middleware = middleware in settings.MIDDLEWARE
@@ -48,7 +53,13 @@ def check_settings(app_configs: Any = None, **_: Any) -> list[checks.CheckMessag
             resolve("settings.IDEMPOTENT", {}, None)
         except ConfigurationError as exc:
             return [checks.Error(str(exc), id="idempotent.E001")]
-    async_views = [view for view in _views() if iscoroutinefunction(view)]
+    views = _views()
+    if DJANGO_VERSION < (5, 1):
+        messages += [
+            checks.Error(str(async_method_needs_django_51(name)), id="idempotent.E002")
+            for name in _async_methods_made_sync(views)
+        ]
+    async_views = [view for view in views if iscoroutinefunction(view)]
     plain = []
     for view in async_views:
         decorated = _decoration(view)
@@ -104,6 +115,25 @@ def _decoration(view: Any) -> Any:
         if found is not None:
             return found
     return None
+
+
+def _async_methods_made_sync(views: list[Any]) -> list[str]:
+    """The async handlers of class-based views under ``method_decorator(idempotent_view())``
+    that Django before 5.1 turned into sync methods."""
+    found = []
+    for view in views:
+        cls: Any = getattr(view, "view_class", None)
+        for name in getattr(cls, "http_method_names", ()):
+            handler = getattr(cls, name, None)
+            wrapped = getattr(handler, "__wrapped__", None)
+            if (
+                getattr(handler, "__idempotent_view__", None) is not None
+                and wrapped is not None
+                and iscoroutinefunction(wrapped)
+                and not iscoroutinefunction(handler)
+            ):
+                found.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
+    return sorted(set(found))
 
 
 def _name(view: Any) -> str:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
@@ -63,6 +64,8 @@ def idempotent_view(
         is_async = iscoroutinefunction(view) or _async_dispatch(view)
         if is_async:
             _adapter.refuse_async(owner, options, using)  # a ConfigurationError at import time
+            if _sync_method_wrapper(view):
+                raise _adapter.async_method_needs_django_51(owner)
         resolved = _adapter.Resolved(owner, {"name": owner, **options}, using, is_async=is_async)
         guarded = f"idempotent_view on {view.__qualname__}"
 
@@ -132,6 +135,17 @@ def idempotent_view(
         return cast("F", wrapper)
 
     return decorate
+
+
+def _sync_method_wrapper(view: Callable[..., Any]) -> bool:
+    """Whether ``view`` is an async method handed over by a ``method_decorator`` that makes it
+    sync (Django before 5.1): Django would then get the coroutine back instead of a response."""
+    return (
+        _adapter.DJANGO_VERSION < (5, 1)
+        and isinstance(view, functools.partial)
+        and inspect.ismethod(view.func)
+        and iscoroutinefunction(view.func)
+    )
 
 
 def _async_dispatch(view: Callable[..., Any]) -> bool:
