@@ -72,8 +72,10 @@ async def _with_async_connection(url: sa.URL, fn: Callable[[sa.Connection], _T],
         await engine.dispose()
 
 
-def explain(exc: Exception) -> str | None:
-    """One line saying what went wrong, or None for an unexpected error (a bug: show its traceback)."""
+def explain(exc: Exception, url: str | sa.URL | None = None) -> str | None:
+    """One line saying what went wrong, or None for an unexpected error (a bug: show its traceback).
+    ``url``: the database the command used, named (password masked) in a database error, since
+    not every driver's message names it."""
     from alembic.util import CommandError  # noqa: PLC0415  (keep the command line's start-up light)
 
     if isinstance(exc, sa.exc.NoSuchModuleError):
@@ -86,7 +88,7 @@ def explain(exc: Exception) -> str | None:
         hint = _DRIVER_HINTS.get(exc.name or "", _ANY_DRIVER)
         return f"the database driver is not installed ({exc}); {hint}"
     if isinstance(exc, sa.exc.DBAPIError):
-        return f"database error: {_first_line(exc.orig if exc.orig is not None else exc)}"
+        return f"database error{_on(url)}: {_first_line(exc.orig if exc.orig is not None else exc)}"
     if isinstance(exc, (sa.exc.SQLAlchemyError, CommandError, IdempotencyError)):
         return _first_line(exc)
     return None
@@ -118,6 +120,15 @@ _ANY_DRIVER = (
 def describe(url: sa.URL) -> str:
     """The URL of a database as messages show it: with its password masked."""
     return url.render_as_string(hide_password=True)
+
+
+def _on(url: str | sa.URL | None) -> str:
+    if url is None:
+        return ""
+    try:
+        return f" on {describe(sa.make_url(url))}"
+    except Exception:  # an unparsable URL has its own error; say nothing of it here
+        return ""
 
 
 def _first_line(exc: BaseException) -> str:

@@ -525,7 +525,7 @@ def run_purge(args: argparse.Namespace) -> int:
     try:
         total = purge(args.url, table=args.table, schema=args.schema, batch=args.batch, progress=report)
     except Exception as exc:
-        message = explain(exc)
+        message = explain(exc, args.url)
         if message is None:
             raise
         return _fail("purge", message)
@@ -540,7 +540,7 @@ def run_show(args: argparse.Namespace) -> int:
     try:
         info = show(args.url, args.scope, args.key, table=args.table, schema=args.schema)
     except Exception as exc:
-        message = explain(exc)
+        message = explain(exc, args.url)
         if message is None:
             raise
         return _fail("show", message)
@@ -558,7 +558,7 @@ def run_evict(args: argparse.Namespace) -> int:
     try:
         info = evict(args.url, args.scope, args.key, table=args.table, schema=args.schema, force=args.force)
     except Exception as exc:
-        message = explain(exc)
+        message = explain(exc, args.url)
         if message is None:
             raise
         return _fail("evict", message)

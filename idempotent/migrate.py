@@ -285,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         changed = upgrade(url, table=table, schema=schema)
     except Exception as exc:
-        message = explain(exc)
+        message = explain(exc, args.url)
         if message is None:
             raise
         print(f"idempotent migrate: error: {message}", file=sys.stderr)

@@ -370,7 +370,10 @@ def _borrow(pool: Any) -> Any:
     if not available:
         return None
     conn = available[-1]
-    if not getattr(conn, "is_connected", False) or getattr(conn, "_should_reconnect", False):
+    connected = getattr(conn, "is_connected", None)
+    if connected is None:  # sync connections of redis-py 5.0 have no is_connected: their socket
+        connected = getattr(conn, "_sock", None) is not None
+    if not connected or getattr(conn, "_should_reconnect", False):
         return None
     available.pop()
     pool._in_use_connections.add(conn)

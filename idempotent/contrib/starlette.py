@@ -71,19 +71,57 @@ def request_for(policy: Policy, request: Request, body: bytes) -> HTTPRequest:
     """Describe a Starlette (or FastAPI) request for the HTTP core. The route template is the
     matched route's path (with the mount prefix, ``root_path``), else the request path."""
     scope = request.scope
-    route = scope.get("route")
-    template = getattr(route, "path", None)
-    if template is not None:
-        template = scope.get("root_path", "") + template
     return HTTPRequest(
         method=request.method,
         path=request.url.path,
         headers=request_headers(request),
         body=body,
-        route=template,
+        route=route_template(scope),
         query=scope.get("query_string", b"").decode("latin-1"),
         principal=policy.principal(request),
     )
+
+
+def route_template(scope: Any) -> str | None:
+    """The path template of the route that matched (``/shops/{shop}/orders/{id}``), with the
+    application's ``root_path`` and the templates of the mounts on the way; None when none did.
+
+    Starlette 1.0 and FastAPI record the matched route in the scope, which is all it takes
+    outside a ``Mount``. Under one, ``root_path`` holds the mount's matched path (``/shops/s1``),
+    not its template; and Starlette before 1.0 records no route. Then the router's routes are
+    matched again, from the top, as the router matched them.
+    """
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    root = scope.get("root_path", "")
+    top_root = scope.get("app_root_path", root)
+    if path is not None and root == top_root:
+        return f"{root}{path}"
+    router = scope.get("router") or getattr(scope.get("app"), "router", None)
+    found = None
+    if router is not None:
+        found = _match_template(getattr(router, "routes", ()), {**scope, "root_path": top_root}, top_root)
+    if found is None and path is not None:
+        return f"{root}{path}"
+    return found
+
+
+def _match_template(routes: Any, scope: dict[str, Any], prefix: str) -> str | None:
+    from starlette.routing import Match  # noqa: PLC0415
+
+    for route in routes:
+        try:
+            match, child = route.matches(scope)
+        except Exception:  # a route type this cannot match again: give up, as without a route
+            return None
+        if match is not Match.FULL:
+            continue
+        inner = getattr(route, "routes", None)
+        path = getattr(route, "path", None)
+        if inner is not None and path is not None:  # a Mount: look among its routes
+            return _match_template(inner, {**scope, **child}, prefix + path)
+        return None if path is None else prefix + path
+    return None
 
 
 def body_from_thread(request: Request) -> bytes:

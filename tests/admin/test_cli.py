@@ -190,8 +190,8 @@ def test_console_script(sync_adb: AdminDb) -> None:
 BAD_URLS = [
     ("not a url", "invalid database URL: "),
     ("nosuchdb://host/db", "unknown database in the URL: "),
-    ("postgresql+psycopg://127.0.0.1:1/test", "database error: "),
-    ("mysql+pymysql://root@127.0.0.1:1/test", "database error: "),
+    ("postgresql+psycopg://127.0.0.1:1/test", "database error on postgresql+psycopg://127.0.0.1:1/test: "),
+    ("mysql+pymysql://root@127.0.0.1:1/test", "database error on mysql+pymysql://root@127.0.0.1:1/test: "),
 ]
 BAD_URL_IDS = ["malformed", "unknown-dialect", "postgresql-unreachable", "mariadb-unreachable"]
 

@@ -36,7 +36,10 @@ def create_app() -> FastAPI:
     from examples import fastapi_app as example
 
     example.metadata.create_all(example.engine)
-    engine = create_async_engine(os.environ["ASYNC_DATABASE_URL"], pool_size=20, max_overflow=40)
+    url = os.environ["ASYNC_DATABASE_URL"]
+    # a pool for fifty concurrent requests (SQLAlchemy 2.0 gives aiosqlite a pool without sizes)
+    sized = {} if url.startswith("sqlite") else {"pool_size": 20, "max_overflow": 40}
+    engine = create_async_engine(url, **sized)
     _makers["orders"] = async_sessionmaker(engine)
     orders = example.orders
     app = FastAPI()

@@ -21,9 +21,9 @@ from starlette.applications import Starlette
 from starlette.endpoints import HTTPEndpoint
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
-from idempotent.contrib.starlette import idempotent_route
+from idempotent.contrib.starlette import idempotent_route, route_template
 
 Scope = MutableMapping[str, Any]
 REPO = Path(__file__).resolve().parents[2]
@@ -82,7 +82,12 @@ def make_app(db: Db) -> tuple[Any, list[int]]:
                 {"id": order_id}, status_code=201, headers={"Location": f"/orders/{order_id}"}
             )
 
-    app = Starlette(routes=[Route("/orders/{shop}", create, methods=["POST"])])
+    app = Starlette(
+        routes=[
+            Route("/orders/{shop}", create, methods=["POST"]),
+            Mount("/regions/{region}", routes=[Route("/orders/{shop}", create, methods=["POST"])]),
+        ]
+    )
     return session_middleware(app, db), runs
 
 
@@ -103,6 +108,48 @@ def test_function_endpoint_commits_with_the_stored_response(db: Db) -> None:
     assert runs == [1, 1]
     assert db.count() == 2
     assert [row.scope for row in db.key_rows()] == ["http POST /orders/{shop}"]
+
+
+def test_under_a_mount_the_scope_holds_the_mounts_template(db: Db) -> None:
+    """Under ``Mount("/regions/{region}")`` the scope is the whole template, not the matched mount
+    path: the same key and body on another region is the same request with another path, a 422,
+    and the endpoint runs once."""
+    app, runs = make_app(db)
+    with TestClient(app) as client:
+        first = client.post("/regions/eu/orders/s1", json={"ref": "s1"}, headers={"Idempotency-Key": "m"})
+        other = client.post("/regions/us/orders/s1", json={"ref": "s1"}, headers={"Idempotency-Key": "m"})
+    assert (first.status_code, other.status_code) == (201, 422)
+    assert runs == [1]
+    assert [row.scope for row in db.key_rows()] == ["http POST /regions/{region}/orders/{shop}"]
+
+
+def test_route_template_without_the_route_in_the_scope() -> None:
+    """Starlette before 1.0 records no matched route in the scope: the template is found by
+    matching the application's routes again, mounts and ``root_path`` included, and agrees with
+    the one read from a recorded route."""
+    seen: list[tuple[str | None, str | None]] = []
+
+    async def endpoint(request: Request) -> Response:
+        without = {name: value for name, value in request.scope.items() if name != "route"}
+        seen.append((route_template(request.scope), route_template(without)))
+        return Response("ok")
+
+    app = Starlette(
+        routes=[
+            Route("/health", endpoint),
+            Mount("/shops/{shop}", routes=[Route("/orders/{order_id}", endpoint, methods=["POST"])]),
+        ]
+    )
+    with TestClient(app) as client:
+        assert client.post("/shops/s1/orders/7").status_code == 200
+        assert client.get("/health").status_code == 200
+    with TestClient(app, root_path="/api") as client:
+        assert client.get("/health").status_code == 200
+    assert seen == [
+        ("/shops/{shop}/orders/{order_id}",) * 2,
+        ("/health",) * 2,
+        ("/api/health",) * 2,
+    ]
 
 
 class Things(HTTPEndpoint):
@@ -149,7 +196,7 @@ UNPROTECTED = '''\
 from starlette.applications import Starlette
 from starlette.endpoints import HTTPEndpoint
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 CALLS = []
 

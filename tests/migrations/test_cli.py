@@ -125,7 +125,10 @@ def test_migrate_schema_on_postgresql(installed: Installed, tmp_path: Path) -> N
         ("nosuchdb://host/db", ("unknown database", "nosuchdb")),
         ("postgresql+psycopg://127.0.0.1:1/test", ("database error", "127.0.0.1")),
         ("mysql+pymysql://root@127.0.0.1:1/test", ("database error", "127.0.0.1")),
-        ("sqlite:////nonexistent-dir/for/idempotent/keys.db", ("database error", "unable to open")),
+        (
+            "sqlite:////nonexistent-dir/for/idempotent/keys.db",
+            ("database error on sqlite:////nonexistent-dir/for/idempotent/keys.db", "unable to open"),
+        ),
     ],
 )
 def test_migrate_errors_are_one_line(

@@ -22,7 +22,7 @@ import redis.asyncio
 from idempotent import InProgress, configure, idempotent
 from idempotent.core import ClaimRequest, Outcome, decide
 from idempotent.errors import ConfigurationError
-from idempotent.redis import READ, RedisStore, _Script
+from idempotent.redis import _NAMED, READ, RedisStore, _Script
 from tests.proxy import Proxy
 from tests.services import REDIS_URL
 
@@ -362,7 +362,7 @@ def test_async_client_with_health_checks(redis_prefix: str) -> None:
         store = RedisStore(client, prefix=redis_prefix)
         pings = 0
         pool = client.connection_pool
-        conn = await pool.get_connection()
+        conn = await (pool.get_connection("PING") if _NAMED else pool.get_connection())
         original = type(conn).check_health
 
         async def counted(self: Any) -> None:
