@@ -843,6 +843,19 @@ def _connect_error(dialect: sa.Dialect, exc: Any) -> BaseException:
     return wrapped
 
 
+def _cancel_statement(dialect: sa.Dialect, fairy: Any) -> None:
+    """Ask the server to stop the statement an interrupted call leaves behind on a connection
+    about to be discarded: in autocommit (lease mode), a claim still waiting on a lock would
+    otherwise commit once it got it, after its call gave up (psycopg before 3.2 leaves a cancelled
+    task's statement running). Best effort, psycopg only: a failure is logged."""
+    if not dialect.driver.startswith("psycopg"):
+        return
+    try:
+        fairy.driver_connection.cancel()
+    except Exception:
+        _logger.debug("could not cancel the interrupted statement", exc_info=True)
+
+
 def _hand_back_raw(dialect: sa.Dialect, pool: Any, fairy: Any, exc: BaseException, was: bool) -> bool:
     """After ``exc`` on a raw pooled connection, as a ``Connection`` would: a dropped connection
     is invalidated with its pool (connections made before it are replaced at their next
@@ -856,6 +869,7 @@ def _hand_back_raw(dialect: sa.Dialect, pool: Any, fairy: Any, exc: BaseExceptio
         if dropped:
             pool._invalidate(fairy, exc)
         elif not isinstance(exc, Exception):
+            _cancel_statement(dialect, fairy)
             fairy.invalidate(exc)
         else:
             if not was:
