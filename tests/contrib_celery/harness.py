@@ -160,7 +160,13 @@ def celery_env(
         transport_options=transport_options or {},
     )
     app = make_app(config)
-    # Create the result tables before two processes race to do it.
+    # Create the result tables before two processes race to do it (explicitly: before Celery
+    # 5.5 a process creates them for the first results database it opens only).
+    from celery.backends.database.models import ResultModelBase
+
+    results = sa.create_engine(config.results.removeprefix("db+"))
+    ResultModelBase.metadata.create_all(results)
+    results.dispose()
     app.AsyncResult(str(uuid.uuid4())).state  # noqa: B018
     env = CeleryEnv(config, app, Flags(flags_dir), databases, tmp / "worker.log", skipped=skipped)
     env.start()
