@@ -31,8 +31,10 @@ def check_settings(app_configs: Any = None, **_: Any) -> list[checks.CheckMessag
 
     - ``idempotent.E001``: the setting, or the middleware, cannot work (an unknown entry, nowhere
       to keep keys, an option of the wrong kind).
-    - ``idempotent.E002``: an ``async def`` function view under ``idempotent_view()`` cannot run
-      (it needs lease mode: a store that commits on its own, and no ``mode='transaction'``).
+    - ``idempotent.E002``: an async view under ``idempotent_view()`` (a function view, or a
+      class-based view decorated on ``dispatch`` or a handler) cannot run: it needs lease mode (a
+      store that commits on its own, no ``mode='transaction'``, no ``using=``), and before Django
+      5.1 a decorated async handler method cannot work at all.
     - ``idempotent.W001``: with the middleware, requests for the URLconf's async views would fail
       under ASGI, where they run in lease mode (under WSGI they run as sync views do).
     """
