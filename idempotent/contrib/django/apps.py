@@ -104,16 +104,24 @@ def _views() -> list[Any]:
         return []
 
 
+def _handlers(view: Any) -> Iterator[tuple[Any, str, Any]]:
+    """``(class, name, method)`` for each HTTP handler of a class-based view (none for a function)."""
+    cls: Any = getattr(view, "view_class", None)
+    for name in getattr(cls, "http_method_names", ()):
+        handler = getattr(cls, name, None)
+        if handler is not None:
+            yield cls, name, handler
+
+
 def _decoration(view: Any) -> Any:
     """The ``idempotent_view()`` configuration of a URLconf view; None when it has none. A
     class-based view carries it on ``dispatch`` (copied onto the ``as_view()`` function) or on a
     handler (``post``, ...) through ``method_decorator``, with the decorator's options."""
     found = getattr(view, "__idempotent_view__", None)
-    cls = getattr(view, "view_class", None)
-    if found is not None or cls is None:
+    if found is not None:
         return found
-    for name in getattr(cls, "http_method_names", ()):
-        found = getattr(getattr(cls, name, None), "__idempotent_view__", None)
+    for _, _, handler in _handlers(view):
+        found = getattr(handler, "__idempotent_view__", None)
         if found is not None:
             return found
     return None
@@ -122,20 +130,15 @@ def _decoration(view: Any) -> Any:
 def _async_methods_made_sync(views: list[Any]) -> list[str]:
     """The async handlers of class-based views under ``method_decorator(idempotent_view())``
     that Django before 5.1 turned into sync methods."""
-    found = []
-    for view in views:
-        cls: Any = getattr(view, "view_class", None)
-        for name in getattr(cls, "http_method_names", ()):
-            handler = getattr(cls, name, None)
-            wrapped = getattr(handler, "__wrapped__", None)
-            if (
-                getattr(handler, "__idempotent_view__", None) is not None
-                and wrapped is not None
-                and iscoroutinefunction(wrapped)
-                and not iscoroutinefunction(handler)
-            ):
-                found.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
-    return sorted(set(found))
+    found = {
+        f"{cls.__module__}.{cls.__qualname__}.{name}"
+        for view in views
+        for cls, name, handler in _handlers(view)
+        if getattr(handler, "__idempotent_view__", None) is not None
+        and iscoroutinefunction(getattr(handler, "__wrapped__", None))
+        and not iscoroutinefunction(handler)
+    }
+    return sorted(found)
 
 
 def _name(view: Any) -> str:
